@@ -1,0 +1,118 @@
+//! Devices and device selection with fallback to the CPU.
+
+use crate::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where tensors live and kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The host CPU.
+    Cpu,
+    /// An NVIDIA GPU by ordinal.
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// What the user asked for: `auto`, `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// CUDA when it works, otherwise the CPU.
+    #[default]
+    Auto,
+    /// Exactly this device; failing to open it is an error.
+    Exact(Device),
+}
+
+impl FromStr for DeviceRequest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        Ok(match s.as_str() {
+            "auto" => DeviceRequest::Auto,
+            "cpu" => DeviceRequest::Exact(Device::Cpu),
+            "cuda" | "gpu" => DeviceRequest::Exact(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => DeviceRequest::Exact(Device::Cuda(i)),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown device `{s}` (expected auto, cpu, cuda or cuda:N)"
+                    )))
+                }
+            },
+        })
+    }
+}
+
+/// The outcome of device selection: the device, and why a fallback happened if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// The device to use.
+    pub device: Device,
+    /// Set when `auto` fell back to the CPU: the reason, for one log line.
+    pub fallback_reason: Option<String>,
+}
+
+impl DeviceRequest {
+    /// Resolves the request. `probe_cuda(i)` tries to open CUDA device `i`.
+    ///
+    /// `Auto` falls back to the CPU (with the reason) when the probe fails; an exact
+    /// CUDA request propagates the probe's error.
+    pub fn select(self, probe_cuda: impl Fn(usize) -> Result<()>) -> Result<Selected> {
+        match self {
+            DeviceRequest::Exact(Device::Cpu) => {
+                Ok(Selected { device: Device::Cpu, fallback_reason: None })
+            }
+            DeviceRequest::Exact(Device::Cuda(i)) => {
+                probe_cuda(i).map_err(|e| e.context(format!("opening cuda:{i}")))?;
+                Ok(Selected { device: Device::Cuda(i), fallback_reason: None })
+            }
+            DeviceRequest::Auto => match probe_cuda(0) {
+                Ok(()) => Ok(Selected { device: Device::Cuda(0), fallback_reason: None }),
+                Err(e) => {
+                    Ok(Selected { device: Device::Cpu, fallback_reason: Some(e.to_string()) })
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_requests() {
+        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Exact(Device::Cpu));
+        assert_eq!(
+            "cuda:3".parse::<DeviceRequest>().unwrap(),
+            DeviceRequest::Exact(Device::Cuda(3))
+        );
+        assert!("tpu".parse::<DeviceRequest>().is_err());
+        assert!("cuda:x".parse::<DeviceRequest>().is_err());
+    }
+
+    #[test]
+    fn auto_falls_back_to_cpu_with_a_reason() {
+        let s = DeviceRequest::Auto.select(|_| Err(Error::Device("no libcuda.so".into()))).unwrap();
+        assert_eq!(s.device, Device::Cpu);
+        assert!(s.fallback_reason.unwrap().contains("libcuda"));
+        let s = DeviceRequest::Auto.select(|_| Ok(())).unwrap();
+        assert_eq!(s.device, Device::Cuda(0));
+    }
+
+    #[test]
+    fn exact_cuda_request_fails_loudly() {
+        let r = DeviceRequest::Exact(Device::Cuda(1)).select(|_| Err(Error::Device("none".into())));
+        assert!(r.unwrap_err().to_string().contains("opening cuda:1"));
+    }
+}
