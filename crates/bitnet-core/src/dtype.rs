@@ -30,11 +30,15 @@ pub enum DType {
     TQ2_0,
     /// Hugging Face offline packed ternary: uint8 `[out/4, in]`, four rows per byte.
     HfPackedU8,
+    /// ggml Q8_0: 32-element blocks of 34 bytes (f16 scale + 32 i8), used for embeddings.
+    Q8_0,
+    /// ggml Q6_K: 256-element blocks of 210 bytes, used for embeddings / output.
+    Q6K,
 }
 
 impl DType {
     /// All dtypes, for iteration in tests and help texts.
-    pub const ALL: [DType; 10] = [
+    pub const ALL: [DType; 12] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -45,6 +49,8 @@ impl DType {
         DType::TQ1_0,
         DType::TQ2_0,
         DType::HfPackedU8,
+        DType::Q8_0,
+        DType::Q6K,
     ];
 
     /// The lower-case name used on the command line and in messages.
@@ -60,6 +66,8 @@ impl DType {
             DType::TQ1_0 => "tq1_0",
             DType::TQ2_0 => "tq2_0",
             DType::HfPackedU8 => "hf_packed_u8",
+            DType::Q8_0 => "q8_0",
+            DType::Q6K => "q6_k",
         }
     }
 
@@ -67,7 +75,8 @@ impl DType {
     pub fn block_len(self) -> usize {
         match self {
             DType::I2S => 128,
-            DType::TQ1_0 | DType::TQ2_0 => 256,
+            DType::TQ1_0 | DType::TQ2_0 | DType::Q6K => 256,
+            DType::Q8_0 => 32,
             DType::HfPackedU8 => 4,
             _ => 1,
         }
@@ -82,6 +91,8 @@ impl DType {
             DType::I2S => 32,
             DType::TQ1_0 => 54,
             DType::TQ2_0 => 66,
+            DType::Q8_0 => 34,
+            DType::Q6K => 210,
         }
     }
 
