@@ -136,6 +136,48 @@ impl ThreadPool {
     }
 }
 
+impl ThreadPool {
+    /// Splits `data` into chunks of `chunk` elements (the last may be shorter) and runs
+    /// `f(chunk_index, chunk)` for each, in parallel.
+    pub fn for_each_chunk_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        f: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let chunk = chunk.max(1);
+        let len = data.len();
+        let n = len.div_ceil(chunk);
+        let base = SendPtr(data.as_mut_ptr());
+        self.run(n, &|i| {
+            let start = i * chunk;
+            let end = (start + chunk).min(len);
+            // SAFETY: each task index i is run exactly once, and the ranges
+            // [i*chunk, min((i+1)*chunk, len)) are disjoint and inside `data`, which is
+            // mutably borrowed for the whole call.
+            let s = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+            f(i, s);
+        });
+    }
+}
+
+struct SendPtr<T>(*mut T);
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: only used to hand out disjoint sub-slices of a `&mut [T]` with `T: Send`.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above; shared access never aliases because ranges are disjoint.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
 fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
     let n = s.n_tasks.load(Acquire);
     loop {
@@ -248,6 +290,18 @@ mod tests {
             })
         });
         assert_eq!(total.load(Relaxed), 12);
+    }
+
+    #[test]
+    fn for_each_chunk_mut_writes_every_element_once() {
+        let pool = ThreadPool::new(3);
+        let mut v = vec![0usize; 1001];
+        pool.for_each_chunk_mut(&mut v, 10, &|i, c| {
+            for (j, x) in c.iter_mut().enumerate() {
+                *x += i * 10 + j;
+            }
+        });
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i));
     }
 
     #[test]
