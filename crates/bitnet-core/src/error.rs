@@ -37,13 +37,13 @@ pub enum Error {
     #[error("device error: {0}")]
     Device(String),
     /// Another error, with a line saying what was being done.
-    #[error("{context}: {source}")]
+    /// (Display prints the whole chain on one line, so `source()` is not repeated.)
+    #[error("{context}: {inner}")]
     Context {
         /// What was being done when the error happened.
         context: String,
         /// The error itself.
-        #[source]
-        source: Box<Error>,
+        inner: Box<Error>,
     },
 }
 
@@ -73,12 +73,12 @@ impl Error {
     }
     /// Wraps `self` with a line of context.
     pub fn context(self, context: impl Into<String>) -> Self {
-        Error::Context { context: context.into(), source: Box::new(self) }
+        Error::Context { context: context.into(), inner: Box::new(self) }
     }
     /// The innermost error, below all context lines.
     pub fn root(&self) -> &Error {
         match self {
-            Error::Context { source, .. } => source.root(),
+            Error::Context { inner, .. } => inner.root(),
             e => e,
         }
     }
