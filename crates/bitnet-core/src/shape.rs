@@ -52,6 +52,11 @@ impl fmt::Display for Shape {
     }
 }
 
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape(d)
+    }
+}
 impl From<&[usize]> for Shape {
     fn from(d: &[usize]) -> Self {
         Shape(d.to_vec())
