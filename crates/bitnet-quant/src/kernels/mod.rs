@@ -1,1 +1,323 @@
-//! (in progress)
+//! Ternary × int8 kernels on the canonical [`I2sMatrix`] layout.
+//!
+//! For output row `r` and a token quantized to `xq` with [`ActScale`] `a`, every variant
+//! computes the exact integer `acc = Σ_k code[r, k] · xq[k]` (codes 0, 1, 2 = weight + 1)
+//! and then the one f32 formula [`finish`]: `y = (acc − a.sum) as f32 / a.scale * s_w`,
+//! so all variants give bit-identical outputs.
+//!
+//! Variants ([`Kernel`]): `scalar` (the readable reference), `avx2` (`vpmaddubsw`),
+//! `avx2-vnni` (AVX-VNNI `vpdpbusd`), `avx512` (AVX-512BW `vpmaddubsw`) and `avx512-vnni`.
+//! The best available one is chosen at run time; the environment variable
+//! `BITNET_KERNEL=scalar|avx2|avx2-vnni|avx512|avx512-vnni|auto` overrides it (read once).
+//! Work is split over output rows on a [`ThreadPool`].
+//!
+//! Activations: `xq` holds `padded_cols` entries per token, zero past `cols`, and
+//! `a.sum` is their sum, as [`crate::quantize::quantize_row`] writes them.
+
+use crate::formats::i2s::I2sMatrix;
+use crate::quantize::ActScale;
+use bitnet_core::{Error, Result, ThreadPool};
+use std::ops::Range;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod scalar;
+
+/// The environment variable that pins a kernel variant.
+pub const ENV_VAR: &str = "BITNET_KERNEL";
+
+/// A kernel variant (instruction set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Portable Rust, the reference.
+    Scalar,
+    /// AVX2 with `vpmaddubsw` + `vpmaddwd`.
+    Avx2,
+    /// AVX2 with AVX-VNNI `vpdpbusd`.
+    Avx2Vnni,
+    /// AVX-512BW with `vpmaddubsw` + `vpmaddwd`.
+    Avx512,
+    /// AVX-512BW with AVX512-VNNI `vpdpbusd`.
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// All variants, slowest first.
+    pub const ALL: [Kernel; 5] =
+        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx2Vnni, Kernel::Avx512, Kernel::Avx512Vnni];
+
+    /// The name used by `BITNET_KERNEL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx2Vnni => "avx2-vnni",
+            Kernel::Avx512 => "avx512",
+            Kernel::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// Whether this CPU can run the variant.
+    pub fn is_available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Kernel::Scalar => true,
+                Kernel::Avx2 => has!("avx2"),
+                Kernel::Avx2Vnni => has!("avx2") && has!("avxvnni"),
+                Kernel::Avx512 => has!("avx512f") && has!("avx512bw"),
+                Kernel::Avx512Vnni => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Scalar
+        }
+    }
+
+    /// The variants this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        Kernel::ALL.into_iter().filter(|k| k.is_available()).collect()
+    }
+
+    /// The fastest variant this CPU can run.
+    pub fn detect() -> Kernel {
+        Kernel::ALL.into_iter().rev().find(|k| k.is_available()).unwrap_or(Kernel::Scalar)
+    }
+
+    /// `self`, or an error if this CPU cannot run it.
+    pub fn ensure_available(self) -> Result<Kernel> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            Err(Error::unsupported(format!("kernel `{self}` on this CPU")))
+        }
+    }
+
+    /// Parses a name (`auto` and the empty string mean [`Kernel::detect`]) and checks that
+    /// this CPU can run it.
+    pub fn parse_available(name: &str) -> Result<Kernel> {
+        match name.trim() {
+            "" | "auto" => Ok(Kernel::detect()),
+            s => s.parse::<Kernel>()?.ensure_available(),
+        }
+    }
+
+    /// The variant `BITNET_KERNEL` asks for (read now), or [`Kernel::detect`] when unset.
+    pub fn from_env() -> Result<Kernel> {
+        match std::env::var(ENV_VAR) {
+            Ok(v) => Kernel::parse_available(&v).map_err(|e| e.context(format!("{ENV_VAR}={v}"))),
+            Err(std::env::VarError::NotPresent) => Ok(Kernel::detect()),
+            Err(e) => Err(Error::invalid(format!("{ENV_VAR}: {e}"))),
+        }
+    }
+
+    /// [`Kernel::from_env`], evaluated once per process: the variant the kernels use.
+    pub fn select() -> Result<Kernel> {
+        static SELECTED: OnceLock<std::result::Result<Kernel, String>> = OnceLock::new();
+        SELECTED
+            .get_or_init(|| Kernel::from_env().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::invalid)
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let l = s.trim().to_ascii_lowercase();
+        Kernel::ALL.into_iter().find(|k| k.name() == l).ok_or_else(|| {
+            let names: Vec<_> = Kernel::ALL.iter().map(|k| k.name()).collect();
+            Error::invalid(format!("unknown kernel `{s}` (expected auto, {})", names.join(", ")))
+        })
+    }
+}
+
+/// The one output formula: `(acc − Σxq) / s_a * s_w` in f32, shared by every variant.
+#[inline(always)]
+pub fn finish(acc: i32, act: ActScale, s_w: f32) -> f32 {
+    (acc - act.sum) as f32 / act.scale * s_w
+}
+
+/// A raw output pointer shared by tasks that write disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: tasks of one call write disjoint output rows (see `Job::out`), and the call waits
+// for all of them before the borrowed `&mut [f32]` is released.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// One GEMV/GEMM call, as the per-ISA kernels see it.
+pub(crate) struct Job<'a> {
+    /// The packed rows (`rows * row_bytes` bytes).
+    pub w: &'a [u8],
+    /// Bytes per packed row.
+    pub row_bytes: usize,
+    /// Weight scale.
+    pub s_w: f32,
+    /// `n_tok` activation rows of `4 * row_bytes` entries.
+    pub xq: &'a [i8],
+    /// One scale per token.
+    pub acts: &'a [ActScale],
+    /// Output `[n_tok][rows]`: element `(t, r)` at `out.0.add(t * rows + r)`. A task given
+    /// rows `a..b` writes only those columns.
+    pub out: OutPtr,
+    /// Output row stride (the matrix's row count).
+    pub rows: usize,
+}
+
+impl Job<'_> {
+    /// Writes output `(t, r)`.
+    ///
+    /// # Safety
+    /// `t < acts.len()`, `r < rows`, and no other task writes row `r`.
+    #[inline(always)]
+    pub(crate) unsafe fn store(&self, t: usize, r: usize, acc: i32) {
+        let y = finish(acc, self.acts[t], self.s_w);
+        // SAFETY: in bounds of the `n_tok * rows` output by the caller's contract.
+        unsafe { *self.out.0.add(t * self.rows + r) = y };
+    }
+}
+
+fn run_rows(kernel: Kernel, job: &Job, rows: Range<usize>) {
+    match kernel {
+        Kernel::Scalar => scalar::run(job, rows),
+        // SAFETY (all arms below): `kernel` was checked with `ensure_available`, so the CPU
+        // has the features each function enables; `job`'s lengths were checked in `launch`.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { avx2::run_maddubs(job, rows) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Vnni => unsafe { avx2::run_vnni(job, rows) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { avx512::run_maddubs(job, rows) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => unsafe { avx512::run_vnni(job, rows) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => scalar::run(job, rows),
+    }
+}
+
+/// Output rows per task are a multiple of this (whole cache lines of f32 outputs).
+const ROW_ALIGN: usize = 16;
+/// Below this many weight bytes × tokens a call runs on the calling thread alone.
+const MIN_PARALLEL_WORK: usize = 64 * 1024;
+
+fn launch(
+    kernel: Kernel,
+    m: &I2sMatrix,
+    xq: &[i8],
+    acts: &[ActScale],
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<()> {
+    let kernel = kernel.ensure_available()?;
+    let (n_tok, k) = (acts.len(), m.padded_cols());
+    if xq.len() != n_tok * k || out.len() != n_tok * m.rows() {
+        return Err(Error::shape(format!(
+            "{} x {} (padded {k}) ternary matmul of {n_tok} tokens needs {} activations and \
+             {} outputs, got {} and {}",
+            m.rows(),
+            m.cols(),
+            n_tok * k,
+            n_tok * m.rows(),
+            xq.len(),
+            out.len()
+        )));
+    }
+    if n_tok == 0 {
+        return Ok(());
+    }
+    let job = Job {
+        w: m.bytes(),
+        row_bytes: m.row_bytes(),
+        s_w: m.scale(),
+        xq,
+        acts,
+        out: OutPtr(out.as_mut_ptr()),
+        rows: m.rows(),
+    };
+    let work = m.bytes().len().saturating_mul(n_tok);
+    if pool.n_threads() == 1 || work < MIN_PARALLEL_WORK || m.rows() <= ROW_ALIGN {
+        run_rows(kernel, &job, 0..m.rows());
+    } else {
+        let per_thread = if n_tok == 1 { 2 } else { 4 };
+        pool.run_chunks(m.rows(), ROW_ALIGN, per_thread, &|r| run_rows(kernel, &job, r));
+    }
+    Ok(())
+}
+
+/// `out[r] = Σ_k W[r, k] · xq[k] * s_w / act.scale` for one token (`xq`: `padded_cols`
+/// entries), with the kernel chosen by [`Kernel::select`].
+pub fn gemv(
+    m: &I2sMatrix,
+    xq: &[i8],
+    act: ActScale,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<()> {
+    gemv_with(Kernel::select()?, m, xq, act, out, pool)
+}
+
+/// [`gemv`] with an explicit kernel variant (an error if this CPU lacks it).
+pub fn gemv_with(
+    kernel: Kernel,
+    m: &I2sMatrix,
+    xq: &[i8],
+    act: ActScale,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<()> {
+    launch(kernel, m, xq, std::slice::from_ref(&act), out, pool)
+}
+
+/// GEMV for `acts.len()` tokens at once: `xq` is `n_tok × padded_cols`, `out` is
+/// `n_tok × rows` (token-major). Weight blocks are reused across a tile of tokens.
+pub fn gemm(
+    m: &I2sMatrix,
+    xq: &[i8],
+    acts: &[ActScale],
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<()> {
+    gemm_with(Kernel::select()?, m, xq, acts, out, pool)
+}
+
+/// [`gemm`] with an explicit kernel variant (an error if this CPU lacks it).
+pub fn gemm_with(
+    kernel: Kernel,
+    m: &I2sMatrix,
+    xq: &[i8],
+    acts: &[ActScale],
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<()> {
+    launch(kernel, m, xq, acts, out, pool)
+}
+
+/// Quantizes one row with `kernel` (already checked available); `out.len() == x.len()`.
+pub(crate) fn quantize_row_unchecked(kernel: Kernel, x: &[f32], out: &mut [i8]) -> ActScale {
+    debug_assert_eq!(x.len(), out.len());
+    match kernel {
+        // SAFETY: the caller checked that the CPU has the variant's features.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx512Vnni => unsafe { avx512::quantize_row(x, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 | Kernel::Avx2Vnni => unsafe { avx2::quantize_row(x, out) },
+        _ => crate::quantize::quantize_row_scalar(x, out),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! AVX2 kernels (`vpmaddubsw` + `vpmaddwd`), with AVX-VNNI `vpdpbusd` in the `_vnni` entry
+//! points.
+//!
+//! A 32-byte I2_S block shifted right by 6, 4, 2, 0 and masked with 3 gives the codes of
+//! weights 0..31, 32..63, 64..95, 96..127: four registers that line up with four contiguous
+//! 32-byte activation loads. `vpmaddubsw` pair sums (at most 2·2·128) never saturate, and the
+//! four of a block are added in 16 bits (at most 2048) before one `vpmaddwd` by ones.
+
+use super::Job;
+use crate::quantize::{act_scale_for, quantize_value, ActScale};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+/// Rows per GEMV step.
+const GEMV_ROWS: usize = 4;
+/// Rows × tokens per GEMM tile.
+const GEMM_ROWS: usize = 2;
+const GEMM_TOKS: usize = 2;
+
+/// Computes output rows `rows` of every token of `job` (`vpmaddubsw` flavour).
+///
+/// # Safety
+/// The CPU must support AVX2; `job` must satisfy `launch`'s length checks.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn run_maddubs(job: &Job, rows: Range<usize>) {
+    // SAFETY: forwarded contract.
+    unsafe { run::<false>(job, rows) }
+}
+
+/// Computes output rows `rows` of every token of `job` (`vpdpbusd` flavour).
+///
+/// # Safety
+/// As [`run_maddubs`], plus AVX-VNNI.
+#[target_feature(enable = "avx2,avxvnni")]
+pub(crate) unsafe fn run_vnni(job: &Job, rows: Range<usize>) {
+    // SAFETY: forwarded contract.
+    unsafe { run::<true>(job, rows) }
+}
+
+#[inline(always)]
+unsafe fn run<const VNNI: bool>(job: &Job, rows: Range<usize>) {
+    // SAFETY (whole body): row r's weights and token t's activations lie inside `job.w` /
+    // `job.xq` because r < rows and t < n_tok, as `launch` checked.
+    unsafe {
+        if job.acts.len() == 1 {
+            gemv_rows::<VNNI>(job, rows);
+        } else {
+            gemm_rows::<VNNI>(job, rows);
+        }
+    }
+}
+
+/// The codes of weights 0..31, 32..63, 64..95, 96..127 of the block at `p`.
+#[inline(always)]
+unsafe fn codes(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees 32 readable bytes at `p`.
+    unsafe {
+        let w = _mm256_loadu_si256(p as *const __m256i);
+        let m3 = _mm256_set1_epi8(3);
+        [
+            _mm256_and_si256(_mm256_srli_epi16::<6>(w), m3),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(w), m3),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(w), m3),
+            _mm256_and_si256(w, m3),
+        ]
+    }
+}
+
+/// The 128 activations of one block as four registers.
+#[inline(always)]
+unsafe fn acts(p: *const i8) -> [__m256i; 4] {
+    // SAFETY: the caller guarantees 128 readable bytes at `p`.
+    unsafe { [0, 1, 2, 3].map(|g| _mm256_loadu_si256(p.add(32 * g) as *const __m256i)) }
+}
+
+/// `acc + Σ c·x` over one block, summed into 32-bit lanes.
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m256i, c: &[__m256i; 4], x: &[__m256i; 4]) -> __m256i {
+    // SAFETY: register operations; the caller enabled the features of this flavour.
+    unsafe {
+        if VNNI {
+            let a = _mm256_dpbusd_avx_epi32(acc, c[0], x[0]);
+            let a = _mm256_dpbusd_avx_epi32(a, c[1], x[1]);
+            let a = _mm256_dpbusd_avx_epi32(a, c[2], x[2]);
+            _mm256_dpbusd_avx_epi32(a, c[3], x[3])
+        } else {
+            let p01 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(c[0], x[0]),
+                _mm256_maddubs_epi16(c[1], x[1]),
+            );
+            let p23 = _mm256_add_epi16(
+                _mm256_maddubs_epi16(c[2], x[2]),
+                _mm256_maddubs_epi16(c[3], x[3]),
+            );
+            let p = _mm256_add_epi16(p01, p23);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+        }
+    }
+}
+
+/// Sum of the eight 32-bit lanes.
+#[inline(always)]
+unsafe fn hsum(v: __m256i) -> i32 {
+    // SAFETY: register operations under AVX2.
+    unsafe {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+/// Integer dot products of `R` rows starting at `w` with the activation row `x`.
+#[inline(always)]
+unsafe fn gemv_tile<const R: usize, const VNNI: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    x: *const i8,
+) -> [i32; R] {
+    // SAFETY: R rows of `row_bytes` at `w` and `4 * row_bytes` activations at `x` are readable.
+    unsafe {
+        let mut acc = [_mm256_setzero_si256(); R];
+        for i in 0..row_bytes / 32 {
+            let xs = acts(x.add(i * 128));
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = dot4::<VNNI>(*a, &codes(w.add(r * row_bytes + i * 32)), &xs);
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+}
+
+#[inline(always)]
+unsafe fn gemv_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
+    // SAFETY: see `run`.
+    unsafe {
+        let (w, rb, x) = (job.w.as_ptr(), job.row_bytes, job.xq.as_ptr());
+        let mut r = rows.start;
+        while r + GEMV_ROWS <= rows.end {
+            let acc = gemv_tile::<GEMV_ROWS, VNNI>(w.add(r * rb), rb, x);
+            for (i, &a) in acc.iter().enumerate() {
+                job.store(0, r + i, a);
+            }
+            r += GEMV_ROWS;
+        }
+        for r in r..rows.end {
+            let [a] = gemv_tile::<1, VNNI>(w.add(r * rb), rb, x);
+            job.store(0, r, a);
+        }
+    }
+}
+
+/// Integer dot products of `R` rows at `w` with `T` activation rows at `x` (stride `4·row_bytes`).
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // acc[r][t] reads like the maths
+unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    x: *const i8,
+) -> [[i32; T]; R] {
+    // SAFETY: R weight rows and T activation rows are readable at `w` and `x`.
+    unsafe {
+        let kx = row_bytes * 4;
+        let mut acc = [[_mm256_setzero_si256(); T]; R];
+        for i in 0..row_bytes / 32 {
+            let mut c = [[_mm256_setzero_si256(); 4]; R];
+            for (r, c) in c.iter_mut().enumerate() {
+                *c = codes(w.add(r * row_bytes + i * 32));
+            }
+            for t in 0..T {
+                let xs = acts(x.add(t * kx + i * 128));
+                for r in 0..R {
+                    acc[r][t] = dot4::<VNNI>(acc[r][t], &c[r], &xs);
+                }
+            }
+        }
+        acc.map(|row| row.map(|a| hsum(a)))
+    }
+}
+
+/// Runs tiles of `R` rows (starting at row `r`) over all tokens.
+#[inline(always)]
+unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(job: &Job, r: usize) {
+    // SAFETY: see `run`; rows r..r+R exist.
+    unsafe {
+        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let w = job.w.as_ptr().add(r * rb);
+        let mut t = 0;
+        while t + GEMM_TOKS <= n_tok {
+            let acc = gemm_tile::<R, GEMM_TOKS, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
+            for (i, row) in acc.iter().enumerate() {
+                for (j, &a) in row.iter().enumerate() {
+                    job.store(t + j, r + i, a);
+                }
+            }
+            t += GEMM_TOKS;
+        }
+        for t in t..n_tok {
+            let acc = gemm_tile::<R, 1, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
+            for (i, [a]) in acc.iter().enumerate() {
+                job.store(t, r + i, *a);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
+    // SAFETY: see `run`.
+    unsafe {
+        let mut r = rows.start;
+        while r + GEMM_ROWS <= rows.end {
+            gemm_row_group::<GEMM_ROWS, VNNI>(job, r);
+            r += GEMM_ROWS;
+        }
+        for r in r..rows.end {
+            gemm_row_group::<1, VNNI>(job, r);
+        }
+    }
+}
+
+/// Bit-exact AVX2 twin of `quantize::quantize_row_scalar`; `out.len() == x.len()`.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> ActScale {
+    let n = x.len().min(out.len());
+    let main = n / 32 * 32;
+    // SAFETY: all loads and stores stay below `main <= n`.
+    unsafe {
+        let p = x.as_ptr();
+        let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut vmax = _mm256_setzero_ps();
+        for i in (0..main).step_by(8) {
+            let v = _mm256_and_ps(_mm256_loadu_ps(p.add(i)), abs_mask);
+            vmax = _mm256_max_ps(v, vmax); // a NaN `v` keeps `vmax`, like f32::max
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
+        let tail = x[main..n].iter().fold(0.0f32, |m, &v| m.max(v.abs()));
+        let scale = act_scale_for(lanes.iter().fold(tail, |m, &v| m.max(v)));
+
+        let (vs, lo, hi) = (_mm256_set1_ps(scale), _mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let q = |i: usize| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vs);
+            let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v)); // NaN -> 0
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+        };
+        let mut vsum = _mm256_setzero_si256();
+        for i in (0..main).step_by(32) {
+            let (a, b, c, d) = (q(i), q(i + 8), q(i + 16), q(i + 24));
+            vsum = _mm256_add_epi32(
+                vsum,
+                _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)),
+            );
+            let ab = _mm256_packs_epi32(a, b);
+            let cd = _mm256_packs_epi32(c, d);
+            let bytes = _mm256_packs_epi16(ab, cd);
+            let bytes =
+                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, bytes);
+        }
+        let mut sum = hsum(vsum);
+        for (o, &v) in out[main..n].iter_mut().zip(&x[main..n]) {
+            *o = quantize_value(v, scale);
+            sum += i32::from(*o);
+        }
+        ActScale { scale, sum }
+    }
+}
