@@ -1,3 +1,49 @@
+//! `bitnet`: generate text, chat, inspect, convert and benchmark BitNet b1.58 models.
+
+mod bench;
+mod generate;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+/// BitNet-Rust: run BitNet b1.58 (ternary) language models on CPU and GPU.
+#[derive(Parser)]
+#[command(name = "bitnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (streams to the terminal).
+    Generate(generate::GenerateArgs),
+    /// Interactive chat that keeps the conversation history.
+    Chat(generate::ChatArgs),
+    /// Print the logits at every position of a token sequence (for parity checks).
+    Logits(generate::LogitsArgs),
+    /// Show a model's architecture, dimensions, tensor types and sizes, and metadata.
+    Inspect(inspect::InspectArgs),
+    /// Benchmark prompt processing and generation speed (llama-bench style).
+    Bench(bench::BenchArgs),
+}
+
 fn main() {
-    println!("bitnet");
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Generate(a) => generate::run_generate(a),
+        Command::Chat(a) => generate::run_chat(a),
+        Command::Logits(a) => generate::run_logits(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
 }

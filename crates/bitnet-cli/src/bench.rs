@@ -1,0 +1,148 @@
+//! `bitnet bench`: prompt-processing and generation speed, in the style of llama-bench.
+
+use crate::generate::ModelArgs;
+use anyhow::{bail, Result};
+use bitnet_inference::backend::LmHeadMode;
+use bitnet_inference::Engine;
+use clap::Args;
+use std::time::Instant;
+
+/// `bitnet bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens for the prompt-processing test (0 = skip).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+    n_prompt: usize,
+    /// Tokens for the generation test (0 = skip).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
+    n_gen: usize,
+    /// Repetitions of each test (after one warm-up run).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Stat {
+    mean: f64,
+    sd: f64,
+}
+
+fn stat(v: &[f64]) -> Stat {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    Stat { mean, sd: var.sqrt() }
+}
+
+/// Tokens per second of each repetition of `f` (which processes `tokens` tokens).
+fn measure(reps: usize, tokens: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?; // warm-up
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        out.push(tokens as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let mode = match &a.model.lm_head {
+        Some(h) => h.parse::<LmHeadMode>()?,
+        None => LmHeadMode::I8,
+    };
+    let mut engine = a.model.load(mode)?;
+    let d = engine.dims().clone();
+    if a.n_prompt + a.n_gen > engine.context_len() {
+        bail!("-p {} + -n {} exceeds the context of {}", a.n_prompt, a.n_gen, engine.context_len());
+    }
+    let ids: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i * 7919 + 13) % d.vocab) as u32).collect();
+    let pp = if a.n_prompt > 0 {
+        Some(measure(a.reps, a.n_prompt, || {
+            engine.forward_tokens(&ids, 0, false)?;
+            Ok(())
+        })?)
+    } else {
+        None
+    };
+    let tg = if a.n_gen > 0 {
+        Some(measure(a.reps, a.n_gen, || {
+            let mut tok = ids[0];
+            for pos in 0..a.n_gen {
+                let l = engine.forward_tokens(&[tok], pos, false)?;
+                tok = argmax(l) as u32;
+            }
+            Ok(())
+        })?)
+    } else {
+        None
+    };
+    let ternary = ternary_params(&engine);
+    let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
+    let bytes_per_token = ternary / 4 + head_bytes;
+    let name = match (&a.model.model, &a.model.synthetic) {
+        (Some(p), _) => p.display().to_string(),
+        (_, Some(s)) => format!("synthetic {s}"),
+        _ => String::new(),
+    };
+    let params = ternary + 2 * d.vocab * d.hidden;
+    let rss = peak_rss();
+    if a.json {
+        let j = serde_json::json!({
+            "model": name, "backend": engine.describe(), "params": params,
+            "pp": pp.as_ref().map(|v| stat(v).mean), "pp_sd": pp.as_ref().map(|v| stat(v).sd),
+            "tg": tg.as_ref().map(|v| stat(v).mean), "tg_sd": tg.as_ref().map(|v| stat(v).sd),
+            "n_prompt": a.n_prompt, "n_gen": a.n_gen,
+            "bytes_per_token": bytes_per_token, "peak_rss": rss,
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    println!("| model | params | backend | test | t/s |");
+    println!("| --- | ---: | --- | ---: | ---: |");
+    let b = engine.describe();
+    let p = format!("{:.2} B", params as f64 / 1e9);
+    if let Some(v) = &pp {
+        let s = stat(v);
+        println!("| {name} | {p} | {b} | pp{} | {:.2} ± {:.2} |", a.n_prompt, s.mean, s.sd);
+    }
+    if let Some(v) = &tg {
+        let s = stat(v);
+        println!("| {name} | {p} | {b} | tg{} | {:.2} ± {:.2} |", a.n_gen, s.mean, s.sd);
+        println!(
+            "\nbytes read per generated token: {:.1} MB (ternary {:.1} MB + lm_head {:.1} MB); \
+             at {:.2} tokens/s that is {:.2} GB/s",
+            bytes_per_token as f64 / 1e6,
+            (ternary / 4) as f64 / 1e6,
+            head_bytes as f64 / 1e6,
+            s.mean,
+            s.mean * bytes_per_token as f64 / 1e9
+        );
+    }
+    if let Some(r) = rss {
+        println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+fn ternary_params(e: &Engine) -> usize {
+    let d = e.dims();
+    let (qd, kvd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    d.layers * (2 * d.hidden * qd + 2 * d.hidden * kvd + 3 * d.hidden * d.intermediate)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+}

@@ -1,0 +1,76 @@
+//! `bitnet inspect`: what is in a model file.
+
+use anyhow::Result;
+use bitnet_inference::formats;
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// `bitnet inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A Hugging Face directory or a GGUF file.
+    path: PathBuf,
+    /// List every tensor (default: a summary by type).
+    #[arg(long)]
+    tensors: bool,
+    /// Print all metadata (default: the first 40 entries, long values cut).
+    #[arg(long)]
+    all_metadata: bool,
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let f = formats::load(&a.path)?;
+    let c = &f.config;
+    println!("file: {} ({:?})", a.path.display(), f.kind);
+    println!(
+        "architecture: BitNet b1.58 | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
+        c.hidden_size,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.intermediate_size,
+        c.vocab_size,
+        c.max_position_embeddings
+    );
+    println!(
+        "rope_theta {} | rms_norm_eps {} | tied embeddings {} | quantization {:?}",
+        c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings, c.quantization
+    );
+    let mut by_type: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let mut total = 0usize;
+    for (name, t) in f.tensors.iter() {
+        let e = by_type.entry(t.dtype().name().to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.elem_count();
+        e.2 += t.bytes().len();
+        total += t.bytes().len();
+        if a.tensors {
+            println!("  {name:<56} {:<8} {:<16} {:>12} bytes", t.dtype().name(), t.shape().to_string(), t.bytes().len());
+        }
+    }
+    println!("tensors: {} ({:.1} MiB)", f.tensors.len(), total as f64 / (1 << 20) as f64);
+    for (ty, (n, elems, bytes)) in &by_type {
+        println!(
+            "  {ty:<12} {n:>5} tensors {:>14} elements {:>10.1} MiB ({:.2} bits/element)",
+            elems,
+            *bytes as f64 / (1 << 20) as f64,
+            *bytes as f64 * 8.0 / (*elems).max(1) as f64
+        );
+    }
+    let shown = if a.all_metadata { f.metadata.len() } else { f.metadata.len().min(40) };
+    println!("metadata ({} entries):", f.metadata.len());
+    for (k, v) in &f.metadata[..shown] {
+        let v = if !a.all_metadata && v.chars().count() > 100 {
+            format!("{}…", v.chars().take(100).collect::<String>())
+        } else {
+            v.clone()
+        };
+        println!("  {k} = {v}");
+    }
+    if shown < f.metadata.len() {
+        println!("  … {} more (use --all-metadata)", f.metadata.len() - shown);
+    }
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The CPU backend: ternary kernels from `bitnet-quant`, everything else here, multi-threaded
+//! on one [`ThreadPool`].
+
+use super::i8mat::I8Matrix;
+use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, RowPos};
+use bitnet_core::{AlignedVec, Error, Result, ThreadPool};
+use bitnet_quant::bitlinear::{BitLinear, BitLinearScratch};
+use bitnet_quant::formats::i2s::I2sMatrix;
+use std::sync::Mutex;
+
+/// Runs the model on the host CPU.
+pub struct CpuBackend {
+    pool: ThreadPool,
+    scratch: Mutex<BitLinearScratch>,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` threads (0 = all cores).
+    pub fn new(threads: usize) -> Self {
+        CpuBackend { pool: ThreadPool::new(threads), scratch: Mutex::new(BitLinearScratch::default()) }
+    }
+    /// The kernel thread pool.
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+}
+
+/// The vocabulary projection on the CPU.
+pub enum CpuLmHead {
+    /// Exact f32 rows.
+    F32(DenseF32),
+    /// int8 rows with per-row scales.
+    I8(I8Matrix),
+}
+
+/// A dense f32 matrix, row-major.
+pub struct DenseF32 {
+    rows: usize,
+    cols: usize,
+    data: AlignedVec<f32>,
+}
+
+impl DenseF32 {
+    fn from_dense(m: &DenseMatrix) -> Result<Self> {
+        let (rows, cols) = (m.rows(), m.cols());
+        let mut data = AlignedVec::zeros(rows * cols);
+        for (i, row) in data.chunks_exact_mut(cols).enumerate() {
+            m.row_into(i, row)?;
+        }
+        Ok(DenseF32 { rows, cols, data })
+    }
+}
+
+/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]`.
+pub struct CpuCache {
+    shape: CacheShape,
+    k: AlignedVec<f32>,
+    v: AlignedVec<f32>,
+}
+
+impl CpuCache {
+    fn offset(&self, layer: usize, slot: usize, head: usize, pos: usize) -> usize {
+        let s = &self.shape;
+        (((layer * s.slots + slot) * s.kv_heads + head) * s.max_seq + pos) * s.head_dim
+    }
+    fn check(&self, r: &RowPos) -> Result<()> {
+        if r.slot >= self.shape.slots || r.pos >= self.shape.max_seq {
+            return Err(Error::invalid(format!(
+                "position {} of slot {} is outside the KV cache ({} slots x {} positions)",
+                r.pos, r.slot, self.shape.slots, self.shape.max_seq
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn need(buf_len: usize, want: usize, what: &str) -> Result<()> {
+    if buf_len < want {
+        return Err(Error::shape(format!("{what}: buffer of {buf_len} values, need {want}")));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Buf = AlignedVec<f32>;
+    type Linear = BitLinear;
+    type Embedding = DenseMatrix;
+    type LmHead = CpuLmHead;
+    type Cache = CpuCache;
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({} threads, kernel {})",
+            self.pool.n_threads(),
+            bitnet_quant::kernels::Kernel::select().map(|k| k.name()).unwrap_or("unavailable")
+        )
+    }
+
+    fn alloc(&self, len: usize) -> Result<Self::Buf> {
+        Ok(AlignedVec::zeros(len))
+    }
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
+        Ok(AlignedVec::from_slice(data))
+    }
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()> {
+        need(buf.len(), out.len(), "download")?;
+        out.copy_from_slice(&buf[..out.len()]);
+        Ok(())
+    }
+
+    fn linear(&self, w: I2sMatrix) -> Result<Self::Linear> {
+        Ok(BitLinear::new(w))
+    }
+    fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding> {
+        Ok(table)
+    }
+    fn lm_head(&self, table: DenseMatrix, mode: LmHeadMode) -> Result<Self::LmHead> {
+        Ok(match mode {
+            LmHeadMode::F32 => CpuLmHead::F32(DenseF32::from_dense(&table)?),
+            LmHeadMode::I8 => CpuLmHead::I8(I8Matrix::quantize(&table, &self.pool)?),
+        })
+    }
+    fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
+        let n = [shape.layers, shape.slots, shape.kv_heads, shape.max_seq, shape.head_dim]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
+        Ok(CpuCache { shape, k: AlignedVec::zeros(n), v: AlignedVec::zeros(n) })
+    }
+
+    fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
+        let d = e.cols();
+        need(out.len(), ids.len() * d, "embed")?;
+        for (r, &id) in ids.iter().enumerate() {
+            if id as usize >= e.rows() {
+                return Err(Error::invalid(format!(
+                    "token id {id} is out of range for a vocabulary of {}",
+                    e.rows()
+                )));
+            }
+            e.row_into(id as usize, &mut out[r * d..(r + 1) * d])?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let d = w.len();
+        need(x.len(), rows * d, "rms_norm input")?;
+        need(out.len(), rows * d, "rms_norm output")?;
+        for r in 0..rows {
+            let xr = &x[r * d..(r + 1) * d];
+            let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + eps).sqrt();
+            for ((o, &xv), &wv) in out[r * d..(r + 1) * d].iter_mut().zip(xr).zip(w.iter()) {
+                *o = wv * (xv * inv);
+            }
+        }
+        Ok(())
+    }
+
+    fn bitlinear(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let (n, k) = (w.weight.rows(), w.weight.cols());
+        need(x.len(), rows * k, "bitlinear input")?;
+        need(out.len(), rows * n, "bitlinear output")?;
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        w.forward(&x[..rows * k], rows, &mut out[..rows * n], &mut s, &self.pool)
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: &[RowPos],
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        let width = heads * head_dim;
+        need(x.len(), rows.len() * width, "rope")?;
+        let half = head_dim / 2;
+        let mut cos = [0f32; 256];
+        let mut sin = [0f32; 256];
+        if half > cos.len() {
+            return Err(Error::unsupported(format!("head_dim {head_dim} > 512")));
+        }
+        for (r, rp) in rows.iter().enumerate() {
+            for i in 0..half {
+                // As HF: inv_freq = 1 / theta^(2i/d) in f32; angle = pos * inv_freq in f32.
+                let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32);
+                let a = rp.pos as f32 * inv_freq;
+                cos[i] = a.cos();
+                sin[i] = a.sin();
+            }
+            for h in 0..heads {
+                let v = &mut x[r * width + h * head_dim..r * width + (h + 1) * head_dim];
+                for i in 0..half {
+                    let (x1, x2) = (v[i], v[i + half]);
+                    v[i] = x1 * cos[i] - x2 * sin[i];
+                    v[i + half] = x2 * cos[i] + x1 * sin[i];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn store_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        rows: &[RowPos],
+    ) -> Result<()> {
+        let (kvh, hd) = (cache.shape.kv_heads, cache.shape.head_dim);
+        need(k.len(), rows.len() * kvh * hd, "store_kv keys")?;
+        need(v.len(), rows.len() * kvh * hd, "store_kv values")?;
+        for (r, rp) in rows.iter().enumerate() {
+            cache.check(rp)?;
+            for h in 0..kvh {
+                let dst = cache.offset(layer, rp.slot, h, rp.pos);
+                let src = r * kvh * hd + h * hd;
+                cache.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                cache.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        cache: &Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let AttnShape { heads, kv_heads, head_dim } = shape;
+        if kv_heads == 0 || heads % kv_heads != 0 || head_dim > 256 {
+            return Err(Error::invalid(format!(
+                "attention with {heads} heads, {kv_heads} kv heads, head_dim {head_dim}"
+            )));
+        }
+        need(q.len(), rows.len() * heads * head_dim, "attention q")?;
+        need(out.len(), rows.len() * heads * head_dim, "attention out")?;
+        for rp in rows {
+            cache.check(rp)?;
+        }
+        let group = heads / kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let n = rows.len() * heads * head_dim;
+        self.pool.for_each_chunk_mut(&mut out[..n], head_dim, &|task, o| {
+            let (r, h) = (task / heads, task % heads);
+            let rp = rows[r];
+            let qv = &q[task * head_dim..(task + 1) * head_dim];
+            let base = cache.offset(layer, rp.slot, h / group, 0);
+            attend_one(qv, &cache.k[base..], &cache.v[base..], rp.pos + 1, scale, o);
+        });
+        Ok(())
+    }
+
+    fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        need(gate.len().min(up.len()), len, "relu2_mul")?;
+        for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
+            let r = g.max(0.0);
+            *g = r * r * u;
+        }
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        need(src.len(), src_off + len, "copy source")?;
+        need(dst.len(), dst_off + len, "copy destination")?;
+        dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
+        Ok(())
+    }
+
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
+        need(x.len().min(y.len()), len, "add")?;
+        for (a, &b) in x[..len].iter_mut().zip(&y[..len]) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn logits(
+        &self,
+        head: &Self::LmHead,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        match head {
+            CpuLmHead::F32(m) => {
+                need(x.len(), rows * m.cols, "logits input")?;
+                need(out.len(), rows * m.rows, "logits output")?;
+                for r in 0..rows {
+                    let xr = &x[r * m.cols..(r + 1) * m.cols];
+                    let o = &mut out[r * m.rows..(r + 1) * m.rows];
+                    self.pool.for_each_chunk_mut(o, 256, &|c, oc| {
+                        for (j, v) in oc.iter_mut().enumerate() {
+                            let row = c * 256 + j;
+                            let w = &m.data[row * m.cols..(row + 1) * m.cols];
+                            *v = dot_f32(w, xr);
+                        }
+                    });
+                }
+                Ok(())
+            }
+            CpuLmHead::I8(m) => m.matmul(x, rows, out, &self.pool),
+        }
+    }
+}
+
+/// f32 dot product with several accumulators (vectorizes well).
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One head of one row: online-softmax attention over `n` cached positions.
+fn attend_one(q: &[f32], k: &[f32], v: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+    let d = q.len();
+    let mut acc = [0f32; 256];
+    let acc = &mut acc[..d];
+    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+    for p in 0..n {
+        let s = dot_f32(q, &k[p * d..(p + 1) * d]) * scale;
+        if s > m {
+            let c = (m - s).exp();
+            l *= c;
+            acc.iter_mut().for_each(|a| *a *= c);
+            m = s;
+        }
+        let w = (s - m).exp();
+        l += w;
+        for (a, &vv) in acc.iter_mut().zip(&v[p * d..(p + 1) * d]) {
+            *a += w * vv;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = a / l;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_softmax_attention_equals_two_pass() {
+        let d = 16;
+        let n = 37;
+        let q: Vec<f32> = (0..d).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3).collect();
+        let k: Vec<f32> = (0..n * d).map(|i| ((i * 13 % 11) as f32 - 5.0) * 0.2).collect();
+        let v: Vec<f32> = (0..n * d).map(|i| ((i * 17 % 7) as f32 - 3.0) * 0.5).collect();
+        let scale = 0.25;
+        let mut out = vec![0f32; d];
+        attend_one(&q, &k, &v, n, scale, &mut out);
+        let s: Vec<f64> = (0..n)
+            .map(|p| (0..d).map(|i| q[i] as f64 * k[p * d + i] as f64).sum::<f64>() * scale as f64)
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for i in 0..d {
+            let r: f64 = (0..n).map(|p| e[p] / z * v[p * d + i] as f64).sum();
+            assert!((out[i] as f64 - r).abs() < 1e-5, "{i}: {} vs {r}", out[i]);
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The `Backend` trait: the small set of operations the BitNet forward pass is written against.
+//!
+//! The model (`models::bitnet`) calls only these; each device implements them once
+//! (`cpu` here; CUDA in the `cuda` backend). Buffers hold f32 activations on the device and
+//! are sized once at load, so the decode path allocates nothing.
+
+use bitnet_core::{DType, Error, Result, Tensor};
+use bitnet_quant::formats::i2s::I2sMatrix;
+
+pub mod cpu;
+mod dense;
+mod i8mat;
+
+pub use cpu::CpuBackend;
+pub use dense::DenseMatrix;
+
+/// Where one row (token) of a batch sits: its sequence slot in the KV cache and its position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowPos {
+    /// KV-cache slot (one per concurrent sequence).
+    pub slot: usize,
+    /// Position of the token in its sequence (0-based).
+    pub pos: usize,
+}
+
+/// How the lm_head (vocabulary projection) is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LmHeadMode {
+    /// f32 weights, exact (the reference computes this).
+    F32,
+    /// int8 weights with one scale per vocabulary row and int8 activations: 4x fewer bytes
+    /// per token than f32; logits stay within the parity tolerance.
+    #[default]
+    I8,
+}
+
+impl std::str::FromStr for LmHeadMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(LmHeadMode::F32),
+            "i8" | "int8" => Ok(LmHeadMode::I8),
+            _ => Err(Error::invalid(format!("unknown lm_head mode `{s}` (expected f32 or i8)"))),
+        }
+    }
+}
+
+/// Shape of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheShape {
+    /// Transformer layers.
+    pub layers: usize,
+    /// Concurrent sequences.
+    pub slots: usize,
+    /// Positions per sequence.
+    pub max_seq: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+}
+
+/// Attention geometry of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+}
+
+/// A device that can run the BitNet forward pass.
+pub trait Backend: Send + Sync {
+    /// f32 activation buffer on the device.
+    type Buf: Send;
+    /// A ternary projection in the device's layout.
+    type Linear: Send + Sync;
+    /// The token embedding table.
+    type Embedding: Send + Sync;
+    /// The vocabulary projection.
+    type LmHead: Send + Sync;
+    /// The KV cache for every layer and slot.
+    type Cache: Send;
+
+    /// A short description (device name, kernel variant, threads).
+    fn describe(&self) -> String;
+    /// A zeroed buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Copies the first `out.len()` values of `buf` to the host.
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()>;
+
+    /// Prepares a ternary projection from the CPU's canonical layout.
+    fn linear(&self, w: I2sMatrix) -> Result<Self::Linear>;
+    /// Prepares an embedding table.
+    fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding>;
+    /// Prepares the vocabulary projection.
+    fn lm_head(&self, table: DenseMatrix, mode: LmHeadMode) -> Result<Self::LmHead>;
+    /// Allocates the KV cache.
+    fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache>;
+
+    /// `out[r] = table[ids[r]]`.
+    fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
+    /// Row-wise RMSNorm of `rows` rows of width `w.len()`: `out = x / rms(x) * w`.
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// BitLinear: per-token int8 activations times the ternary weight, scales applied.
+    fn bitlinear(&self, w: &Self::Linear, x: &Self::Buf, rows: usize, out: &mut Self::Buf)
+        -> Result<()>;
+    /// Rotary embedding (rotate-half convention) in place on `rows.len()` rows of
+    /// `heads * head_dim` values.
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: &[RowPos],
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()>;
+    /// Writes the rows' keys and values into the cache of `layer`.
+    fn store_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        rows: &[RowPos],
+    ) -> Result<()>;
+    /// Causal attention: each row attends to positions `0..=pos` of its slot.
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        cache: &Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// `gate = relu(gate)^2 * up` over the first `len` values.
+    fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]`.
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()>;
+    /// `x += y` over the first `len` values.
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
+    /// Logits of `rows` rows.
+    fn logits(&self, head: &Self::LmHead, x: &Self::Buf, rows: usize, out: &mut Self::Buf)
+        -> Result<()>;
+}
+
+/// Checks that a tensor is a float matrix; returns (rows, cols).
+pub(crate) fn float_matrix(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    let (r, c) = t.shape().as_matrix().map_err(|e| e.context(what.to_string()))?;
+    match t.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_0 | DType::Q6K => Ok((r, c)),
+        d => Err(Error::unsupported(format!("{what}: {d} tensors as a dense matrix"))),
+    }
+}

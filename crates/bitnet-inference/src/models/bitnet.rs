@@ -1,0 +1,234 @@
+//! BitNet b1.58 (HF `BitNetForCausalLM`), one forward pass for every backend.
+//!
+//! ```text
+//! h   = x + o_proj(attn_sub_norm(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))))   n = input_layernorm(x)
+//! out = h + down_proj(ffn_sub_norm(relu(gate_proj(m))² * up_proj(m)))                        m = post_attention_layernorm(h)
+//! logits = lm_head(norm(out))
+//! ```
+//! Every projection is a BitLinear (per-token int8 activations x ternary weights).
+
+use crate::backend::{AttnShape, Backend, CacheShape, RowPos};
+use bitnet_core::{Error, Result};
+
+/// The dimensions and constants of a BitNet model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dims {
+    /// Model width.
+    pub hidden: usize,
+    /// FFN width.
+    pub intermediate: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest sequence the model was trained for.
+    pub max_positions: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// RoPE base.
+    pub rope_theta: f32,
+}
+
+pub(crate) struct Layer<B: Backend> {
+    pub input_norm: B::Buf,
+    pub post_norm: B::Buf,
+    pub attn_sub_norm: B::Buf,
+    pub ffn_sub_norm: B::Buf,
+    pub q: B::Linear,
+    pub k: B::Linear,
+    pub v: B::Linear,
+    pub o: B::Linear,
+    pub gate: B::Linear,
+    pub up: B::Linear,
+    pub down: B::Linear,
+}
+
+/// A loaded BitNet model on one backend.
+pub struct BitNetModel<B: Backend> {
+    pub(crate) dims: Dims,
+    pub(crate) backend: B,
+    pub(crate) embed: B::Embedding,
+    pub(crate) layers: Vec<Layer<B>>,
+    pub(crate) norm: B::Buf,
+    pub(crate) lm_head: B::LmHead,
+}
+
+/// Which rows of a forward call produce logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every row (parity checks, batched decode of several sequences).
+    All,
+    /// Only the last row (prefill of one sequence).
+    Last,
+}
+
+/// Buffers and KV cache for running the model: allocated once, reused every step.
+pub struct State<B: Backend> {
+    cache: B::Cache,
+    max_rows: usize,
+    max_seq: usize,
+    slots: usize,
+    x: B::Buf,
+    xn: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    att: B::Buf,
+    tmp: B::Buf,
+    gate: B::Buf,
+    up: B::Buf,
+    last: B::Buf,
+    logits: B::Buf,
+    logit_rows: usize,
+}
+
+impl<B: Backend> State<B> {
+    /// Rows that can go through one forward call.
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+    /// Positions per sequence in the KV cache.
+    pub fn max_seq(&self) -> usize {
+        self.max_seq
+    }
+    /// Sequence slots in the KV cache.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+    /// Rows of logits written by the last forward call.
+    pub fn logit_rows(&self) -> usize {
+        self.logit_rows
+    }
+    /// The logits buffer on the device (`logit_rows * vocab` values).
+    pub fn logits_buf(&self) -> &B::Buf {
+        &self.logits
+    }
+}
+
+impl<B: Backend> BitNetModel<B> {
+    /// The model's dimensions.
+    pub fn dims(&self) -> &Dims {
+        &self.dims
+    }
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Allocates a state for `slots` sequences of up to `max_seq` positions, running up to
+    /// `max_rows` rows per forward call.
+    pub fn new_state(&self, slots: usize, max_seq: usize, max_rows: usize) -> Result<State<B>> {
+        let d = &self.dims;
+        if slots == 0 || max_seq == 0 || max_rows == 0 {
+            return Err(Error::invalid("state needs at least one slot, position and row"));
+        }
+        let b = &self.backend;
+        let qd = d.heads * d.head_dim;
+        let kvd = d.kv_heads * d.head_dim;
+        let cache = b.kv_cache(CacheShape {
+            layers: d.layers,
+            slots,
+            max_seq,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+        })?;
+        Ok(State {
+            cache,
+            max_rows,
+            max_seq,
+            slots,
+            x: b.alloc(max_rows * d.hidden)?,
+            xn: b.alloc(max_rows * d.hidden.max(qd))?,
+            q: b.alloc(max_rows * qd)?,
+            k: b.alloc(max_rows * kvd)?,
+            v: b.alloc(max_rows * kvd)?,
+            att: b.alloc(max_rows * qd)?,
+            tmp: b.alloc(max_rows * d.hidden)?,
+            gate: b.alloc(max_rows * d.intermediate)?,
+            up: b.alloc(max_rows * d.intermediate)?,
+            last: b.alloc(d.hidden)?,
+            logits: b.alloc(max_rows * d.vocab)?,
+            logit_rows: 0,
+        })
+    }
+
+    /// Runs `ids` (row `r` at `rows[r]`) through the model, fills the KV cache, and writes
+    /// logits into the state (see [`State::logits_buf`]).
+    pub fn forward(
+        &self,
+        st: &mut State<B>,
+        ids: &[u32],
+        rows: &[RowPos],
+        which: LogitsFor,
+    ) -> Result<()> {
+        let d = &self.dims;
+        let b = &self.backend;
+        let n = ids.len();
+        if n == 0 || n != rows.len() || n > st.max_rows {
+            return Err(Error::invalid(format!(
+                "forward: {n} ids for {} rows (at most {} rows per call)",
+                rows.len(),
+                st.max_rows
+            )));
+        }
+        if let Some(r) = rows.iter().find(|r| r.pos >= st.max_seq || r.slot >= st.slots) {
+            return Err(Error::invalid(format!(
+                "position {} exceeds the context length {} (or slot {} >= {})",
+                r.pos, st.max_seq, r.slot, st.slots
+            )));
+        }
+        let attn = AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+        b.embed(&self.embed, ids, &mut st.x)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            b.rms_norm(&st.x, &l.input_norm, d.eps, n, &mut st.xn)?;
+            b.bitlinear(&l.q, &st.xn, n, &mut st.q)?;
+            b.bitlinear(&l.k, &st.xn, n, &mut st.k)?;
+            b.bitlinear(&l.v, &st.xn, n, &mut st.v)?;
+            b.rope(&mut st.q, rows, d.heads, d.head_dim, d.rope_theta)?;
+            b.rope(&mut st.k, rows, d.kv_heads, d.head_dim, d.rope_theta)?;
+            b.store_kv(&mut st.cache, li, &st.k, &st.v, rows)?;
+            b.attention(&st.q, &st.cache, li, rows, attn, &mut st.att)?;
+            b.rms_norm(&st.att, &l.attn_sub_norm, d.eps, n, &mut st.xn)?;
+            b.bitlinear(&l.o, &st.xn, n, &mut st.tmp)?;
+            b.add(&mut st.x, &st.tmp, n * d.hidden)?;
+            // Feed-forward block.
+            b.rms_norm(&st.x, &l.post_norm, d.eps, n, &mut st.xn)?;
+            b.bitlinear(&l.gate, &st.xn, n, &mut st.gate)?;
+            b.bitlinear(&l.up, &st.xn, n, &mut st.up)?;
+            b.relu2_mul(&mut st.gate, &st.up, n * d.intermediate)?;
+            b.rms_norm(&st.gate, &l.ffn_sub_norm, d.eps, n, &mut st.up)?;
+            b.bitlinear(&l.down, &st.up, n, &mut st.tmp)?;
+            b.add(&mut st.x, &st.tmp, n * d.hidden)?;
+        }
+        match which {
+            LogitsFor::All => {
+                b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
+                b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
+                st.logit_rows = n;
+            }
+            LogitsFor::Last => {
+                b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
+                b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
+                b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
+                st.logit_rows = 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the logits of the last forward call (`logit_rows * vocab` values) to the host.
+    pub fn logits_into(&self, st: &State<B>, out: &mut [f32]) -> Result<()> {
+        let want = st.logit_rows * self.dims.vocab;
+        if out.len() != want {
+            return Err(Error::invalid(format!("logits buffer of {} for {want} values", out.len())));
+        }
+        self.backend.download(&st.logits, out)
+    }
+}

@@ -1,0 +1,80 @@
+//! A model plus its state on one backend, behind an object-safe trait so the [`crate::Engine`]
+//! can hold a CPU or a CUDA model alike.
+
+use crate::backend::{Backend, RowPos};
+use crate::models::{BitNetModel, Dims, LogitsFor, State};
+use bitnet_core::Result;
+
+/// One sequence's worth of model execution (KV-cache slot 0).
+pub trait Runner: Send {
+    /// Model dimensions.
+    fn dims(&self) -> &Dims;
+    /// Backend description.
+    fn describe(&self) -> String;
+    /// Positions the KV cache holds.
+    fn context_len(&self) -> usize;
+    /// Runs `ids` at positions `start..start + ids.len()` (in chunks of the state's row limit)
+    /// and writes logits of the last row, or of every row when `all` is set, into `out`
+    /// (`rows x vocab`).
+    fn forward(&mut self, ids: &[u32], start: usize, all: bool, out: &mut Vec<f32>) -> Result<()>;
+}
+
+/// The [`Runner`] for a [`BitNetModel`] on backend `B`.
+pub struct ModelRunner<B: Backend> {
+    model: BitNetModel<B>,
+    state: State<B>,
+    rows: Vec<RowPos>,
+}
+
+impl<B: Backend> ModelRunner<B> {
+    /// A runner with a KV cache of `context` positions and prefill chunks of `chunk` rows.
+    pub fn new(model: BitNetModel<B>, context: usize, chunk: usize) -> Result<Self> {
+        let state = model.new_state(1, context, chunk)?;
+        Ok(ModelRunner { model, state, rows: Vec::with_capacity(chunk) })
+    }
+    /// The model.
+    pub fn model(&self) -> &BitNetModel<B> {
+        &self.model
+    }
+}
+
+impl<B: Backend + 'static> Runner for ModelRunner<B>
+where
+    B::Buf: Send,
+    B::Cache: Send,
+{
+    fn dims(&self) -> &Dims {
+        self.model.dims()
+    }
+    fn describe(&self) -> String {
+        self.model.backend().describe()
+    }
+    fn context_len(&self) -> usize {
+        self.state.max_seq()
+    }
+    fn forward(&mut self, ids: &[u32], start: usize, all: bool, out: &mut Vec<f32>) -> Result<()> {
+        let vocab = self.model.dims().vocab;
+        out.clear();
+        let chunk = self.state.max_rows();
+        let n_chunks = ids.len().div_ceil(chunk);
+        for (c, part) in ids.chunks(chunk).enumerate() {
+            let base = start + c * chunk;
+            self.rows.clear();
+            self.rows.extend((0..part.len()).map(|i| RowPos { slot: 0, pos: base + i }));
+            let last_chunk = c + 1 == n_chunks;
+            if !all && !last_chunk {
+                // Only the cache matters for earlier chunks; still compute the last row's logits
+                // (cheap relative to the chunk) to keep one code path.
+                self.model.forward(&mut self.state, part, &self.rows, LogitsFor::Last)?;
+                continue;
+            }
+            let which = if all { LogitsFor::All } else { LogitsFor::Last };
+            self.model.forward(&mut self.state, part, &self.rows, which)?;
+            let rows = self.state.logit_rows();
+            let at = out.len();
+            out.resize(at + rows * vocab, 0.0);
+            self.model.logits_into(&self.state, &mut out[at..])?;
+        }
+        Ok(())
+    }
+}
