@@ -67,5 +67,31 @@ impl DenseMatrix {
 }
 
 fn dequantize_ggml(d: DType, src: &[u8], out: &mut [f32]) -> Result<()> {
-    Err(Error::unsupported(format!("dequantizing {d} rows ({} bytes into {})", src.len(), out.len())))
+    use bitnet_quant::formats::ggml;
+    match d {
+        DType::Q8_0 => ggml::dequantize_q8_0_into(src, out),
+        DType::Q6K => ggml::dequantize_q6_k_into(src, out),
+        d => Err(Error::unsupported(format!("dequantizing {d} rows"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_rows_dequantize_like_the_whole_tensor() {
+        let (rows, cols) = (3, 64);
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 23) as f32 - 11.0) / 7.0).collect();
+        let q = bitnet_quant::formats::ggml::quantize_q8_0(&x).unwrap();
+        let whole = bitnet_quant::formats::ggml::dequantize_q8_0(&q, rows * cols).unwrap();
+        let t = Tensor::from_bytes(DType::Q8_0, [rows, cols], &q).unwrap();
+        let m = DenseMatrix::new(t, "emb").unwrap();
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.row_into(r, &mut row).unwrap();
+            assert_eq!(row, whole[r * cols..(r + 1) * cols]);
+        }
+        assert!(m.row_into(rows, &mut row).is_err());
+    }
 }

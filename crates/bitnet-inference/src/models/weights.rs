@@ -56,14 +56,12 @@ pub fn load_projection(
         match t.dtype() {
             DType::F32 | DType::F16 | DType::BF16 => {
                 expect_dims(t, &[rows, cols])?;
-                if kind != WeightKind::Online {
-                    return Err(Error::format(
-                        "checkpoint",
-                        "float projection weights but the config says offline packed",
-                    ));
-                }
                 let w = t.to_f32_vec()?;
-                let (q, s) = absmean_ternary(&w);
+                let (q, s) = match kind {
+                    WeightKind::Online => absmean_ternary(&w),
+                    // GGUF f32/f16 outtypes store ternary values already times the scale.
+                    WeightKind::Offline(_) => prequantized(&w)?,
+                };
                 I2sMatrix::from_ternary(&q, rows, cols, s)
             }
             DType::U8 => {
@@ -100,6 +98,27 @@ pub fn load_projection(
         }
     };
     go().with_context(|| format!("loading {wname}"))
+}
+
+/// Splits float weights that are already `{-s, 0, s}` into ternary values and `s`.
+fn prequantized(w: &[f32]) -> Result<(Vec<i8>, f32)> {
+    let s = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if s == 0.0 {
+        return Ok((vec![0; w.len()], 1.0));
+    }
+    let tol = s * 1e-2;
+    let mut q = Vec::with_capacity(w.len());
+    for &v in w {
+        let t = (v / s).round();
+        if (v - t * s).abs() > tol {
+            return Err(Error::format(
+                "checkpoint",
+                format!("offline float weights are not ternary (value {v} with scale {s})"),
+            ));
+        }
+        q.push(t as i8);
+    }
+    Ok((q, s))
 }
 
 fn expect_dims(t: &Tensor, want: &[usize]) -> Result<()> {
