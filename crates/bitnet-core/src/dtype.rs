@@ -112,8 +112,11 @@ impl DType {
                 self.name()
             )));
         }
-        let body = (n / b) * self.block_bytes();
-        Ok(if self == DType::I2S { body + 32 } else { body })
+        let tail = if self == DType::I2S { 32 } else { 0 };
+        (n / b)
+            .checked_mul(self.block_bytes())
+            .and_then(|body| body.checked_add(tail))
+            .ok_or_else(|| Error::shape(format!("{n} {} elements overflow usize bytes", self.name())))
     }
 }
 
@@ -160,5 +163,6 @@ mod tests {
         assert_eq!(DType::F16.storage_bytes(3).unwrap(), 6);
         assert!(DType::TQ2_0.storage_bytes(100).is_err());
         assert!(DType::I2S.storage_bytes(129).is_err());
+        assert!(DType::F32.storage_bytes(usize::MAX / 2).is_err());
     }
 }
