@@ -113,10 +113,9 @@ impl DType {
             )));
         }
         let tail = if self == DType::I2S { 32 } else { 0 };
-        (n / b)
-            .checked_mul(self.block_bytes())
-            .and_then(|body| body.checked_add(tail))
-            .ok_or_else(|| Error::shape(format!("{n} {} elements overflow usize bytes", self.name())))
+        (n / b).checked_mul(self.block_bytes()).and_then(|body| body.checked_add(tail)).ok_or_else(
+            || Error::shape(format!("{n} {} elements overflow usize bytes", self.name())),
+        )
     }
 }
 
