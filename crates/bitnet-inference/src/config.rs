@@ -1,0 +1,549 @@
+//! The typed model configuration: `config.json` (HF `BitNetConfig`) or GGUF metadata.
+//!
+//! Every field is read with its own type check and every bad field is reported by name;
+//! all problems found are listed in one [`Error::Config`]. Defaults follow HF transformers'
+//! `BitNetConfig` except where noted on the field.
+
+use crate::formats::gguf::GgufMetadata;
+use bitnet_core::{Error, Result};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Largest accepted value for the model's main dimensions (anything above is taken as a typo).
+const MAX_DIM: usize = 1 << 20;
+/// Largest accepted layer count.
+const MAX_LAYERS: usize = 4096;
+/// Largest accepted vocabulary / context length.
+const MAX_VOCAB: usize = 1 << 24;
+
+/// The feed-forward activation. BitNet b1.58 uses squared ReLU only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HiddenAct {
+    /// `relu(x)²`.
+    Relu2,
+}
+
+/// Which HF BitLinear class an offline-packed checkpoint was saved for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LinearClass {
+    /// HF `AutoBitLinear`: `weight_scale = mean|W|`, the output is MULTIPLIED by it.
+    AutoBitLinear,
+    /// HF `BitLinear`: `weight_scale = 1 / mean|W|`, the output is DIVIDED by it.
+    BitLinear,
+}
+
+/// How the projection weights are quantized (`quantization_config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Quantization {
+    /// No `quantization_config`: HF builds plain `nn.Linear` layers (no quantization at all).
+    None,
+    /// Latent full-precision weights, quantized at load (`autobitlinear` + `online`).
+    Online,
+    /// Ternary weights stored packed, with a per-tensor `weight_scale`.
+    ///
+    /// GGUF files use `AutoBitLinear` semantics (the scale multiplies): the tensor dtype
+    /// (I2_S / TQ1_0 / TQ2_0 packed with their scale, or F32/F16 ternary values already
+    /// multiplied by the scale, as llama.cpp's f32/f16 outtypes write) says how to read each.
+    OfflinePacked {
+        /// The HF class, which fixes the meaning of `weight_scale`.
+        linear_class: LinearClass,
+    },
+}
+
+/// The model hyper-parameters, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BitNetConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Number of decoder blocks.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (GQA). Default: `num_attention_heads` (HF's constructor
+    /// default of 5 is for the 2B-4T shape only; every real config sets the key).
+    pub num_key_value_heads: usize,
+    /// Width of one head. Default: `hidden_size / num_attention_heads`.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Longest context the model was trained for. Default 2048.
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon. Default 1e-5.
+    pub rms_norm_eps: f64,
+    /// RoPE base (top-level `rope_theta` or `rope_parameters.rope_theta`). Default 500000.
+    pub rope_theta: f64,
+    /// Feed-forward activation (must be `relu2`).
+    pub hidden_act: HiddenAct,
+    /// Whether `lm_head` shares the embedding matrix. Default false (as HF); the 2B-4T sets true.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-text token. Default 128000.
+    pub bos_token_id: Option<u32>,
+    /// End-of-text tokens (`eos_token_id` may be an int or a list). Default `[128001]`.
+    pub eos_token_ids: Vec<u32>,
+    /// Padding token, if any.
+    pub pad_token_id: Option<u32>,
+    /// Weight quantization.
+    pub quantization: Quantization,
+    /// `quantization_config.modules_to_not_convert`: modules HF leaves as plain `nn.Linear`.
+    pub modules_to_not_convert: Vec<String>,
+    /// The stored dtype (`dtype` or `torch_dtype`), informational.
+    pub dtype: Option<String>,
+}
+
+/// Collects field problems so that all of them are reported at once.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, msg: impl Into<String>) {
+        self.0.push(msg.into());
+    }
+    fn finish<T>(self, value: T) -> Result<T> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(Error::Config(self.0.join("; ")))
+        }
+    }
+}
+
+fn json_usize(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<usize> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64().and_then(|v| usize::try_from(v).ok()) {
+            Some(v) => Some(v),
+            None => {
+                p.push(format!("`{key}` must be a non-negative integer, got {n}"));
+                None
+            }
+        },
+        Some(v) => {
+            p.push(format!("`{key}` must be an integer, got {v}"));
+            None
+        }
+    }
+}
+
+fn json_f64(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<f64> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(v) => {
+            p.push(format!("`{key}` must be a number, got {v}"));
+            None
+        }
+    }
+}
+
+fn json_str<'a>(obj: &'a Map<String, Value>, key: &str, p: &mut Problems) -> Option<&'a str> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(v) => {
+            p.push(format!("`{key}` must be a string, got {v}"));
+            None
+        }
+    }
+}
+
+fn json_bool(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<bool> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            p.push(format!("`{key}` must be true or false, got {v}"));
+            None
+        }
+    }
+}
+
+fn token_id(v: &Value) -> Option<u32> {
+    v.as_u64().and_then(|x| u32::try_from(x).ok())
+}
+
+/// `eos_token_id`: absent, an int, or a list of ints.
+fn json_eos(obj: &Map<String, Value>, p: &mut Problems) -> Option<Vec<u32>> {
+    match obj.get("eos_token_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(a)) => {
+            let ids: Option<Vec<u32>> = a.iter().map(token_id).collect();
+            if ids.is_none() {
+                p.push(format!(
+                    "`eos_token_id` must be token ids, got {}",
+                    Value::Array(a.clone())
+                ));
+            }
+            ids
+        }
+        Some(v) => {
+            let id = token_id(v);
+            if id.is_none() {
+                p.push(format!("`eos_token_id` must be a token id or a list of them, got {v}"));
+            }
+            id.map(|i| vec![i])
+        }
+    }
+}
+
+fn json_token(obj: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<u32> {
+    let v = json_usize(obj, key, p)?;
+    match u32::try_from(v) {
+        Ok(id) => Some(id),
+        Err(_) => {
+            p.push(format!("`{key}` {v} is not a valid token id"));
+            None
+        }
+    }
+}
+
+fn required(v: Option<usize>, key: &str, p: &mut Problems, obj: &Map<String, Value>) -> usize {
+    if v.is_none() && !obj.contains_key(key) {
+        p.push(format!("missing required field `{key}`"));
+    }
+    v.unwrap_or(0)
+}
+
+/// RoPE base: top-level `rope_theta` (older configs) or `rope_parameters.rope_theta` (5.x).
+fn json_rope(obj: &Map<String, Value>, p: &mut Problems) -> f64 {
+    let mut theta = json_f64(obj, "rope_theta", p);
+    if let Some(rp) = obj.get("rope_parameters").filter(|v| !v.is_null()) {
+        match rp.as_object() {
+            Some(rp) => {
+                if let Some(t) = json_f64(rp, "rope_theta", p) {
+                    theta = Some(t);
+                }
+                match json_str(rp, "rope_type", p) {
+                    None | Some("default") => {}
+                    Some(t) => {
+                        p.push(format!("rope_parameters.rope_type `{t}` is not supported yet"))
+                    }
+                }
+            }
+            None => p.push("`rope_parameters` must be an object"),
+        }
+    }
+    if let Some(rs) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str);
+        if kind != Some("default") {
+            p.push(format!("`rope_scaling` {rs} is not supported yet"));
+        }
+    }
+    theta.unwrap_or(500_000.0)
+}
+
+fn parse_quantization(obj: &Map<String, Value>, p: &mut Problems) -> (Quantization, Vec<String>) {
+    let q = match obj.get("quantization_config") {
+        None | Some(Value::Null) => return (Quantization::None, Vec::new()),
+        Some(Value::Object(q)) => q,
+        Some(v) => {
+            p.push(format!("`quantization_config` must be an object, got {v}"));
+            return (Quantization::None, Vec::new());
+        }
+    };
+    let method = json_str(q, "quant_method", p);
+    if method != Some("bitnet") {
+        p.push(format!(
+            "quantization_config.quant_method {} is not supported yet (only `bitnet`)",
+            method.map_or("(missing)".to_string(), |m| format!("`{m}`"))
+        ));
+    }
+    // HF BitNetQuantConfig defaults: linear_class "bitlinear", quantization_mode "offline".
+    let class = match json_str(q, "linear_class", p).unwrap_or("bitlinear") {
+        "autobitlinear" => LinearClass::AutoBitLinear,
+        "bitlinear" => LinearClass::BitLinear,
+        other => {
+            p.push(format!(
+                "quantization_config.linear_class `{other}` is not bitlinear or autobitlinear"
+            ));
+            LinearClass::AutoBitLinear
+        }
+    };
+    let online = match json_str(q, "quantization_mode", p).unwrap_or("offline") {
+        "online" => true,
+        "offline" => false,
+        other => {
+            p.push(format!(
+                "quantization_config.quantization_mode `{other}` is not online or offline"
+            ));
+            false
+        }
+    };
+    if json_bool(q, "use_rms_norm", p) == Some(true) {
+        p.push("quantization_config.use_rms_norm = true is not supported yet");
+    }
+    let skip = match q.get("modules_to_not_convert") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()
+        }
+        Some(v) => {
+            p.push(format!(
+                "quantization_config.modules_to_not_convert must be a list of names, got {v}"
+            ));
+            Vec::new()
+        }
+    };
+    // HF builds AutoBitLinear(online_quant = mode == "online") for autobitlinear and the
+    // packed BitLinear for bitlinear whatever the mode.
+    let quant = match (class, online) {
+        (LinearClass::AutoBitLinear, true) => Quantization::Online,
+        (linear_class, _) => Quantization::OfflinePacked { linear_class },
+    };
+    (quant, skip)
+}
+
+impl BitNetConfig {
+    /// Parses and validates the text of a `config.json`.
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
+        Self::from_json(&v)
+    }
+
+    /// Parses and validates a `config.json` already read as JSON.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| Error::Config("config.json must hold a JSON object".into()))?;
+        let mut p = Problems(Vec::new());
+        let p = &mut p;
+        let hidden_size = required(json_usize(obj, "hidden_size", p), "hidden_size", p, obj);
+        let intermediate_size =
+            required(json_usize(obj, "intermediate_size", p), "intermediate_size", p, obj);
+        let num_hidden_layers =
+            required(json_usize(obj, "num_hidden_layers", p), "num_hidden_layers", p, obj);
+        let num_attention_heads =
+            required(json_usize(obj, "num_attention_heads", p), "num_attention_heads", p, obj);
+        let vocab_size = required(json_usize(obj, "vocab_size", p), "vocab_size", p, obj);
+        let kv = json_usize(obj, "num_key_value_heads", p);
+        let head_dim = json_usize(obj, "head_dim", p);
+        let act = json_str(obj, "hidden_act", p).unwrap_or("relu2");
+        let (quantization, modules_to_not_convert) = parse_quantization(obj, p);
+        if json_bool(obj, "attention_bias", p) == Some(true) {
+            p.push("attention_bias = true is not supported yet (BitNet has no biases)");
+        }
+        let dtype = json_str(obj, "dtype", p).or(json_str(obj, "torch_dtype", p));
+        let cfg = BitNetConfig {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: kv.unwrap_or(num_attention_heads),
+            head_dim: head_dim.unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
+            vocab_size,
+            max_position_embeddings: json_usize(obj, "max_position_embeddings", p).unwrap_or(2048),
+            rms_norm_eps: json_f64(obj, "rms_norm_eps", p).unwrap_or(1e-5),
+            rope_theta: json_rope(obj, p),
+            hidden_act: HiddenAct::Relu2,
+            tie_word_embeddings: json_bool(obj, "tie_word_embeddings", p).unwrap_or(false),
+            bos_token_id: if obj.contains_key("bos_token_id") {
+                json_token(obj, "bos_token_id", p)
+            } else {
+                // HF's default, kept only where the vocabulary has it.
+                Some(128_000).filter(|&id| (id as usize) < vocab_size)
+            },
+            eos_token_ids: json_eos(obj, p).unwrap_or_else(|| {
+                if obj.contains_key("eos_token_id") {
+                    Vec::new()
+                } else {
+                    vec![128_001].into_iter().filter(|&id| (id as usize) < vocab_size).collect()
+                }
+            }),
+            pad_token_id: json_token(obj, "pad_token_id", p),
+            quantization,
+            modules_to_not_convert,
+            dtype: dtype.map(str::to_string),
+        };
+        if act != "relu2" {
+            p.push(format!("hidden_act `{act}` is not supported (BitNet b1.58 uses `relu2`)"));
+        }
+        cfg.check(p, head_dim.is_some());
+        std::mem::replace(p, Problems(Vec::new())).finish(cfg)
+    }
+
+    /// Validates the fields; `explicit_head_dim` relaxes `hidden % heads == 0`.
+    fn check(&self, p: &mut Problems, explicit_head_dim: bool) {
+        let dims = [
+            ("hidden_size", self.hidden_size, MAX_DIM),
+            ("intermediate_size", self.intermediate_size, MAX_DIM),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_LAYERS),
+            ("num_key_value_heads", self.num_key_value_heads, MAX_LAYERS),
+            ("head_dim", self.head_dim, MAX_DIM),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_VOCAB),
+        ];
+        let mut zero = false;
+        for (name, v, max) in dims {
+            if v == 0 {
+                p.push(format!("`{name}` must be > 0"));
+                zero = true;
+            } else if v > max {
+                p.push(format!("`{name}` = {v} is absurdly large (limit {max})"));
+            }
+        }
+        if zero {
+            return;
+        }
+        if !explicit_head_dim && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            p.push(format!(
+                "num_attention_heads {} does not divide hidden_size {}",
+                self.num_attention_heads, self.hidden_size
+            ));
+        }
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            p.push(format!(
+                "num_key_value_heads {} does not divide num_attention_heads {}",
+                self.num_key_value_heads, self.num_attention_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            p.push(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            p.push(format!("`rms_norm_eps` = {} must be in (0, 1)", self.rms_norm_eps));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            p.push(format!("`rope_theta` = {} must be a positive number", self.rope_theta));
+        }
+        let ids = self.bos_token_id.iter().chain(&self.eos_token_ids).chain(&self.pad_token_id);
+        for &id in ids {
+            if id as usize >= self.vocab_size {
+                p.push(format!("token id {id} is outside the vocabulary of {}", self.vocab_size));
+            }
+        }
+    }
+
+    /// Re-validates a config built by hand (e.g. by a converter or a synthetic benchmark).
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Problems(Vec::new());
+        self.check(&mut p, true);
+        p.finish(())
+    }
+
+    /// Number of key/value heads sharing each query head group.
+    pub fn gqa_group(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads.max(1)
+    }
+
+    /// Builds the config from GGUF metadata (`{arch}.*` keys, `tokenizer.ggml.*`).
+    ///
+    /// The architecture must be `bitnet` (llama.cpp) or a Microsoft fork name
+    /// (`bitnet-b1.58`, `bitnet-25`). Weights are taken as offline ternary
+    /// ([`Quantization::OfflinePacked`], scale multiplies). `tie_word_embeddings` is set
+    /// true here; the loader clears it when the file has an `output.weight`.
+    pub fn from_gguf_metadata(meta: &GgufMetadata) -> Result<Self> {
+        let arch = meta.architecture()?;
+        if !is_bitnet_arch(arch) {
+            return Err(Error::unsupported(format!(
+                "GGUF architecture `{arch}` (expected bitnet, bitnet-b1.58 or bitnet-25)"
+            )));
+        }
+        let mut p = Problems(Vec::new());
+        let int = |k: &str, p: &mut Problems| -> Option<usize> {
+            let key = format!("{arch}.{k}");
+            match meta.get_usize(&key) {
+                Ok(v) => v,
+                Err(e) => {
+                    p.push(e.to_string());
+                    None
+                }
+            }
+        };
+        let need = |k: &str, p: &mut Problems| {
+            int(k, p).unwrap_or_else(|| {
+                p.push(format!("missing GGUF key `{arch}.{k}`"));
+                0
+            })
+        };
+        let hidden_size = need("embedding_length", &mut p);
+        let num_hidden_layers = need("block_count", &mut p);
+        let intermediate_size = need("feed_forward_length", &mut p);
+        let heads = need("attention.head_count", &mut p);
+        let kv = int("attention.head_count_kv", &mut p).unwrap_or(heads);
+        let head_dim = int("attention.key_length", &mut p)
+            .unwrap_or(hidden_size.checked_div(heads).unwrap_or(0));
+        let rope_dims = int("rope.dimension_count", &mut p);
+        let ctx = int("context_length", &mut p).unwrap_or(2048);
+        let vocab = match meta.array_len("tokenizer.ggml.tokens") {
+            Some(n) => n,
+            None => int("vocab_size", &mut p).unwrap_or_else(|| {
+                p.push("no `tokenizer.ggml.tokens` array and no vocab_size key".to_string());
+                0
+            }),
+        };
+        let float = |k: &str, p: &mut Problems| match meta.get_f64(&format!("{arch}.{k}")) {
+            Ok(v) => v,
+            Err(e) => {
+                p.push(e.to_string());
+                None
+            }
+        };
+        let eps = float("attention.layer_norm_rms_epsilon", &mut p).unwrap_or(1e-5);
+        let theta = float("rope.freq_base", &mut p).unwrap_or(500_000.0);
+        let tok = |k: &str| meta.get_usize(k).ok().flatten().and_then(|v| u32::try_from(v).ok());
+        let cfg = BitNetConfig {
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv,
+            head_dim,
+            vocab_size: vocab,
+            max_position_embeddings: ctx,
+            rms_norm_eps: eps,
+            rope_theta: theta,
+            hidden_act: HiddenAct::Relu2,
+            tie_word_embeddings: true,
+            bos_token_id: tok("tokenizer.ggml.bos_token_id"),
+            eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
+            pad_token_id: tok("tokenizer.ggml.padding_token_id"),
+            quantization: Quantization::OfflinePacked { linear_class: LinearClass::AutoBitLinear },
+            modules_to_not_convert: Vec::new(),
+            dtype: None,
+        };
+        if let Some(r) = rope_dims.filter(|&r| r != head_dim) {
+            p.push(format!("partial rotary ({arch}.rope.dimension_count {r} != head_dim {head_dim}) is not supported yet"));
+        }
+        cfg.check(&mut p, true);
+        p.finish(cfg)
+    }
+}
+
+/// Whether a GGUF `general.architecture` names a BitNet b1.58 model we can run.
+pub fn is_bitnet_arch(arch: &str) -> bool {
+    matches!(arch, "bitnet" | "bitnet-b1.58" | "bitnet-25")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eos_may_be_an_int_or_a_list() {
+        let base = r#""hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":384,"bos_token_id":0"#;
+        let one = BitNetConfig::from_json_str(&format!("{{{base},\"eos_token_id\":1}}")).unwrap();
+        assert_eq!(one.eos_token_ids, vec![1]);
+        let two =
+            BitNetConfig::from_json_str(&format!("{{{base},\"eos_token_id\":[1,2]}}")).unwrap();
+        assert_eq!(two.eos_token_ids, vec![1, 2]);
+        assert_eq!(two.num_key_value_heads, 4);
+        assert_eq!(two.head_dim, 16);
+        assert_eq!(two.quantization, Quantization::None);
+    }
+
+    #[test]
+    fn all_bad_fields_are_named_in_one_error() {
+        let e = BitNetConfig::from_json_str(
+            r#"{"hidden_size":0,"intermediate_size":-3,"num_hidden_layers":2,
+                "num_attention_heads":4,"hidden_act":"silu"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for part in ["`hidden_size` must be > 0", "`intermediate_size`", "`vocab_size`", "silu"] {
+            assert!(e.contains(part), "{e} lacks {part}");
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! Loader tests: GGUF and safetensors round trips, the HF fixtures, and malformed inputs
+//! (each must give an `Err`, never a panic).
+
+use bitnet_core::{DType, Tensor};
+use bitnet_inference::config::{BitNetConfig, LinearClass, Quantization};
+use bitnet_inference::formats::gguf::{parse_gguf, GgufValue, GgufValueType, GgufVocab};
+use bitnet_inference::formats::gguf_write::{bitnet_writer, GgufTarget, GgufWriter};
+use bitnet_inference::formats::{load, parse_safetensors, FileKind};
+use std::path::{Path, PathBuf};
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bitnet-loaders-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A small valid GGUF (upstream `bitnet`) with metadata of every type and three tensors.
+fn sample_writer() -> GgufWriter {
+    let mut w = GgufWriter::new("bitnet");
+    w.add("t.u8", GgufValue::U8(7)).unwrap();
+    w.add("t.i8", GgufValue::I8(-7)).unwrap();
+    w.add("t.u16", GgufValue::U16(65535)).unwrap();
+    w.add("t.i16", GgufValue::I16(-300)).unwrap();
+    w.add("t.i32", GgufValue::I32(-70000)).unwrap();
+    w.add("t.u64", GgufValue::U64(1 << 40)).unwrap();
+    w.add("t.i64", GgufValue::I64(-(1 << 40))).unwrap();
+    w.add("t.f64", GgufValue::F64(0.125)).unwrap();
+    w.add_bool("t.bool", true).unwrap();
+    let nested = GgufValue::Array(
+        GgufValueType::Array,
+        vec![GgufValue::Array(GgufValueType::U8, vec![GgufValue::U8(1), GgufValue::U8(2)])],
+    );
+    w.add("t.nested", nested).unwrap();
+    for (k, v) in [
+        ("bitnet.embedding_length", 64),
+        ("bitnet.block_count", 1),
+        ("bitnet.feed_forward_length", 256),
+        ("bitnet.attention.head_count", 4),
+        ("bitnet.attention.head_count_kv", 2),
+        ("bitnet.context_length", 128),
+    ] {
+        w.add_u32(k, v).unwrap();
+    }
+    w.add_f32("bitnet.rope.freq_base", 10000.0).unwrap();
+    w.add_f32("bitnet.attention.layer_norm_rms_epsilon", 1e-5).unwrap();
+    let vocab = GgufVocab {
+        model: "gpt2".into(),
+        pre: Some("llama-bpe".into()),
+        tokens: (0..8).map(|i| format!("t{i}")).collect(),
+        token_types: vec![1; 8],
+        merges: vec!["t 0".into()],
+        bos_token_id: Some(0),
+        eos_token_id: Some(1),
+        chat_template: Some("{{ messages }}".into()),
+        ..Default::default()
+    };
+    w.add_vocab(&vocab).unwrap();
+    let emb: Vec<f32> = (0..8 * 64).map(|i| i as f32 * 0.5).collect();
+    w.add_tensor_bytes("token_embd.weight", DType::F32, &[8, 64], &f32_bytes(&emb)).unwrap();
+    w.add_tensor_bytes("blk.0.attn_norm.weight", DType::F16, &[64], &[0x3c; 128]).unwrap();
+    let tq2: Vec<u8> = (0..66 * 32).map(|i| (i * 7 % 251) as u8).collect();
+    w.add_tensor_bytes("blk.0.ffn_up.weight", DType::TQ2_0, &[32, 256], &tq2).unwrap();
+    w
+}
+
+#[test]
+fn gguf_round_trip_keeps_metadata_and_tensor_bytes() {
+    let w = sample_writer();
+    let dir = tmp_dir("gguf-rt");
+    let path = dir.join("m.gguf");
+    w.write(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let f = parse_gguf(&bytes).unwrap();
+    assert_eq!(f.version, 3);
+    assert_eq!(f.metadata.entries(), w.metadata().entries());
+    let ffn = f.tensors.iter().find(|t| t.name == "blk.0.ffn_up.weight").unwrap();
+    assert_eq!(ffn.ne, vec![256, 32]);
+    assert_eq!(ffn.dtype, DType::TQ2_0);
+    assert_eq!(ffn.offset % 32, 0);
+
+    let m = load(&path).unwrap();
+    assert_eq!(m.kind, FileKind::Gguf);
+    let t = m.tensors.require("model.layers.0.mlp.up_proj.weight").unwrap();
+    assert_eq!((t.dtype(), t.dims()), (DType::TQ2_0, &[32usize, 256][..]));
+    assert!(t.is_mapped());
+    assert_eq!(t.bytes(), &bytes[ffn.offset..ffn.offset + 66 * 32]);
+    let emb = m.tensors.require("model.embed_tokens.weight").unwrap();
+    assert_eq!(emb.dims(), &[8, 64]);
+    assert_eq!(emb.to_f32_vec().unwrap()[3], 1.5);
+    assert_eq!(
+        (m.config.hidden_size, m.config.num_key_value_heads, m.config.vocab_size),
+        (64, 2, 8)
+    );
+    assert!(m.config.tie_word_embeddings);
+    let v = m.gguf_vocab.unwrap();
+    assert_eq!((v.tokens.len(), v.eos_token_id, v.pre.as_deref()), (8, Some(1), Some("llama-bpe")));
+    assert!(m.metadata.iter().any(|(k, v)| k == "t.nested" && v.contains("Array")));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn i2s_is_read_only_from_microsoft_fork_files() {
+    let mut w = GgufWriter::new("bitnet-b1.58");
+    let mut i2s = vec![0x55u8; 128 * 128 / 4];
+    i2s.extend(f32_bytes(&[0.25; 8]));
+    w.add_tensor_bytes("blk.0.attn_q.weight", DType::I2S, &[128, 128], &i2s).unwrap();
+    let bytes = w.to_bytes().unwrap();
+    let f = parse_gguf(&bytes).unwrap();
+    assert_eq!((f.tensors[0].dtype, f.tensors[0].len), (DType::I2S, 128 * 32 + 32));
+
+    // The same bytes under the upstream architecture name: type 36 is not I2_S there.
+    let upstream = replace_once(&bytes, b"bitnet-b1.58", b"bitnet-xxxxx");
+    let e = parse_gguf(&upstream).unwrap_err().to_string();
+    assert!(e.contains("36") && e.contains("bitnet-xxxxx"), "{e}");
+    // ... unless general.file_type says MOSTLY_I2_S (40).
+    let mut w = GgufWriter::new("bitnet-xxxxx");
+    w.add_u32("general.file_type", 40).unwrap();
+    w.add_tensor_bytes("w", DType::I2S, &[128, 128], &i2s).unwrap();
+    assert_eq!(parse_gguf(&w.to_bytes().unwrap()).unwrap().tensors[0].dtype, DType::I2S);
+    // The writer refuses I2_S where a reader would not take it.
+    let mut w = GgufWriter::new("bitnet");
+    w.add_tensor_bytes("w", DType::I2S, &[128, 128], &i2s).unwrap();
+    assert!(w.to_bytes().is_err());
+}
+
+fn replace_once(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let i = hay.windows(from.len()).position(|w| w == from).unwrap();
+    let mut out = hay.to_vec();
+    out[i..i + to.len()].copy_from_slice(to);
+    out
+}
+
+/// Byte position of the ggml type id of the tensor info named `name`.
+fn type_field(bytes: &[u8], name: &str, n_dims: usize) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap();
+    at + key.len() + 4 + 8 * n_dims
+}
+
+#[test]
+fn unknown_and_foreign_type_ids_name_the_type_and_arch() {
+    let bytes = sample_writer().to_bytes().unwrap();
+    let at = type_field(&bytes, "blk.0.attn_norm.weight", 1);
+    for (id, want) in [(39u32, "MXFP4"), (99, "unknown ggml type id 99"), (12, "Q4_K")] {
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&id.to_le_bytes());
+        let e = parse_gguf(&b).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains("`bitnet`"), "{id}: {e}");
+    }
+}
+
+#[test]
+fn gguf_truncated_anywhere_is_an_error() {
+    let bytes = sample_writer().to_bytes().unwrap();
+    let f = parse_gguf(&bytes).unwrap();
+    let data_end = f.tensors.iter().map(|t| t.offset + t.len).max().unwrap();
+    for cut in 0..data_end {
+        assert!(parse_gguf(&bytes[..cut]).is_err(), "cut at {cut} parsed");
+    }
+}
+
+#[test]
+fn gguf_header_lies_are_errors() {
+    let good = sample_writer().to_bytes().unwrap();
+    let patch = |at: usize, v: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + v.len()].copy_from_slice(v);
+        parse_gguf(&b).unwrap_err().to_string()
+    };
+    assert!(patch(0, b"GGML").contains("magic"));
+    assert!(patch(4, &1u32.to_le_bytes()).contains("version 1"));
+    assert!(patch(4, &9u32.to_le_bytes()).contains("version 9"));
+    assert!(patch(4, &3u32.to_be_bytes()).contains("big-endian"));
+    assert!(patch(8, &(1u64 << 62).to_le_bytes()).contains("tensor count"));
+    assert!(patch(16, &u64::MAX.to_le_bytes()).contains("metadata count"));
+    // First key's string length.
+    assert!(patch(24, &(1u64 << 60).to_le_bytes()).contains("cannot fit"));
+    // First value type (after the 8-byte length and "general.architecture").
+    assert!(patch(24 + 8 + 20, &77u32.to_le_bytes()).contains("value type id 77"));
+    // A tensor's dims, n_dims and offset.
+    let at = type_field(&good, "blk.0.ffn_up.weight", 2);
+    assert!(patch(at - 16, &u64::MAX.to_le_bytes()).contains("ffn_up"));
+    assert!(patch(at - 20, &9u32.to_le_bytes()).contains("9 dimensions"));
+    assert!(patch(at + 4, &(1u64 << 40).to_le_bytes()).contains("outside"));
+    assert!(patch(at + 4, &8u64.to_le_bytes()).contains("alignment"));
+    assert!(patch(at + 4, &0u64.to_le_bytes()).contains("overlap"));
+    // A row that is not whole TQ2_0 blocks.
+    assert!(patch(at - 16, &128u64.to_le_bytes()).contains("block"));
+    // Array length of the nested array.
+    let mut w = GgufWriter::new("x");
+    w.add("a", GgufValue::Array(GgufValueType::U32, vec![GgufValue::U32(1)])).unwrap();
+    let mut b = w.to_bytes().unwrap();
+    let pos = b.windows(4).rposition(|w| w == 4u32.to_le_bytes()).unwrap(); // element type U32
+    b[pos + 4..pos + 12].copy_from_slice(&(1u64 << 61).to_le_bytes());
+    assert!(parse_gguf(&b).unwrap_err().to_string().contains("array length"));
+}
+
+#[test]
+fn gguf_duplicates_and_bad_alignment_are_errors() {
+    let mut w = GgufWriter::new("bitnet");
+    assert!(w.add_u32("general.architecture", 1).is_err());
+    w.add_tensor_bytes("a", DType::F32, &[8], &[0; 32]).unwrap();
+    assert!(w.add_tensor_bytes("a", DType::F32, &[8], &[0; 32]).is_err());
+    let bytes = w.to_bytes().unwrap();
+    let renamed = {
+        let mut w = GgufWriter::new("bitnet");
+        w.add_tensor_bytes("a", DType::F32, &[8], &[0; 32]).unwrap();
+        w.add_tensor_bytes("b", DType::F32, &[8], &[0; 32]).unwrap();
+        w.to_bytes().unwrap()
+    };
+    let dup =
+        replace_once(&renamed, &[1, 0, 0, 0, 0, 0, 0, 0, b'b'], &[1, 0, 0, 0, 0, 0, 0, 0, b'a']);
+    assert!(parse_gguf(&dup).unwrap_err().to_string().contains("duplicate tensor"));
+    assert!(parse_gguf(&bytes).is_ok());
+    let mut w = GgufWriter::new("bitnet");
+    w.add_u32("general.alignment", 3).unwrap();
+    assert!(w.to_bytes().is_err());
+}
+
+#[test]
+fn writer_leaves_no_file_when_it_fails() {
+    let dir = tmp_dir("atomic");
+    let path = dir.join("bad.gguf");
+    let mut w = GgufWriter::new("bitnet");
+    w.add_tensor_bytes("w", DType::I2S, &[128], &[0; 64]).unwrap();
+    assert!(w.write(&path).is_err());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Builds a safetensors file from (name, dtype, shape, bytes).
+fn safetensors_bytes(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let b = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            (*name).into(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [b, data.len()]}),
+        );
+    }
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    out
+}
+
+fn sample_safetensors() -> Vec<u8> {
+    safetensors_bytes(&[
+        ("a", "F32", vec![2, 3], f32_bytes(&[1., 2., 3., 4., 5., 6.])),
+        ("b", "BF16", vec![4], vec![0x80, 0x3f, 0, 0x40, 0, 0, 0, 0]),
+        ("c", "U8", vec![2, 2], vec![1, 2, 3, 4]),
+    ])
+}
+
+#[test]
+fn safetensors_header_is_validated() {
+    let good = sample_safetensors();
+    let h = parse_safetensors(&good).unwrap();
+    assert_eq!(h.tensors.len(), 3);
+    assert_eq!(h.metadata.get("format").map(String::as_str), Some("pt"));
+    for cut in 0..good.len() {
+        assert!(parse_safetensors(&good[..cut]).is_err(), "cut at {cut} parsed");
+    }
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(parse_safetensors(&huge).unwrap_err().to_string().contains("header length"));
+    let cases: [(&[(&str, &str, Vec<usize>, Vec<u8>)], &str); 3] = [
+        (&[("x", "F64", vec![1], vec![0; 8])], "F64"),
+        (&[("x", "Q9", vec![1], vec![0; 8])], "unknown dtype `Q9`"),
+        (&[("x", "F32", vec![3], vec![0; 8])], "needs 12 bytes"),
+    ];
+    for (t, want) in cases {
+        let e = parse_safetensors(&safetensors_bytes(t)).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let lie = |json: &str| {
+        let mut b = (json.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(json.as_bytes());
+        b.extend_from_slice(&[0; 16]);
+        parse_safetensors(&b).unwrap_err().to_string()
+    };
+    assert!(lie(r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[14,18]}}"#).contains("outside"));
+    assert!(lie(r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[4,0]}}"#).contains("outside"));
+    let overlap = r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"y":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#;
+    assert!(lie(overlap).contains("overlap"));
+    assert!(lie(r#"{"x":{"dtype":"U8","shape":[-4],"data_offsets":[0,4]}}"#).contains("shape"));
+    assert!(lie(r#"{"x":{"dtype":"U8","shape":[4],"data_offsets":[0]}}"#).contains("data_offsets"));
+    assert!(lie(r#"{"__metadata__":{"k":1}}"#).contains("not a string"));
+    assert!(lie(r#"[1,2]"#).contains("JSON object"));
+    let big =
+        format!(r#"{{"x":{{"dtype":"U8","shape":[{},{}],"data_offsets":[0,4]}}}}"#, u64::MAX, 4);
+    assert!(lie(&big).contains("more elements"));
+}
+
+const TINY_CONFIG: &str = r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,
+  "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":8,"bos_token_id":0,
+  "eos_token_id":1,"hidden_act":"relu2","rope_theta":10000.0}"#;
+
+#[test]
+fn sharded_hf_dirs_load_and_bad_indexes_are_errors() {
+    let dir = tmp_dir("sharded");
+    std::fs::write(dir.join("config.json"), TINY_CONFIG).unwrap();
+    let s1 = safetensors_bytes(&[("model.norm.weight", "F32", vec![2], f32_bytes(&[1.0, 2.0]))]);
+    let s2 = safetensors_bytes(&[("lm_head.weight", "F16", vec![1, 2], vec![0; 4])]);
+    std::fs::write(dir.join("a.safetensors"), s1).unwrap();
+    std::fs::write(dir.join("b.safetensors"), s2).unwrap();
+    let index = |map: &str| std::fs::write(dir.join("model.safetensors.index.json"), map).unwrap();
+    index(
+        r#"{"weight_map":{"model.norm.weight":"a.safetensors","lm_head.weight":"b.safetensors"}}"#,
+    );
+    let m = load(&dir).unwrap();
+    assert_eq!(m.kind, FileKind::HfDir);
+    assert_eq!(m.tensors.names().collect::<Vec<_>>(), ["lm_head.weight", "model.norm.weight"]);
+    assert_eq!(m.config.num_key_value_heads, 2);
+    // Loading through a file inside the directory works too.
+    assert_eq!(load(&dir.join("config.json")).unwrap().tensors.len(), 2);
+
+    index(r#"{"weight_map":{"model.norm.weight":"missing.safetensors"}}"#);
+    assert!(format!("{}", load(&dir).unwrap_err()).contains("missing.safetensors"));
+    index(r#"{"weight_map":{"model.norm.weight":"../a.safetensors"}}"#);
+    assert!(load(&dir).is_err());
+    index(r#"{"weight_map":{"model.x.weight":"a.safetensors"}}"#);
+    assert!(format!("{}", load(&dir).unwrap_err()).contains("model.x.weight"));
+    index(r#"{"weight_map":{"model.norm.weight":"a.safetensors","z":"a.safetensors"}}"#);
+    assert!(load(&dir).is_err());
+    index("not json");
+    assert!(load(&dir).is_err());
+    std::fs::remove_file(dir.join("model.safetensors.index.json")).unwrap();
+    assert!(format!("{}", load(&dir).unwrap_err()).contains("model.safetensors"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_configs_name_the_bad_field() {
+    let cases = [
+        (
+            r#"{"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8}"#,
+            "missing required field `hidden_size`",
+        ),
+        (
+            r#"{"hidden_size":1073741824,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8}"#,
+            "absurdly large",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":5,"vocab_size":8}"#,
+            "does not divide hidden_size",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"num_key_value_heads":3,"vocab_size":8}"#,
+            "num_key_value_heads 3",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"hidden_act":"silu"}"#,
+            "`silu`",
+        ),
+        (
+            r#"{"hidden_size":"64","intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8}"#,
+            "`hidden_size` must be an integer",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":0,"num_attention_heads":4,"vocab_size":8}"#,
+            "`num_hidden_layers` must be > 0",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"eos_token_id":99}"#,
+            "token id 99",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"quantization_config":{"quant_method":"gptq"}}"#,
+            "`gptq`",
+        ),
+        (
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"rms_norm_eps":0}"#,
+            "rms_norm_eps",
+        ),
+        ("[]", "JSON object"),
+        ("{", "not valid JSON"),
+    ];
+    for (json, want) in cases {
+        let e = BitNetConfig::from_json_str(json).unwrap_err().to_string();
+        assert!(e.contains(want), "{json}\n -> {e}\n lacks {want}");
+    }
+    let dir = tmp_dir("badcfg");
+    std::fs::write(dir.join("config.json"), cases[4].0).unwrap();
+    std::fs::write(dir.join("model.safetensors"), sample_safetensors()).unwrap();
+    assert!(load(&dir).unwrap_err().to_string().contains("config.json"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn quantization_config_variants() {
+    let q = |qc: &str| {
+        let j = TINY_CONFIG
+            .replace("\"hidden_act\"", &format!("\"quantization_config\":{qc},\"hidden_act\""));
+        BitNetConfig::from_json_str(&j).map(|c| c.quantization)
+    };
+    assert_eq!(q("null").unwrap(), Quantization::None);
+    let on =
+        r#"{"quant_method":"bitnet","linear_class":"autobitlinear","quantization_mode":"online"}"#;
+    assert_eq!(q(on).unwrap(), Quantization::Online);
+    let off =
+        r#"{"quant_method":"bitnet","linear_class":"autobitlinear","quantization_mode":"offline"}"#;
+    assert_eq!(
+        q(off).unwrap(),
+        Quantization::OfflinePacked { linear_class: LinearClass::AutoBitLinear }
+    );
+    assert_eq!(
+        q(r#"{"quant_method":"bitnet"}"#).unwrap(),
+        Quantization::OfflinePacked { linear_class: LinearClass::BitLinear }
+    );
+    assert!(q(r#"{"quant_method":"bitnet","linear_class":"fancy"}"#).is_err());
+    assert!(q(r#"{"quant_method":"bitnet","use_rms_norm":true}"#).is_err());
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+#[test]
+fn hf_fixtures_load_with_the_expected_tensors() {
+    let root = fixtures();
+    let Ok(entries) = std::fs::read_dir(&root) else { return };
+    let mut seen = 0;
+    for e in entries {
+        let dir = e.unwrap().path();
+        if !dir.join("config.json").is_file() {
+            continue;
+        }
+        seen += 1;
+        let m = load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let c = &m.config;
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.head_dim),
+            (64, 2, 384, 16)
+        );
+        let kv = c.num_key_value_heads;
+        for i in 0..c.num_hidden_layers {
+            let l = |s: &str| format!("model.layers.{i}.{s}");
+            for n in [
+                "input_layernorm.weight",
+                "post_attention_layernorm.weight",
+                "self_attn.attn_sub_norm.weight",
+                "mlp.ffn_sub_norm.weight",
+            ] {
+                assert!(m.tensors.contains(&l(n)), "{name}: {}", l(n));
+            }
+            let k = m.tensors.require(&l("self_attn.k_proj.weight")).unwrap();
+            let up = m.tensors.require(&l("mlp.up_proj.weight")).unwrap();
+            if name.starts_with("offline") {
+                assert_eq!((k.dtype(), k.dims()), (DType::U8, &[kv * 16 / 4, 64][..]), "{name}");
+                assert_eq!(up.dims(), &[160 / 4, 64]);
+                assert_eq!(
+                    m.tensors.require(&l("self_attn.q_proj.weight_scale")).unwrap().dims(),
+                    &[1]
+                );
+            } else {
+                assert_eq!(k.dims(), &[kv * 16, 64], "{name}");
+                assert_eq!(up.dims(), &[160, 64]);
+            }
+        }
+        assert!(m.tensors.contains("model.norm.weight"));
+        assert_eq!(m.lm_head().unwrap().dims(), &[384, 64]);
+        assert_eq!(m.tensors.contains("lm_head.weight"), !c.tie_word_embeddings, "{name}");
+        let want = match name.as_str() {
+            "online_f32_tied_gqa" => (Quantization::Online, true, 10000.0, DType::F32, 2),
+            "online_bf16_untied_mha" => (Quantization::Online, false, 500000.0, DType::BF16, 4),
+            "offline_autobitlinear" => (
+                Quantization::OfflinePacked { linear_class: LinearClass::AutoBitLinear },
+                true,
+                10000.0,
+                DType::F32,
+                2,
+            ),
+            "offline_bitlinear" => (
+                Quantization::OfflinePacked { linear_class: LinearClass::BitLinear },
+                false,
+                500000.0,
+                DType::F32,
+                2,
+            ),
+            _ => continue,
+        };
+        let emb = m.tensors.require("model.embed_tokens.weight").unwrap().dtype();
+        assert_eq!((c.quantization, c.tie_word_embeddings, c.rope_theta, emb, kv), want, "{name}");
+        assert_eq!((c.bos_token_id, c.eos_token_ids.as_slice()), (Some(0), &[1u32][..]));
+    }
+    assert!(seen == 0 || seen >= 4, "found {seen} fixtures");
+}
+
+#[test]
+fn hf_fixture_converted_to_gguf_loads_back_identically() {
+    let src = fixtures().join("online_f32_tied_gqa");
+    if !src.is_dir() {
+        return;
+    }
+    let hf = load(&src).unwrap();
+    let mut w = bitnet_writer(&hf.config, GgufTarget::LlamaCpp, DType::F32, "tiny").unwrap();
+    let vocab = GgufVocab {
+        model: "gpt2".into(),
+        tokens: (0..384).map(|i| format!("{i}")).collect(),
+        ..Default::default()
+    };
+    w.add_vocab(&vocab).unwrap();
+    for (name, t) in hf.tensors.iter() {
+        let g = bitnet_inference::formats::names::hf_to_gguf(name).unwrap();
+        w.add_tensor(&g, t).unwrap();
+    }
+    let dir = tmp_dir("convert");
+    let path = dir.join("tiny.gguf");
+    w.write(&path).unwrap();
+    let g = load(&path).unwrap();
+    let mut want = hf.config.clone();
+    want.rms_norm_eps = g.config.rms_norm_eps; // stored as f32
+    want.bos_token_id = None; // this vocabulary stores no special ids
+    want.eos_token_ids.clear();
+    want.dtype = None;
+    want.quantization = g.config.quantization;
+    assert_eq!(g.config, want);
+    assert!((g.config.rms_norm_eps - 1e-5).abs() < 1e-9);
+    assert_eq!(g.tensors.names().collect::<Vec<_>>(), hf.tensors.names().collect::<Vec<_>>());
+    for (name, t) in hf.tensors.iter() {
+        let u: &Tensor = g.tensors.require(name).unwrap();
+        assert_eq!((u.dtype(), u.dims(), u.bytes()), (t.dtype(), t.dims(), t.bytes()), "{name}");
+    }
+    let mut untied = hf.config.clone();
+    untied.tie_word_embeddings = false;
+    assert!(bitnet_writer(&untied, GgufTarget::LlamaCpp, DType::TQ2_0, "x").is_err());
+    assert!(bitnet_writer(&untied, GgufTarget::BitnetCpp, DType::I2S, "x").is_ok());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn load_refuses_what_is_not_a_model() {
+    let dir = tmp_dir("notamodel");
+    assert!(load(&dir).unwrap_err().to_string().contains("config.json"));
+    let f = dir.join("x.bin");
+    std::fs::write(&f, b"PK\x03\x04zip").unwrap();
+    assert!(load(&f).unwrap_err().to_string().contains("neither a GGUF"));
+    assert!(load(&dir.join("nope")).is_err());
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// xorshift64*, for reproducible mutations without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Random bytes and mutated valid files through both parsers: errors, never panics.
+#[test]
+fn parsers_survive_random_and_mutated_inputs() {
+    let seeds = [sample_writer().to_bytes().unwrap(), sample_safetensors()];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for i in 0..20_000u64 {
+        let mut b = seeds[(i % 2) as usize].clone();
+        match rng.next() % 4 {
+            0 => {
+                let n = (rng.next() % 256) as usize;
+                b = (0..n).map(|_| rng.next() as u8).collect();
+                if i % 3 == 0 && b.len() >= 4 {
+                    b[..4].copy_from_slice(b"GGUF");
+                }
+            }
+            1 => {
+                for _ in 0..1 + rng.next() % 8 {
+                    let at = (rng.next() as usize) % b.len();
+                    b[at] = rng.next() as u8;
+                }
+            }
+            2 => {
+                let at = (rng.next() as usize) % (b.len() - 8);
+                let v = [0u64, 1, 31, 32, u32::MAX as u64, u64::MAX, 1 << 62]
+                    [(rng.next() % 7) as usize];
+                b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            _ => b.truncate((rng.next() as usize) % b.len()),
+        }
+        let _ = parse_gguf(&b);
+        let _ = parse_safetensors(&b);
+    }
+}
