@@ -1,0 +1,666 @@
+//! Sampling, stop conditions, tokenizers (tokenizer.json and GGUF arrays), streaming
+//! detokenization and chat templates.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use bitnet_inference::chat::{strftime, ChatMessage, ChatTemplate, BITNET_2B4T_JINJA};
+use bitnet_inference::sampling::{
+    argmax, Rng, Sampler, SamplingParams, StopChecker, StopConditions, StopReason,
+};
+use bitnet_inference::tokenizer::{GgufVocabInput, StreamDecoder, Tokenizer, LLAMA3_PRE_REGEX};
+
+// ---------------------------------------------------------------- sampling
+
+fn random_logits(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| (rng.next_f64() * 20.0 - 10.0) as f32).collect()
+}
+
+fn sampler(p: SamplingParams) -> Sampler {
+    Sampler::new(p).unwrap()
+}
+
+fn draw_counts(p: SamplingParams, logits: &[f32], draws: usize) -> Vec<usize> {
+    let mut s = sampler(p);
+    let mut counts = vec![0; logits.len()];
+    for _ in 0..draws {
+        counts[s.sample(&mut logits.to_vec(), &[]).unwrap() as usize] += 1;
+    }
+    counts
+}
+
+#[test]
+fn greedy_returns_argmax_with_lowest_index_on_ties() {
+    for seed in 0..20 {
+        let logits = random_logits(1000, seed);
+        let want = argmax(&logits).0;
+        let got = sampler(SamplingParams::greedy()).sample(&mut logits.clone(), &[]).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(logits[got as usize], logits.iter().cloned().fold(f32::MIN, f32::max));
+    }
+    let mut tied = vec![1.0, 3.0, 0.0, 3.0];
+    assert_eq!(sampler(SamplingParams::greedy()).sample(&mut tied, &[]).unwrap(), 1);
+}
+
+#[test]
+fn same_seed_gives_same_tokens_and_other_seeds_differ() {
+    let logits = random_logits(500, 7).iter().map(|l| l * 0.2).collect::<Vec<_>>();
+    let run = |seed| {
+        let p =
+            SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed, ..Default::default() };
+        let mut s = sampler(p);
+        (0..64).map(|_| s.sample(&mut logits.clone(), &[]).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(43));
+    // The generator itself is pinned: a change would silently change every seeded output.
+    let mut rng = Rng::new(0);
+    assert_eq!(rng.next_u64(), 0x99EC_5F36_CB75_F2B4);
+}
+
+#[test]
+fn top_k_one_and_tiny_top_p_equal_greedy() {
+    for seed in 0..10 {
+        let logits = random_logits(2000, 100 + seed);
+        let greedy = argmax(&logits).0;
+        let k1 = SamplingParams { top_k: 1, seed, ..Default::default() };
+        let p0 = SamplingParams { top_p: 1e-6, seed, ..Default::default() };
+        for p in [k1, p0] {
+            let mut s = sampler(p);
+            for _ in 0..5 {
+                assert_eq!(s.sample(&mut logits.clone(), &[]).unwrap(), greedy);
+            }
+        }
+    }
+}
+
+#[test]
+fn top_k_draws_only_among_the_k_best_of_a_full_vocab() {
+    let logits = random_logits(128_256, 3);
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    let best5 = &order[..5];
+    let p = SamplingParams { temperature: 5.0, top_k: 5, seed: 1, ..Default::default() };
+    let mut s = sampler(p);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..500 {
+        let t = s.sample(&mut logits.clone(), &[]).unwrap();
+        assert!(best5.contains(&t), "{t} is not in the top 5");
+        seen.insert(t);
+    }
+    assert!(seen.len() >= 3, "a hot temperature should spread over the top 5: {seen:?}");
+}
+
+fn ln(p: &[f64]) -> Vec<f32> {
+    p.iter().map(|&x| x.ln() as f32).collect()
+}
+
+#[test]
+fn top_p_keeps_the_smallest_nucleus_reaching_p() {
+    let logits = ln(&[0.05, 0.3, 0.5, 0.15]);
+    let p = SamplingParams { top_p: 0.75, seed: 5, ..Default::default() };
+    let c = draw_counts(p, &logits, 4000);
+    assert_eq!((c[0], c[3]), (0, 0), "tokens outside the nucleus were drawn: {c:?}");
+    assert!(c[1] > 1000 && c[2] > 2000, "{c:?}");
+}
+
+#[test]
+fn min_p_drops_tokens_below_fraction_of_top_probability() {
+    let logits = ln(&[0.5, 0.3, 0.15, 0.05]);
+    // Threshold 0.2 * 0.5 = 0.1: token 3 goes, token 2 stays.
+    for top_p in [1.0, 0.99] {
+        let p = SamplingParams { min_p: 0.2, top_p, seed: 9, ..Default::default() };
+        let c = draw_counts(p, &logits, 4000);
+        assert_eq!(c[3], 0, "{c:?}");
+        assert!(c[2] > 300, "{c:?}");
+    }
+}
+
+#[test]
+fn repetition_penalty_divides_positive_and_multiplies_negative_once_per_token() {
+    let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy() };
+    let mut logits = vec![2.0, -1.0, 0.5, 4.0];
+    sampler(p.clone()).sample(&mut logits, &[0, 1, 1, 0, 999_999]).unwrap();
+    assert_eq!(logits, vec![1.0, -2.0, 0.5, 4.0]);
+    // It can change the greedy choice, and a second call starts from a clean slate.
+    let mut s = sampler(p);
+    assert_eq!(s.sample(&mut [1.0, 0.9], &[0]).unwrap(), 1);
+    assert_eq!(s.sample(&mut [1.0, 0.9], &[]).unwrap(), 0);
+}
+
+/// Pearson chi-square of `counts` against `probs`.
+fn chi_square(counts: &[usize], probs: &[f64]) -> f64 {
+    let n: usize = counts.iter().sum();
+    counts
+        .iter()
+        .zip(probs)
+        .map(|(&c, &p)| (c as f64 - n as f64 * p).powi(2) / (n as f64 * p))
+        .sum()
+}
+
+#[test]
+fn draws_follow_the_softmax_distribution_with_temperature() {
+    // 3 degrees of freedom: P(chi2 > 16.27) = 0.001.
+    let probs = [0.1, 0.2, 0.3, 0.4];
+    let c = draw_counts(SamplingParams { seed: 11, ..Default::default() }, &ln(&probs), 20_000);
+    let chi = chi_square(&c, &probs);
+    assert!(chi < 16.27, "T=1: counts {c:?}, chi2 {chi}");
+    // T = 0.5 squares the probabilities: [1, 4, 9, 16] / 30.
+    let hot = SamplingParams { temperature: 0.5, seed: 12, ..Default::default() };
+    let c = draw_counts(hot, &ln(&[1.0, 2.0, 3.0, 4.0]), 20_000);
+    let chi = chi_square(&c, &[1.0 / 30.0, 4.0 / 30.0, 9.0 / 30.0, 16.0 / 30.0]);
+    assert!(chi < 16.27, "T=0.5: counts {c:?}, chi2 {chi}");
+    // A wrong distribution must fail this test.
+    assert!(chi_square(&c, &[0.25; 4]) > 100.0);
+}
+
+#[test]
+fn non_finite_logits_never_panic() {
+    let nan = f32::NAN;
+    for p in
+        [SamplingParams::greedy(), SamplingParams { top_p: 0.9, min_p: 0.05, ..Default::default() }]
+    {
+        let mut s = sampler(p);
+        assert_eq!(s.sample(&mut [nan, 1.0, nan, 0.5], &[]).unwrap() % 2, 1);
+        let mut l = vec![nan, 2.0, -1.0];
+        for _ in 0..50 {
+            assert_ne!(s.sample(&mut l.clone(), &[]).unwrap(), 0, "NaN must act as -inf");
+        }
+        assert_eq!(s.sample(&mut [1.0, f32::INFINITY, f32::INFINITY], &[]).unwrap(), 1);
+        let err = s.sample(&mut [f32::NEG_INFINITY, nan], &[]).unwrap_err().to_string();
+        assert!(err.contains("-inf or NaN"), "{err}");
+        assert!(s.sample(&mut [], &[]).is_err());
+        l[1] = f32::NEG_INFINITY;
+        assert_eq!(s.sample(&mut l, &[0, 1, 2, 7]).unwrap(), 2);
+    }
+}
+
+#[test]
+fn invalid_params_are_rejected_with_the_field_named() {
+    let cases = [
+        (SamplingParams { temperature: -0.1, ..Default::default() }, "temperature"),
+        (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
+        (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
+        (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
+        (SamplingParams { min_p: -0.5, ..Default::default() }, "min_p"),
+        (SamplingParams { min_p: f32::NAN, ..Default::default() }, "min_p"),
+        (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+    ];
+    for (p, field) in cases {
+        let e = Sampler::new(p.clone()).unwrap_err().to_string();
+        assert!(e.contains(field), "{p:?}: {e}");
+    }
+    SamplingParams::default().validate().unwrap();
+}
+
+#[test]
+fn sampling_a_full_vocab_is_fast() {
+    // Roughly normal logits with standard deviation 3, like a language model's.
+    let u = random_logits(4 * 128_256, 21);
+    let logits: Vec<f32> = u.chunks(4).map(|c| c.iter().sum::<f32>() * 0.52).collect();
+    let configs = [
+        ("greedy", SamplingParams::greedy()),
+        ("T=0.8", SamplingParams { temperature: 0.8, ..Default::default() }),
+        (
+            "top_k=40 top_p=0.95",
+            SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, ..Default::default() },
+        ),
+        ("top_p=0.9", SamplingParams { temperature: 0.8, top_p: 0.9, ..Default::default() }),
+        ("min_p=0.05", SamplingParams { temperature: 0.8, min_p: 0.05, ..Default::default() }),
+    ];
+    let ctx: Vec<u32> = (0..512).map(|i| i * 97 % 128_256).collect();
+    for (name, mut p) in configs {
+        p.repetition_penalty = 1.1;
+        let mut s = sampler(p);
+        let mut buf = logits.clone();
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            buf.copy_from_slice(&logits);
+            s.sample(&mut buf, &ctx).unwrap();
+        }
+        let us = t0.elapsed().as_secs_f64() * 1e6 / 20.0;
+        println!("sample over 128256 logits, {name}: {us:.0} us/token");
+        assert!(us < 50_000.0, "{name}: {us} us per token");
+    }
+}
+
+// ---------------------------------------------------------------- stop conditions
+
+#[test]
+fn max_tokens_stops_with_the_last_token_output() {
+    let mut c = StopChecker::new(StopConditions { max_tokens: Some(3), ..Default::default() });
+    assert_eq!(c.on_token(10), None);
+    assert_eq!(c.on_token(11), None);
+    let r = c.on_token(12).unwrap();
+    assert_eq!(r, StopReason::MaxTokens);
+    assert!(r.token_is_output());
+}
+
+#[test]
+fn stop_token_is_not_output_or_counted() {
+    let mut c = StopChecker::new(StopConditions { stop_ids: vec![2, 1], ..Default::default() });
+    assert_eq!(c.on_token(5), None);
+    let r = c.on_token(1).unwrap();
+    assert_eq!(r, StopReason::StopToken(1));
+    assert!(!r.token_is_output());
+    assert_eq!(c.n_tokens(), 1);
+}
+
+#[test]
+fn stop_string_split_across_deltas_is_cut_and_never_emitted() {
+    let cond =
+        StopConditions { stop_strings: vec!["</s>".into(), "STOP".into()], ..Default::default() };
+    let mut c = StopChecker::new(cond);
+    let (a, r) = c.push_text("Hello wo");
+    assert_eq!((a.as_str(), r), ("Hello wo", None));
+    let (b, r) = c.push_text("rld</");
+    assert_eq!((b.as_str(), r), ("rld", None), "a possible stop prefix must be held back");
+    let (d, r) = c.push_text("s> more");
+    assert_eq!((d.as_str(), r), ("", Some(StopReason::StopString(0))));
+    assert_eq!(c.text(), "Hello world");
+    assert_eq!(c.push_text("x").0, "");
+}
+
+#[test]
+fn held_back_prefix_is_released_when_it_does_not_complete() {
+    let cond =
+        StopConditions { stop_strings: vec!["</s>".into(), "".into()], ..Default::default() };
+    let mut c = StopChecker::new(cond);
+    let mut out = String::new();
+    for d in ["a<", "/", "b ", "café", "<"] {
+        let (t, r) = c.push_text(d);
+        assert_eq!(r, None);
+        out += &t;
+    }
+    assert_eq!(out, "a</b café");
+    out += &c.finish();
+    assert_eq!(out, "a</b café<");
+}
+
+#[test]
+fn earliest_stop_string_wins() {
+    let cond =
+        StopConditions { stop_strings: vec!["world".into(), "lo w".into()], ..Default::default() };
+    let mut c = StopChecker::new(cond);
+    let (t, r) = c.push_text("hello world");
+    assert_eq!((t.as_str(), r), ("hel", Some(StopReason::StopString(1))));
+}
+
+// ---------------------------------------------------------------- tokenizers
+
+const TEXTS: &[&str] = &[
+    "First Citizen: Before we proceed any further, hear me speak.",
+    "  leading spaces,\ttabs\nand\r\nnewlines\n\n",
+    "I'm sure they'll say we've 12345 or 3.14159 things!",
+    "emoji 🤖🎉👍🏽 and flags 🇫🇷",
+    "中文字符测试，日本語のテキスト、한국어",
+    "mixed: naïve café — “quotes” …",
+];
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map(|rd| {
+            rd.filter_map(|e| Some(e.ok()?.path()))
+                .filter(|p| p.join("tokenizer.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    if dirs.is_empty() {
+        println!("no tokenizer fixtures under {}: skipping fixture checks", root.display());
+    }
+    dirs
+}
+
+/// A byte-level BPE trained here on a small text, with Llama-3 special tokens first.
+fn trained_tokenizer() -> Tokenizer {
+    use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::AddedToken;
+    let specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"];
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(400)
+        .min_frequency(1)
+        .show_progress(false)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .build()
+        .into();
+    let mut tok = tokenizers::Tokenizer::new(BPE::default());
+    tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    let corpus = "the quick brown fox jumps over the lazy dog. The dog sleeps; 1234567 foxes run. "
+        .repeat(20);
+    tok.train(&mut trainer, [corpus.as_str(), "hello world, hello there"].into_iter()).unwrap();
+    let json = tok.to_string(false).unwrap();
+    Tokenizer::from_bytes(json.as_bytes()).unwrap()
+}
+
+fn all_tokenizers() -> Vec<(String, Tokenizer)> {
+    let mut v = vec![("trained".to_string(), trained_tokenizer())];
+    for d in fixture_dirs() {
+        v.push((d.display().to_string(), Tokenizer::from_file(d.join("tokenizer.json")).unwrap()));
+    }
+    v
+}
+
+#[test]
+fn encode_decode_round_trips_ascii_emoji_and_cjk() {
+    for (name, tok) in all_tokenizers() {
+        for text in TEXTS {
+            let ids = tok.encode(text, false).unwrap();
+            assert_eq!(&tok.decode(&ids).unwrap(), text, "{name}: ids {ids:?}");
+            let with_bos = tok.encode(text, true).unwrap();
+            assert_eq!(with_bos[0], tok.bos_id().unwrap());
+            assert_eq!(&with_bos[1..], &ids[..]);
+            assert_eq!(&tok.decode_with(&with_bos, true).unwrap(), text);
+        }
+    }
+}
+
+#[test]
+fn special_token_strings_encode_to_their_ids_and_bos_is_not_doubled() {
+    for (name, tok) in all_tokenizers() {
+        let (bos, eos, eot) = (tok.bos_id().unwrap(), tok.eos_id().unwrap(), tok.eot_id().unwrap());
+        assert_eq!((bos, eos, eot), (0, 1, 2), "{name}");
+        assert_eq!(tok.token_to_id("<|eot_id|>"), Some(2));
+        assert_eq!(tok.stop_ids(), vec![2, 1]);
+        let ids = tok.encode("<|begin_of_text|>User: hi<|eot_id|>", true).unwrap();
+        assert_eq!(ids[0], 0);
+        assert_ne!(ids[1], 0, "{name}: BOS doubled");
+        assert_eq!(*ids.last().unwrap(), 2);
+        let err = tok.decode(&[tok.vocab_size() as u32]).unwrap_err().to_string();
+        assert!(err.contains("outside the vocabulary"), "{err}");
+    }
+}
+
+#[test]
+fn fixture_tokenizer_matches_hf_reference_ids() {
+    for d in fixture_dirs() {
+        let tok = Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
+        assert_eq!(tok.vocab_size(), 384);
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(r["input_ids"].clone()).unwrap();
+        let ids = tok.encode(r["prompt"].as_str().unwrap(), true).unwrap();
+        assert_eq!(&ids[..want.len()], &want[..], "{}", d.display());
+        assert_eq!(tok.decode(&want[1..]).unwrap(), "First Citizen: ");
+    }
+}
+
+#[test]
+fn stream_decoder_emits_exactly_the_full_decode_in_pieces() {
+    for (name, tok) in all_tokenizers() {
+        let text = TEXTS.concat();
+        let ids = tok.encode(&text, true).unwrap();
+        for skip in [false, true] {
+            let mut dec = StreamDecoder::new(skip);
+            let mut pieces = Vec::new();
+            for &id in &ids {
+                pieces.push(dec.push(&tok, id).unwrap());
+            }
+            pieces.push(dec.finish(&tok).unwrap());
+            assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{name}: split a character");
+            assert!(
+                pieces.iter().filter(|p| p.is_empty()).count() > 0,
+                "{name}: nothing was held back"
+            );
+            assert_eq!(pieces.concat(), tok.decode_with(&ids, skip).unwrap(), "{name}");
+            assert_eq!(dec.ids(), &ids[..]);
+        }
+    }
+}
+
+/// The GGUF form (`tokenizer.ggml.*`) of a tokenizer.json's vocabulary.
+fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVocabInput {
+    let mut tokens: Vec<(u32, String)> = json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, id)| (id.as_u64().unwrap() as u32, t.clone()))
+        .collect();
+    tokens.sort();
+    assert!(tokens.iter().enumerate().all(|(i, t)| t.0 as usize == i), "vocab ids must be dense");
+    let special: Vec<&str> = json["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["content"].as_str().unwrap())
+        .collect();
+    let merges = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| match m {
+            serde_json::Value::String(s) => s.clone(),
+            m => format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()),
+        })
+        .collect();
+    GgufVocabInput {
+        model: "gpt2".into(),
+        token_types: tokens
+            .iter()
+            .map(|(_, t)| if special.contains(&t.as_str()) { 3 } else { 1 })
+            .collect(),
+        tokens: tokens.into_iter().map(|(_, t)| t).collect(),
+        merges,
+        bos: Some(0),
+        eos: Some(1),
+        pre: pre.map(str::to_string),
+    }
+}
+
+/// The same tokenizer.json with the Llama-3 pre-tokenizer (regex split, then byte-level).
+fn with_llama3_pre(json: &serde_json::Value) -> serde_json::Value {
+    let mut j = json.clone();
+    j["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_PRE_REGEX}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    j["model"]["ignore_merges"] = serde_json::Value::Bool(true);
+    j
+}
+
+#[test]
+fn gguf_vocab_tokenizer_encodes_like_its_tokenizer_json() {
+    let trained = trained_tokenizer().inner().to_string(false).unwrap();
+    let mut jsons =
+        vec![("trained".to_string(), serde_json::from_str::<serde_json::Value>(&trained).unwrap())];
+    for d in fixture_dirs() {
+        let bytes = std::fs::read(d.join("tokenizer.json")).unwrap();
+        jsons.push((d.display().to_string(), serde_json::from_slice(&bytes).unwrap()));
+    }
+    let text = TEXTS.join(" <|eot_id|>");
+    for (name, json) in jsons {
+        for (pre, reference) in
+            [(Some("gpt2"), json.clone()), (Some("llama-bpe"), with_llama3_pre(&json))]
+        {
+            let want = Tokenizer::from_bytes(reference.to_string().as_bytes()).unwrap();
+            let got = Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, pre)).unwrap();
+            assert_eq!(got.vocab_size(), want.vocab_size(), "{name}");
+            assert_eq!((got.bos_id(), got.eos_id(), got.eot_id()), (Some(0), Some(1), Some(2)));
+            for t in TEXTS.iter().copied().chain([text.as_str()]) {
+                let ids = got.encode(t, true).unwrap();
+                assert_eq!(ids, want.encode(t, true).unwrap(), "{name} {pre:?}: {t:?}");
+                assert_eq!(got.decode_with(&ids, true).unwrap(), t.replace("<|eot_id|>", ""));
+            }
+        }
+        if name == "trained" {
+            // The Llama-3 regex really differs from GPT-2's: digits go by three.
+            let l3 =
+                Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, Some("llama3"))).unwrap();
+            let g2 = Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, None)).unwrap();
+            assert_eq!(g2.encode(" 1234567", false).unwrap().len(), 1);
+            assert!(l3.encode(" 1234567", false).unwrap().len() >= 3);
+        }
+    }
+}
+
+#[test]
+fn bad_gguf_vocab_gives_clear_errors() {
+    let ok = GgufVocabInput {
+        model: "gpt2".into(),
+        tokens: vec!["a".into(), "b".into(), "ab".into()],
+        merges: vec!["a b".into()],
+        ..Default::default()
+    };
+    assert_eq!(
+        Tokenizer::from_gguf_vocab(ok.clone()).unwrap().encode("ab", false).unwrap(),
+        vec![2]
+    );
+    let cases = [
+        (GgufVocabInput { model: "llama".into(), ..ok.clone() }, "not supported yet"),
+        (GgufVocabInput { merges: vec!["ab".into()], ..ok.clone() }, "merge 0"),
+        (GgufVocabInput { token_types: vec![1], ..ok.clone() }, "token_type"),
+        (GgufVocabInput { bos: Some(3), ..ok.clone() }, "bos id 3"),
+        (GgufVocabInput { pre: Some("falcon".into()), ..ok.clone() }, "pre-tokenizer"),
+    ];
+    for (input, msg) in cases {
+        let e = Tokenizer::from_gguf_vocab(input).unwrap_err().to_string();
+        assert!(e.contains(msg), "{e}");
+    }
+}
+
+// ---------------------------------------------------------------- chat templates
+
+fn conversation() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::system("You are a helpful assistant."),
+        ChatMessage::user("Hi there! "),
+        ChatMessage::assistant("\nHello! How can I help?"),
+        ChatMessage::user("What is 1+1?"),
+    ]
+}
+
+#[test]
+fn bitnet_format_renders_the_exact_2b4t_string() {
+    let got = ChatTemplate::bitnet().render(&conversation(), true).unwrap();
+    let want =
+        "<|begin_of_text|>System: You are a helpful assistant.<|eot_id|>User: Hi there!<|eot_id|>\
+                Assistant: Hello! How can I help?<|eot_id|>User: What is 1+1?<|eot_id|>Assistant: ";
+    assert_eq!(got, want);
+    let no_gen = ChatTemplate::bitnet().render(&conversation()[1..2], false).unwrap();
+    assert_eq!(no_gen, "<|begin_of_text|>User: Hi there!<|eot_id|>");
+}
+
+#[test]
+fn bitnet_builtin_equals_the_hf_jinja_template() {
+    let jinja = ChatTemplate::from_jinja(BITNET_2B4T_JINJA, "<|begin_of_text|>", "<|end_of_text|>")
+        .unwrap();
+    let convs = [
+        conversation(),
+        vec![ChatMessage::user("  spaced  ")],
+        vec![ChatMessage::new("TOOL", "x")],
+        vec![],
+    ];
+    for msgs in convs {
+        for gen in [true, false] {
+            if msgs.is_empty() && !gen {
+                continue; // HF renders no BOS for an empty conversation; the built-in still does.
+            }
+            let a = ChatTemplate::bitnet().render(&msgs, gen).unwrap();
+            let b = jinja.render(&msgs, gen).unwrap();
+            assert_eq!(
+                a.trim_start_matches("<|begin_of_text|>"),
+                b.trim_start_matches("<|begin_of_text|>")
+            );
+            if !msgs.is_empty() {
+                assert_eq!(a, b);
+            }
+        }
+    }
+}
+
+#[test]
+fn bitnet_prompt_encodes_with_special_ids() {
+    for d in fixture_dirs() {
+        let tok = Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
+        let prompt = ChatTemplate::bitnet().render(&conversation()[1..2], true).unwrap();
+        let ids = tok.encode(&prompt, false).unwrap();
+        assert_eq!(ids[0], 0);
+        assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 1);
+        assert_eq!(tok.decode(&ids).unwrap(), prompt);
+    }
+}
+
+const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+#[test]
+fn llama3_jinja_template_renders_as_expected() {
+    let t = ChatTemplate::from_jinja(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+    let got = t.render(&conversation()[..2], true).unwrap();
+    let want = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant.<|eot_id|>\
+                <|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>\
+                <|start_header_id|>assistant<|end_header_id|>\n\n";
+    assert_eq!(got, want);
+}
+
+#[test]
+fn hf_jinja_features_work_like_transformers() {
+    let src = "{% for m in messages %}\n  {% if m.role == 'user' and m['content'].strip().startswith('Hi') %}\n{{ m | tojson }}|{{ {'b': [1, 2.5, none, true]} | tojson }}\n  {% endif %}\n{% endfor %}\n{{ messages[0] | tojson(indent=2) }}\n";
+    let t = ChatTemplate::from_jinja(src, "", "").unwrap();
+    let got = t.render(&conversation()[..2], false).unwrap();
+    let want = "{\"role\": \"user\", \"content\": \"Hi there! \"}|{\"b\": [1, 2.5, null, true]}\n\
+                {\n  \"role\": \"system\",\n  \"content\": \"You are a helpful assistant.\"\n}";
+    assert_eq!(got, want);
+    let loops = "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.role | upper }}{% endfor %}";
+    assert_eq!(
+        ChatTemplate::from_jinja(loops, "", "").unwrap().render(&conversation(), false).unwrap(),
+        "SYSTEM"
+    );
+}
+
+#[test]
+fn template_errors_are_clear() {
+    let raising = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}ok";
+    let t = ChatTemplate::from_jinja(raising, "", "").unwrap();
+    assert_eq!(t.render(&conversation()[1..], false).unwrap(), "ok");
+    let e = t.render(&conversation(), false).unwrap_err().to_string();
+    assert!(e.contains("Conversation roles must alternate user/assistant"), "{e}");
+    assert!(e.contains("chat template"), "{e}");
+    let e = ChatTemplate::from_jinja("{% for m in messages %}{{ m.role }", "", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chat template") && e.contains("syntax error"), "{e}");
+    let e = ChatTemplate::from_jinja("{{ messages | no_such_filter }}", "", "")
+        .and_then(|t| t.render(&[], false));
+    assert!(e.unwrap_err().to_string().contains("no_such_filter"));
+}
+
+#[test]
+fn tokenizer_config_template_is_loaded_when_present() {
+    let dir = std::env::temp_dir().join(format!("bitnet-chat-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(ChatTemplate::from_tokenizer_config(dir.join("missing.json")).unwrap().is_none());
+    let path = dir.join("tokenizer_config.json");
+    let cfg = serde_json::json!({
+        "bos_token": {"content": "<|begin_of_text|>", "lstrip": false},
+        "eos_token": "<|end_of_text|>",
+        "chat_template": [{"name": "tool_use", "template": "nope"}, {"name": "default", "template": BITNET_2B4T_JINJA}],
+    });
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let t = ChatTemplate::from_tokenizer_config(&path).unwrap().unwrap();
+    let msgs = &conversation()[1..2];
+    assert_eq!(t.render(msgs, true).unwrap(), ChatTemplate::bitnet().render(msgs, true).unwrap());
+    std::fs::write(&path, r#"{"chat_template": "{% if %}"}"#).unwrap();
+    let e = ChatTemplate::from_tokenizer_config(&path).unwrap_err().to_string();
+    assert!(e.contains("tokenizer_config.json") && e.contains("chat template"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    for d in fixture_dirs() {
+        assert!(ChatTemplate::from_tokenizer_config(d.join("tokenizer_config.json"))
+            .unwrap()
+            .is_none());
+    }
+}
+
+#[test]
+fn strftime_formats_known_dates() {
+    assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
+    assert_eq!(
+        strftime("%Y-%m-%d %H:%M:%S %A %j %%", 1_700_000_000),
+        "2023-11-14 22:13:20 Tuesday 318 %"
+    );
+    assert_eq!(strftime("%B %d, %Y (%a)", 951_782_400), "February 29, 2000 (Tue)");
+}
