@@ -443,37 +443,47 @@ fn hf_fixtures_load_with_the_expected_tensors() {
         let m = load(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let name = dir.file_name().unwrap().to_str().unwrap().to_string();
         let c = &m.config;
-        assert_eq!(
-            (c.hidden_size, c.num_hidden_layers, c.vocab_size, c.head_dim),
-            (64, 2, 384, 16)
-        );
-        let kv = c.num_key_value_heads;
+        let (h, hd, kv, inter) =
+            (c.hidden_size, c.head_dim, c.num_key_value_heads, c.intermediate_size);
+        let q = c.num_attention_heads * hd;
+        // Projection shapes [out, in]; offline checkpoints pack four rows per byte.
+        let projections = [
+            ("self_attn.q_proj", q, h),
+            ("self_attn.k_proj", kv * hd, h),
+            ("self_attn.v_proj", kv * hd, h),
+            ("self_attn.o_proj", h, q),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ];
+        let packed = matches!(c.quantization, Quantization::OfflinePacked { .. });
         for i in 0..c.num_hidden_layers {
             let l = |s: &str| format!("model.layers.{i}.{s}");
-            for n in [
-                "input_layernorm.weight",
-                "post_attention_layernorm.weight",
-                "self_attn.attn_sub_norm.weight",
-                "mlp.ffn_sub_norm.weight",
+            for (n, len) in [
+                ("input_layernorm.weight", h),
+                ("post_attention_layernorm.weight", h),
+                ("self_attn.attn_sub_norm.weight", h),
+                ("mlp.ffn_sub_norm.weight", inter),
             ] {
-                assert!(m.tensors.contains(&l(n)), "{name}: {}", l(n));
+                assert_eq!(m.tensors.require(&l(n)).unwrap().dims(), &[len], "{name}: {n}");
             }
-            let k = m.tensors.require(&l("self_attn.k_proj.weight")).unwrap();
-            let up = m.tensors.require(&l("mlp.up_proj.weight")).unwrap();
-            if name.starts_with("offline") {
-                assert_eq!((k.dtype(), k.dims()), (DType::U8, &[kv * 16 / 4, 64][..]), "{name}");
-                assert_eq!(up.dims(), &[160 / 4, 64]);
-                assert_eq!(
-                    m.tensors.require(&l("self_attn.q_proj.weight_scale")).unwrap().dims(),
-                    &[1]
-                );
-            } else {
-                assert_eq!(k.dims(), &[kv * 16, 64], "{name}");
-                assert_eq!(up.dims(), &[160, 64]);
+            for (p, out, inp) in projections {
+                let w = m.tensors.require(&l(&format!("{p}.weight"))).unwrap();
+                if packed {
+                    assert_eq!(
+                        (w.dtype(), w.dims()),
+                        (DType::U8, &[out / 4, inp][..]),
+                        "{name} {p}"
+                    );
+                    let s = m.tensors.require(&l(&format!("{p}.weight_scale"))).unwrap();
+                    assert_eq!(s.dims(), &[1]);
+                } else {
+                    assert_eq!(w.dims(), &[out, inp], "{name} {p}");
+                }
             }
         }
         assert!(m.tensors.contains("model.norm.weight"));
-        assert_eq!(m.lm_head().unwrap().dims(), &[384, 64]);
+        assert_eq!(m.lm_head().unwrap().dims(), &[c.vocab_size, h]);
         assert_eq!(m.tensors.contains("lm_head.weight"), !c.tie_word_embeddings, "{name}");
         let want = match name.as_str() {
             "online_f32_tied_gqa" => (Quantization::Online, true, 10000.0, DType::F32, 2),
@@ -597,4 +607,51 @@ fn parsers_survive_random_and_mutated_inputs() {
         let _ = parse_gguf(&b);
         let _ = parse_safetensors(&b);
     }
+}
+
+/// `tests/data/gguf_py_bitnet.gguf` was written by llama.cpp's own `gguf` Python package
+/// (see `make_gguf_py_fixture.py`): our reader and bitnet-quant's TQ1_0/TQ2_0 unpacking
+/// must agree with the reference writer and quantizer.
+#[test]
+fn gguf_written_by_llama_cpp_gguf_py_loads() {
+    use bitnet_quant::formats::{tq1, tq2};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_bitnet.gguf");
+    let m = load(&path).unwrap();
+    let c = &m.config;
+    assert_eq!(
+        (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads),
+        (256, 64, 1, 4)
+    );
+    assert_eq!(
+        (c.num_key_value_heads, c.head_dim, c.vocab_size, c.max_position_embeddings),
+        (2, 64, 4, 128)
+    );
+    assert_eq!((c.rope_theta, c.tie_word_embeddings, c.bos_token_id), (500000.0, true, Some(0)));
+    assert!((c.rms_norm_eps - 1e-5).abs() < 1e-9);
+    let emb = m.tensors.require("model.embed_tokens.weight").unwrap();
+    assert_eq!(emb.dims(), &[4, 256]);
+    assert_eq!(emb.to_f32_vec().unwrap()[256 + 3], 259.0 / 8.0);
+    let norm = m.tensors.require("model.layers.0.input_layernorm.weight").unwrap();
+    assert_eq!((norm.dtype(), norm.to_f32_vec().unwrap()), (DType::F16, vec![1.5; 256]));
+    let pattern = |k: usize| -> Vec<i8> {
+        (0..64 * 256).map(|i| ((i / 256 * 7 + i % 256 * 3 + k) % 3) as i8 - 1).collect()
+    };
+    let up = m.tensors.require("model.layers.0.mlp.up_proj.weight").unwrap();
+    assert_eq!((up.dtype(), up.dims()), (DType::TQ2_0, &[64usize, 256][..]));
+    assert_eq!(tq2::unpack(up.bytes(), 64, 256).unwrap(), (pattern(0), 0.5));
+    let gate = m.tensors.require("model.layers.0.mlp.gate_proj.weight").unwrap();
+    assert_eq!((gate.dtype(), gate.dims()), (DType::TQ1_0, &[64usize, 256][..]));
+    assert_eq!(tq1::unpack(gate.bytes(), 64, 256).unwrap(), (pattern(1), 0.25));
+    let s = m.tensors.require("model.layers.0.mlp.gate_proj.weight_scale").unwrap();
+    assert_eq!(s.to_f32_vec().unwrap(), vec![0.25]);
+    let v = m.gguf_vocab.as_ref().unwrap();
+    assert_eq!(
+        (v.model.as_str(), v.pre.as_deref(), v.tokens.len()),
+        ("gpt2", Some("llama-bpe"), 4)
+    );
+    assert_eq!(
+        (v.token_types.as_slice(), v.merges.as_slice()),
+        (&[3, 3, 1, 1][..], &["a b".to_string()][..])
+    );
+    assert_eq!((v.eos_token_id, v.chat_template.as_deref()), (Some(1), Some("{{ bos_token }}")));
 }

@@ -12,10 +12,11 @@
 //! **Type ids are not global.** Upstream ggml: F32 0, F16 1, Q8_0 8, Q6_K 14, I8 24,
 //! I32 26, BF16 30, TQ1_0 34, TQ2_0 35, (36-38 removed), MXFP4 39. Microsoft's bitnet.cpp
 //! fork: TQ1_0 34, TQ2_0 35, I2_S 36, I8_S 37, TL1 38, TL2 39. A file is read as the
-//! fork's when its architecture is `bitnet-b1.58` / `bitnet-25` / `bitnet-1.58` or its
-//! `general.file_type` is 40 (`LLAMA_FTYPE_MOSTLY_I2_S`, which the fork's quantizer writes,
-//! e.g. in microsoft/bitnet-b1.58-2B-4T-gguf). Type 36 elsewhere, and every id ≥ 37, is
-//! refused with an error naming the id and the architecture.
+//! fork's when its architecture is `bitnet-b1.58` / `bitnet-25` / `bitnet-1.58` (the 2B-4T
+//! GGUF is `bitnet-b1.58`), or when it is `bitnet*` with `general.file_type` 40 (the fork's
+//! `LLAMA_FTYPE_MOSTLY_I2_S`; upstream reuses 40 for `MOSTLY_Q1_0`, hence the arch test).
+//! Type 36 elsewhere, and every id ≥ 37, is refused with an error naming the id and the
+//! architecture.
 //!
 //! I2_S tensors hold `n/4` packed bytes then a 32-byte tail whose first f32 is the scale
 //! (the converter tiles the scale 8 times). Their layout is the x86 one; the fork's ARM
@@ -52,9 +53,10 @@ impl GgufDialect {
     pub fn detect(meta: &GgufMetadata) -> Self {
         let arch = meta.get_str("general.architecture").ok().flatten().unwrap_or("");
         let ftype = meta.get_usize("general.file_type").ok().flatten();
-        if matches!(arch, "bitnet-b1.58" | "bitnet-25" | "bitnet-1.58")
-            || ftype == Some(FTYPE_MOSTLY_I2_S as usize)
-        {
+        // Upstream now also uses file_type 40 (MOSTLY_Q1_0), so it only counts for a
+        // `bitnet*` architecture (the fork's quantizer on its older `bitnet` conversions).
+        let fork_ftype = ftype == Some(FTYPE_MOSTLY_I2_S as usize) && arch.starts_with("bitnet");
+        if matches!(arch, "bitnet-b1.58" | "bitnet-25" | "bitnet-1.58") || fork_ftype {
             GgufDialect::MicrosoftFork
         } else {
             GgufDialect::Upstream
@@ -109,6 +111,8 @@ fn ggml_type_name(id: u32, dialect: GgufDialect) -> &'static str {
         (39, GgufDialect::MicrosoftFork) => "TL2",
         (36..=38, GgufDialect::Upstream) => "IQ4_NL_x_x (removed upstream)",
         (39, GgufDialect::Upstream) => "MXFP4",
+        (40, GgufDialect::Upstream) => "NVFP4",
+        (41, GgufDialect::Upstream) => "Q1_0",
         _ => NAMES.get(id as usize).copied().unwrap_or("unknown"),
     }
 }
