@@ -115,11 +115,11 @@ def make_input_ids(tok_dir: Path) -> list:
 
 
 # ----------------------------------------------------------------------------- models
-def base_config(*, kv_heads, tied, vocab, bos, eos, rope_theta):
+def base_config(*, kv_heads, tied, vocab, bos, eos, rope_theta, hidden=None, inter=None):
     return BitNetConfig(
         vocab_size=vocab,
-        hidden_size=HIDDEN,
-        intermediate_size=INTER,
+        hidden_size=hidden or HIDDEN,
+        intermediate_size=inter or INTER,
         num_hidden_layers=LAYERS,
         num_attention_heads=HEADS,
         num_key_value_heads=kv_heads,
@@ -513,6 +513,29 @@ def main():
            f" the online AutoBitLinear model from the same latent weights: {diff4:.3g}.",
            expect="BitLinear", model=m4)
     report[name]["vs_online"] = diff4
+
+    # 5. offline_autobitlinear_256: dims that every GGUF ternary type can hold -------------
+    # (hidden 256 and intermediate 512 are multiples of the 256-weight TQ blocks and of I2_S's
+    # 128), so `bitnet convert` round trips (I2_S, TQ2_0, TQ1_0) are tested on a real fixture.
+    name = "offline_autobitlinear_256"
+    p5 = out / name
+    shutil.rmtree(p5, ignore_errors=True)
+    cfg5 = base_config(kv_heads=2, tied=True, vocab=vocab, bos=bos, eos=eos, rope_theta=10000.0,
+                       hidden=256, inter=512)
+    latent5, seed5 = choose_latent(cfg5, 5, ids, work)
+    tmp5 = work / "offline_256_latent"
+    save_online(latent5, tmp5, dtype=torch.float32, old_style=False, rope_theta=None)
+    lg5_online = logits_of(load(tmp5), ids)
+    save_offline(tmp5, p5, linear_class="autobitlinear", old_style=False, rope_theta=None)
+    m5 = load(p5)
+    diff5 = float((logits_of(m5, ids) - lg5_online).abs().max())
+    assert diff5 < 1e-3, diff5
+    finish(name, p5, "Offline packed autobitlinear like offline_autobitlinear, but hidden 256,"
+           " intermediate 512, 4 heads (head_dim 64) / 2 KV heads, tied: dimensions that I2_S (128-blocks)"
+           " and TQ1_0/TQ2_0 (256-blocks) can hold, for the GGUF conversion round-trip tests. Max |logit"
+           f" diff| vs the online model from the same latent weights: {diff5:.3g}.",
+           expect="AutoBitLinear", model=m5)
+    report[name]["vs_online"] = diff5
 
     shutil.rmtree(work, ignore_errors=True)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

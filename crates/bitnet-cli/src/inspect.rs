@@ -4,6 +4,7 @@ use anyhow::Result;
 use bitnet_inference::formats;
 use clap::Args;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// `bitnet inspect`.
@@ -21,9 +22,10 @@ pub struct InspectArgs {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let f = formats::load(&a.path)?;
+    let mut out = std::io::stdout().lock();
     let c = &f.config;
-    println!("file: {} ({:?})", a.path.display(), f.kind);
-    println!(
+    writeln!(out, "file: {} ({:?})", a.path.display(), f.kind)?;
+    writeln!(out, 
         "architecture: BitNet b1.58 | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
         c.hidden_size,
         c.num_hidden_layers,
@@ -33,11 +35,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         c.intermediate_size,
         c.vocab_size,
         c.max_position_embeddings
-    );
-    println!(
+    )?;
+    writeln!(out, 
         "rope_theta {} | rms_norm_eps {} | tied embeddings {} | quantization {:?}",
         c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings, c.quantization
-    );
+    )?;
     let mut by_type: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut total = 0usize;
     for (name, t) in f.tensors.iter() {
@@ -47,30 +49,30 @@ pub fn run(a: InspectArgs) -> Result<()> {
         e.2 += t.bytes().len();
         total += t.bytes().len();
         if a.tensors {
-            println!("  {name:<56} {:<8} {:<16} {:>12} bytes", t.dtype().name(), t.shape().to_string(), t.bytes().len());
+            writeln!(out, "  {name:<56} {:<8} {:<16} {:>12} bytes", t.dtype().name(), t.shape().to_string(), t.bytes().len())?;
         }
     }
-    println!("tensors: {} ({:.1} MiB)", f.tensors.len(), total as f64 / (1 << 20) as f64);
+    writeln!(out, "tensors: {} ({:.1} MiB)", f.tensors.len(), total as f64 / (1 << 20) as f64)?;
     for (ty, (n, elems, bytes)) in &by_type {
-        println!(
+        writeln!(out, 
             "  {ty:<12} {n:>5} tensors {:>14} elements {:>10.1} MiB ({:.2} bits/element)",
             elems,
             *bytes as f64 / (1 << 20) as f64,
             *bytes as f64 * 8.0 / (*elems).max(1) as f64
-        );
+        )?;
     }
     let shown = if a.all_metadata { f.metadata.len() } else { f.metadata.len().min(40) };
-    println!("metadata ({} entries):", f.metadata.len());
+    writeln!(out, "metadata ({} entries):", f.metadata.len())?;
     for (k, v) in &f.metadata[..shown] {
         let v = if !a.all_metadata && v.chars().count() > 100 {
             format!("{}…", v.chars().take(100).collect::<String>())
         } else {
             v.clone()
         };
-        println!("  {k} = {v}");
+        writeln!(out, "  {k} = {v}")?;
     }
     if shown < f.metadata.len() {
-        println!("  … {} more (use --all-metadata)", f.metadata.len() - shown);
+        writeln!(out, "  … {} more (use --all-metadata)", f.metadata.len() - shown)?;
     }
     Ok(())
 }

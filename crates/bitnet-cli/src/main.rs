@@ -1,6 +1,7 @@
 //! `bitnet`: generate text, chat, inspect, convert and benchmark BitNet b1.58 models.
 
 mod bench;
+mod convert;
 mod generate;
 mod inspect;
 
@@ -24,6 +25,8 @@ enum Command {
     Logits(generate::LogitsArgs),
     /// Show a model's architecture, dimensions, tensor types and sizes, and metadata.
     Inspect(inspect::InspectArgs),
+    /// Convert a model to GGUF (I2_S for bitnet.cpp, TQ2_0 / TQ1_0 for llama.cpp).
+    Convert(convert::ConvertArgs),
     /// Benchmark prompt processing and generation speed (llama-bench style).
     Bench(bench::BenchArgs),
 }
@@ -35,9 +38,14 @@ fn main() {
         Command::Chat(a) => generate::run_chat(a),
         Command::Logits(a) => generate::run_logits(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = r {
+        // `bitnet inspect m | head` closing the pipe is not an error.
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return;
+        }
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }

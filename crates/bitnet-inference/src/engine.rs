@@ -247,7 +247,8 @@ fn probe_cuda(_ordinal: usize) -> Result<()> {
     Err(Error::Device("this build has no CUDA backend".into()))
 }
 
-fn dims_from_config(c: &BitNetConfig) -> Dims {
+/// The model dimensions a config describes.
+pub(crate) fn dims_from_config(c: &BitNetConfig) -> Dims {
     Dims {
         hidden: c.hidden_size,
         intermediate: c.intermediate_size,
@@ -262,7 +263,8 @@ fn dims_from_config(c: &BitNetConfig) -> Dims {
     }
 }
 
-fn weight_kind(c: &BitNetConfig) -> Result<WeightKind> {
+/// How the projection weights of a checkpoint with this config are stored.
+pub(crate) fn weight_kind(c: &BitNetConfig) -> Result<WeightKind> {
     Ok(match c.quantization {
         Quantization::None => {
             return Err(Error::unsupported(

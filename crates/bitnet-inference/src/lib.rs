@@ -21,6 +21,7 @@
 pub mod backend;
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod engine;
 pub mod formats;
 pub mod models;

@@ -1,0 +1,195 @@
+//! `bitnet convert`: any model we load (HF dir or GGUF) to a GGUF file with I2_S, TQ2_0 or
+//! TQ1_0 projections.
+//!
+//! Projections go through the same canonical repack as loading ([`weights::load_projection`]),
+//! then are packed into the target type. Norms are written F32; embeddings keep their type. I2_S files are
+//! written for bitnet.cpp (architecture `bitnet-b1.58`); TQ files for llama.cpp (`bitnet`),
+//! except untied models, which llama.cpp's `bitnet` architecture cannot hold: those are written
+//! as `bitnet-b1.58` with an `output` tensor.
+
+use crate::config::BitNetConfig;
+use crate::engine::{dims_from_config, weight_kind};
+use crate::formats::gguf_write::{bitnet_writer, GgufTarget};
+use crate::formats::{self, names, GgufVocab, ModelFile};
+use crate::models::weights::{self, TensorSource};
+use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
+use bitnet_quant::formats::{i2s, tq1, tq2, TernaryFormat};
+use std::path::Path;
+
+/// What a conversion wrote.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// Architecture string written.
+    pub arch: &'static str,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of the output file.
+    pub bytes: u64,
+}
+
+/// Converts `input` to a GGUF file at `output` with projections of type `ty`.
+/// `progress(done, total)` is called per layer.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    ty: TernaryFormat,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<ConvertReport> {
+    let file = formats::load(input).with_context(|| format!("loading {}", input.display()))?;
+    let cfg = &file.config;
+    let dtype = match ty {
+        TernaryFormat::I2S => DType::I2S,
+        TernaryFormat::TQ2_0 => DType::TQ2_0,
+        TernaryFormat::TQ1_0 => DType::TQ1_0,
+        TernaryFormat::HfPacked => {
+            return Err(Error::invalid("convert writes GGUF: use --type i2_s, tq2_0 or tq1_0"))
+        }
+    };
+    let target = if dtype == DType::I2S || !cfg.tie_word_embeddings {
+        GgufTarget::BitnetCpp
+    } else {
+        GgufTarget::LlamaCpp
+    };
+    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut w = bitnet_writer(cfg, target, dtype, &name)?;
+    if let Some(v) = vocab_of(&file, input)? {
+        w.add_vocab(&v)?;
+    }
+    let kind = weight_kind(cfg)?;
+    let d = dims_from_config(cfg);
+    let (h, qd, kvd, f) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim, d.intermediate);
+    let src: &dyn TensorSource = &file.tensors;
+    let mut count = 0;
+    let mut put = |w: &mut crate::formats::gguf_write::GgufWriter, hf: &str, t: &Tensor| -> Result<()> {
+        let g = names::hf_to_gguf(hf).ok_or_else(|| Error::invalid(format!("no GGUF name for {hf}")))?;
+        count += 1;
+        w.add_tensor(&g, t)
+    };
+    for i in 0..d.layers {
+        let p = format!("model.layers.{i}");
+        for (part, rows, cols) in [
+            ("self_attn.q_proj", qd, h),
+            ("self_attn.k_proj", kvd, h),
+            ("self_attn.v_proj", kvd, h),
+            ("self_attn.o_proj", h, qd),
+            ("mlp.gate_proj", f, h),
+            ("mlp.up_proj", f, h),
+            ("mlp.down_proj", h, f),
+        ] {
+            let prefix = format!("{p}.{part}");
+            let m = weights::load_projection(src, &prefix, rows, cols, kind)?;
+            let (vals, scale) = (m.to_ternary(), m.scale());
+            let bytes = match dtype {
+                DType::I2S => i2s::pack(&vals, rows, cols, scale),
+                DType::TQ2_0 => tq2::pack(&vals, rows, cols, scale),
+                _ => tq1::pack(&vals, rows, cols, scale),
+            }
+            .with_context(|| format!("packing {prefix} as {}", ty.name()))?;
+            put(&mut w, &format!("{prefix}.weight"), &Tensor::from_bytes(dtype, [rows, cols], &bytes)?)?;
+        }
+        for norm in [
+            "input_layernorm",
+            "post_attention_layernorm",
+            "self_attn.attn_sub_norm",
+            "mlp.ffn_sub_norm",
+        ] {
+            let n = format!("{p}.{norm}.weight");
+            put(&mut w, &n, &to_f32(src.tensor(&n)?)?)?;
+        }
+        progress(i + 1, d.layers);
+    }
+    put(&mut w, "model.norm.weight", &to_f32(src.tensor("model.norm.weight")?)?)?;
+    let emb = src.tensor("model.embed_tokens.weight")?;
+    // Embeddings keep their type: rounding them (e.g. f32 -> f16) moves logits measurably,
+    // since activation quantization amplifies small input changes.
+    put(&mut w, "model.embed_tokens.weight", emb)?;
+    if !cfg.tie_word_embeddings {
+        put(&mut w, "lm_head.weight", src.tensor("lm_head.weight")?)?;
+    }
+    w.write(output)?;
+    let bytes = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
+    Ok(ConvertReport { arch: target.arch(), tensors: count, bytes })
+}
+
+/// A float tensor as F32 (norm weights).
+fn to_f32(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::F32 {
+        return Ok(t.clone());
+    }
+    Tensor::from_f32(t.shape().clone(), &t.to_f32_vec()?)
+}
+
+/// The GGUF vocabulary: the input GGUF's own, or built from an HF `tokenizer.json`.
+fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
+    if let Some(v) = &file.gguf_vocab {
+        return Ok(Some(v.clone()));
+    }
+    let dir = if input.is_dir() { input } else { input.parent().unwrap_or(Path::new(".")) };
+    let tj = dir.join("tokenizer.json");
+    if !tj.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
+    let mut v = vocab_from_tokenizer_json(&text, &file.config).with_context(|| tj.display().to_string())?;
+    let tc = dir.join("tokenizer_config.json");
+    if let Ok(t) = std::fs::read_to_string(&tc) {
+        if let Ok(j) = serde_json::from_str::<serde_json::Value>(&t) {
+            v.chat_template = j["chat_template"].as_str().map(str::to_string);
+        }
+    }
+    Ok(Some(v))
+}
+
+/// Builds GGUF tokenizer arrays (`gpt2` byte-level BPE) from a tokenizer.json.
+pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufVocab> {
+    let j: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
+    let model = &j["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return Err(Error::unsupported(format!(
+            "converting a {} tokenizer to GGUF (only byte-level BPE)",
+            model["type"]
+        )));
+    }
+    let vocab = model["vocab"].as_object().ok_or_else(|| Error::format("tokenizer.json", "no model.vocab"))?;
+    let mut entries: Vec<(u32, String, i32)> = vocab
+        .iter()
+        .filter_map(|(k, v)| v.as_u64().map(|id| (id as u32, k.clone(), 1)))
+        .collect();
+    for a in j["added_tokens"].as_array().into_iter().flatten() {
+        if let (Some(id), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
+            let ty = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+            entries.retain(|e| e.0 != id as u32);
+            entries.push((id as u32, c.to_string(), ty));
+        }
+    }
+    entries.sort_by_key(|e| e.0);
+    let n = entries.last().map_or(0, |e| e.0 as usize + 1).max(cfg.vocab_size);
+    let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
+    let mut types = vec![5i32; n];
+    for (id, s, t) in entries {
+        tokens[id as usize] = s;
+        types[id as usize] = t;
+    }
+    let merges = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+            _ => None,
+        })
+        .collect();
+    let pre = if text.contains("(?i:'s|'t|'re|'ve|'m|'ll|'d)") { "llama-bpe" } else { "gpt2" };
+    Ok(GgufVocab {
+        model: "gpt2".into(),
+        pre: Some(pre.into()),
+        tokens,
+        token_types: types,
+        merges,
+        bos_token_id: cfg.bos_token_id,
+        eos_token_id: cfg.eos_token_ids.first().copied(),
+        ..GgufVocab::default()
+    })
+}
