@@ -4,6 +4,11 @@
 //! than generality. Workers spin briefly on a generation counter before parking on a
 //! condvar; the calling thread takes tasks too; tasks are claimed with one atomic
 //! `fetch_add` each. A call made from inside a task runs inline (no deadlock).
+//!
+//! The caller never waits for a worker that has not started: it waits only for tasks that
+//! were claimed. On a loaded machine a descheduled worker therefore costs nothing, where
+//! a pool that waits for every worker to check in stalls every call (measured: decode at
+//! 5 tokens/s instead of 21 with a second process busy on the other core).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -16,12 +21,17 @@ type Job = dyn Fn(usize) + Sync;
 const SPIN_ITERS: u32 = 20_000;
 
 struct Shared {
-    /// The current job, valid while `run` waits; a type-erased `&Job`.
+    /// The current job, valid while `open`; a type-erased `&Job`.
     job: Mutex<Option<JobPtr>>,
     n_tasks: AtomicUsize,
     next: AtomicUsize,
     generation: AtomicU64,
-    finished: AtomicUsize,
+    /// Tasks of the current job that have finished.
+    done: AtomicUsize,
+    /// Whether workers may still join the current job.
+    open: AtomicBool,
+    /// Workers inside the current job.
+    active: AtomicUsize,
     sleepers: AtomicUsize,
     shutdown: AtomicBool,
     park: Mutex<()>,
@@ -55,7 +65,9 @@ impl ThreadPool {
             n_tasks: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
-            finished: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             park: Mutex::new(()),
@@ -89,14 +101,15 @@ impl ThreadPool {
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        // SAFETY: erases the lifetime of `f`; we wait below until every worker has
-        // finished this generation, so no worker touches `f` after `run` returns.
+        // SAFETY: erases the lifetime of `f`; the job is closed and every worker that joined
+        // it has left before `run` returns, so no worker touches `f` afterwards.
         let ptr: *const Job =
             unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync + '_), &'static Job>(f) };
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(JobPtr(ptr));
         s.n_tasks.store(n_tasks, SeqCst);
         s.next.store(0, SeqCst);
-        s.finished.store(0, SeqCst);
+        s.done.store(0, SeqCst);
+        s.open.store(true, SeqCst);
         s.generation.fetch_add(1, SeqCst);
         if s.sleepers.load(SeqCst) > 0 {
             let _p = s.park.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,16 +118,11 @@ impl ThreadPool {
         IN_POOL.with(|c| c.set(true));
         claim_tasks(s, f);
         IN_POOL.with(|c| c.set(false));
-        let n_workers = self.workers.len();
-        let mut spins = 0u32;
-        while s.finished.load(Acquire) < n_workers {
-            spins += 1;
-            if spins < 1 << 16 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        // Wait for tasks that workers claimed, then close the job and wait for the workers
+        // inside it to leave (they are past their last claim by then).
+        wait_until(|| s.done.load(Acquire) >= n_tasks);
+        s.open.store(false, SeqCst);
+        wait_until(|| s.active.load(SeqCst) == 0);
         *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -186,6 +194,20 @@ fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync + '_)) {
             break;
         }
         f(i);
+        s.done.fetch_add(1, AcqRel);
+    }
+}
+
+/// Spins briefly, then yields, until `cond` holds.
+fn wait_until(cond: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !cond() {
+        spins += 1;
+        if spins < 1 << 12 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -216,14 +238,18 @@ fn worker_loop(s: &Shared) {
             return;
         }
         seen = gen;
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(JobPtr(p)) = job {
-            // SAFETY: `run` published this pointer for generation `gen` and waits for our
-            // `finished` increment before invalidating it.
-            let f = unsafe { &*p };
-            claim_tasks(s, f);
+        // Join the job only while it is open (SeqCst pairs with `run`'s close + `active` check).
+        s.active.fetch_add(1, SeqCst);
+        if s.open.load(SeqCst) && s.generation.load(SeqCst) == gen {
+            let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(JobPtr(p)) = job {
+                // SAFETY: the job is open, so `run` has not returned and `p` is valid; `run`
+                // waits for `active` to drop to zero before invalidating it.
+                let f = unsafe { &*p };
+                claim_tasks(s, f);
+            }
         }
-        s.finished.fetch_add(1, AcqRel);
+        s.active.fetch_sub(1, SeqCst);
     }
 }
 
