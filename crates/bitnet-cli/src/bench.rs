@@ -68,7 +68,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.n_prompt + a.n_gen > engine.context_len() {
         bail!("-p {} + -n {} exceeds the context of {}", a.n_prompt, a.n_gen, engine.context_len());
     }
-    let ids: Vec<u32> = (0..a.n_prompt.max(1)).map(|i| ((i * 7919 + 13) % d.vocab) as u32).collect();
+    let ids: Vec<u32> =
+        (0..a.n_prompt.max(1)).map(|i| ((i * 7919 + 13) % d.vocab) as u32).collect();
     let pp = if a.n_prompt > 0 {
         Some(measure(a.reps, a.n_prompt, || {
             engine.forward_tokens(&ids, 0, false)?;
@@ -144,5 +145,8 @@ fn ternary_params(e: &Engine) -> usize {
 }
 
 fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0
 }

@@ -175,7 +175,8 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
         }
         let show_ids = engine.tokenizer().is_none();
         let out = engine.generate_ids_stream(&ids, &cfg, |t| {
-            let r = if show_ids { write!(stdout, " {}", t.id) } else { write!(stdout, "{}", t.text) };
+            let r =
+                if show_ids { write!(stdout, " {}", t.id) } else { write!(stdout, "{}", t.text) };
             r.and_then(|_| stdout.flush()).is_ok()
         })?;
         writeln!(stdout)?;
@@ -241,7 +242,10 @@ pub fn run_chat(a: ChatArgs) -> Result<()> {
     }
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("chat with {} — empty line or Ctrl-D to quit, /reset to clear", engine.describe());
+        eprintln!(
+            "chat with {} — empty line or Ctrl-D to quit, /reset to clear",
+            engine.describe()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -295,10 +299,10 @@ pub fn run_logits(a: LogitsArgs) -> Result<()> {
         println!("{}", serde_json::json!({ "logits": rows }));
     } else {
         for (i, r) in rows.iter().enumerate() {
-            let (arg, max) = r
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
+            let (arg, max) =
+                r.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
             let head: Vec<String> = r.iter().take(8).map(|v| format!("{v:.4}")).collect();
             println!("pos {i} id {}: argmax {arg} ({max:.4}) [{} ...]", a.ids[i], head.join(", "));
         }

@@ -36,7 +36,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         c.vocab_size,
         c.max_position_embeddings
     )?;
-    writeln!(out, 
+    writeln!(
+        out,
         "rope_theta {} | rms_norm_eps {} | tied embeddings {} | quantization {:?}",
         c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings, c.quantization
     )?;
@@ -49,12 +50,19 @@ pub fn run(a: InspectArgs) -> Result<()> {
         e.2 += t.bytes().len();
         total += t.bytes().len();
         if a.tensors {
-            writeln!(out, "  {name:<56} {:<8} {:<16} {:>12} bytes", t.dtype().name(), t.shape().to_string(), t.bytes().len())?;
+            writeln!(
+                out,
+                "  {name:<56} {:<8} {:<16} {:>12} bytes",
+                t.dtype().name(),
+                t.shape().to_string(),
+                t.bytes().len()
+            )?;
         }
     }
     writeln!(out, "tensors: {} ({:.1} MiB)", f.tensors.len(), total as f64 / (1 << 20) as f64)?;
     for (ty, (n, elems, bytes)) in &by_type {
-        writeln!(out, 
+        writeln!(
+            out,
             "  {ty:<12} {n:>5} tensors {:>14} elements {:>10.1} MiB ({:.2} bits/element)",
             elems,
             *bytes as f64 / (1 << 20) as f64,

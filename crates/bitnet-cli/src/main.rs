@@ -43,7 +43,9 @@ fn main() {
     };
     if let Err(e) = r {
         // `bitnet inspect m | head` closing the pipe is not an error.
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
             return;
         }
         eprintln!("error: {}", one_line(&e));

@@ -60,11 +60,13 @@ pub fn convert(
     let (h, qd, kvd, f) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim, d.intermediate);
     let src: &dyn TensorSource = &file.tensors;
     let mut count = 0;
-    let mut put = |w: &mut crate::formats::gguf_write::GgufWriter, hf: &str, t: &Tensor| -> Result<()> {
-        let g = names::hf_to_gguf(hf).ok_or_else(|| Error::invalid(format!("no GGUF name for {hf}")))?;
-        count += 1;
-        w.add_tensor(&g, t)
-    };
+    let mut put =
+        |w: &mut crate::formats::gguf_write::GgufWriter, hf: &str, t: &Tensor| -> Result<()> {
+            let g = names::hf_to_gguf(hf)
+                .ok_or_else(|| Error::invalid(format!("no GGUF name for {hf}")))?;
+            count += 1;
+            w.add_tensor(&g, t)
+        };
     for i in 0..d.layers {
         let p = format!("model.layers.{i}");
         for (part, rows, cols) in [
@@ -85,7 +87,11 @@ pub fn convert(
                 _ => tq1::pack(&vals, rows, cols, scale),
             }
             .with_context(|| format!("packing {prefix} as {}", ty.name()))?;
-            put(&mut w, &format!("{prefix}.weight"), &Tensor::from_bytes(dtype, [rows, cols], &bytes)?)?;
+            put(
+                &mut w,
+                &format!("{prefix}.weight"),
+                &Tensor::from_bytes(dtype, [rows, cols], &bytes)?,
+            )?;
         }
         for norm in [
             "input_layernorm",
@@ -130,7 +136,8 @@ fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
-    let mut v = vocab_from_tokenizer_json(&text, &file.config).with_context(|| tj.display().to_string())?;
+    let mut v =
+        vocab_from_tokenizer_json(&text, &file.config).with_context(|| tj.display().to_string())?;
     let tc = dir.join("tokenizer_config.json");
     if let Ok(t) = std::fs::read_to_string(&tc) {
         if let Ok(j) = serde_json::from_str::<serde_json::Value>(&t) {
@@ -142,8 +149,8 @@ fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
 
 /// Builds GGUF tokenizer arrays (`gpt2` byte-level BPE) from a tokenizer.json.
 pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufVocab> {
-    let j: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
+    let j: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::format("tokenizer.json", e.to_string()))?;
     let model = &j["model"];
     if model["type"].as_str() != Some("BPE") {
         return Err(Error::unsupported(format!(
@@ -151,11 +158,11 @@ pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufV
             model["type"]
         )));
     }
-    let vocab = model["vocab"].as_object().ok_or_else(|| Error::format("tokenizer.json", "no model.vocab"))?;
-    let mut entries: Vec<(u32, String, i32)> = vocab
-        .iter()
-        .filter_map(|(k, v)| v.as_u64().map(|id| (id as u32, k.clone(), 1)))
-        .collect();
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| Error::format("tokenizer.json", "no model.vocab"))?;
+    let mut entries: Vec<(u32, String, i32)> =
+        vocab.iter().filter_map(|(k, v)| v.as_u64().map(|id| (id as u32, k.clone(), 1))).collect();
     for a in j["added_tokens"].as_array().into_iter().flatten() {
         if let (Some(id), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
             let ty = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
@@ -177,7 +184,9 @@ pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufV
         .flatten()
         .filter_map(|m| match m {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+            serde_json::Value::Array(p) => {
+                Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+            }
             _ => None,
         })
         .collect();

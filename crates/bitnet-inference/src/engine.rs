@@ -15,8 +15,8 @@ use crate::formats::{self, ModelFile};
 use crate::models::weights::{self, ScaleConvention, TensorSource, WeightKind};
 use crate::models::{synthetic, Dims};
 use crate::runner::{ModelRunner, Runner};
-use crate::sampling::{StopChecker, StopConditions, StopReason as StopKind};
 use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{StopChecker, StopConditions, StopReason as StopKind};
 use crate::tokenizer::{GgufVocabInput, StreamDecoder, Tokenizer};
 use bitnet_core::{DeviceRequest, Error, Result, ResultExt};
 use std::path::{Path, PathBuf};
@@ -218,10 +218,13 @@ impl EngineBuilder {
                     progress,
                 )
                 .with_context(|| format!("building the model from {}", p.display()))?;
-                let dir = if p.is_dir() { Some(p.clone()) } else { p.parent().map(Path::to_path_buf) };
+                let dir =
+                    if p.is_dir() { Some(p.clone()) } else { p.parent().map(Path::to_path_buf) };
                 (m, Some(file), dir)
             }
-            (None, None) => return Err(Error::invalid("no model given (a path or a synthetic name)")),
+            (None, None) => {
+                return Err(Error::invalid("no model given (a path or a synthetic name)"))
+            }
         };
         let dims = model.dims().clone();
         let context = self.context.unwrap_or(dims.max_positions.min(4096)).max(1);
@@ -409,7 +412,9 @@ impl Engine {
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let v = self.dims().vocab;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-            return Err(Error::invalid(format!("token id {bad} is out of range (vocabulary of {v})")));
+            return Err(Error::invalid(format!(
+                "token id {bad} is out of range (vocabulary of {v})"
+            )));
         }
         if ids.len() > self.context_len() {
             return Err(Error::invalid(format!(

@@ -17,7 +17,10 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend with `threads` threads (0 = all cores).
     pub fn new(threads: usize) -> Self {
-        CpuBackend { pool: ThreadPool::new(threads), scratch: Mutex::new(BitLinearScratch::default()) }
+        CpuBackend {
+            pool: ThreadPool::new(threads),
+            scratch: Mutex::new(BitLinearScratch::default()),
+        }
     }
     /// The kernel thread pool.
     pub fn pool(&self) -> &ThreadPool {

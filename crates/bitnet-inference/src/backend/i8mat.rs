@@ -195,7 +195,8 @@ mod tests {
     #[test]
     fn int8_matmul_is_the_dequantized_product_for_several_rows() {
         let (rows, cols) = (300, 96);
-        let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let vals: Vec<f32> =
+            (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let t = bitnet_core::Tensor::from_f32([rows, cols], &vals).unwrap();
         let m = DenseMatrix::new(t, "w").unwrap();
         let pool = ThreadPool::new(2);

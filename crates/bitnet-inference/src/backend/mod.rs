@@ -114,8 +114,13 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf,
     ) -> Result<()>;
     /// BitLinear: per-token int8 activations times the ternary weight, scales applied.
-    fn bitlinear(&self, w: &Self::Linear, x: &Self::Buf, rows: usize, out: &mut Self::Buf)
-        -> Result<()>;
+    fn bitlinear(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
     /// Rotary embedding (rotate-half convention) in place on `rows.len()` rows of
     /// `heads * head_dim` values.
     fn rope(
@@ -159,8 +164,13 @@ pub trait Backend: Send + Sync {
     /// `x += y` over the first `len` values.
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()>;
     /// Logits of `rows` rows.
-    fn logits(&self, head: &Self::LmHead, x: &Self::Buf, rows: usize, out: &mut Self::Buf)
-        -> Result<()>;
+    fn logits(
+        &self,
+        head: &Self::LmHead,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
 }
 
 /// Checks that a tensor is a float matrix; returns (rows, cols).

@@ -227,7 +227,10 @@ impl<B: Backend> BitNetModel<B> {
     pub fn logits_into(&self, st: &State<B>, out: &mut [f32]) -> Result<()> {
         let want = st.logit_rows * self.dims.vocab;
         if out.len() != want {
-            return Err(Error::invalid(format!("logits buffer of {} for {want} values", out.len())));
+            return Err(Error::invalid(format!(
+                "logits buffer of {} for {want} values",
+                out.len()
+            )));
         }
         self.backend.download(&st.logits, out)
     }

@@ -61,7 +61,12 @@ impl Rng {
 }
 
 /// Builds a model with random weights on `backend`.
-pub fn build<B: Backend>(backend: B, dims: Dims, seed: u64, lm_mode: LmHeadMode) -> Result<BitNetModel<B>> {
+pub fn build<B: Backend>(
+    backend: B,
+    dims: Dims,
+    seed: u64,
+    lm_mode: LmHeadMode,
+) -> Result<BitNetModel<B>> {
     let mut rng = Rng(seed);
     let d = &dims;
     let (h, qd, kvd, f) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim, d.intermediate);

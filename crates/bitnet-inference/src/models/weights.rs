@@ -90,7 +90,11 @@ pub fn load_projection(
             }
             DType::I2S => I2sMatrix::from_i2s_tensor(t.clone(), rows, cols),
             DType::TQ1_0 | DType::TQ2_0 => {
-                let f = if t.dtype() == DType::TQ1_0 { TernaryFormat::TQ1_0 } else { TernaryFormat::TQ2_0 };
+                let f = if t.dtype() == DType::TQ1_0 {
+                    TernaryFormat::TQ1_0
+                } else {
+                    TernaryFormat::TQ2_0
+                };
                 let (q, s) = bitnet_quant::formats::to_ternary(f, t.bytes(), rows, cols)?;
                 I2sMatrix::from_ternary(&q, rows, cols, s)
             }
@@ -147,8 +151,7 @@ pub fn build<B: Backend>(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<BitNetModel<B>> {
     let d = &dims;
-    let (h, qd, kvd, f) =
-        (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim, d.intermediate);
+    let (h, qd, kvd, f) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim, d.intermediate);
     let mut layers = Vec::with_capacity(d.layers);
     for i in 0..d.layers {
         let p = format!("model.layers.{i}");
@@ -158,7 +161,12 @@ pub fn build<B: Backend>(
         layers.push(Layer {
             input_norm: vector(&backend, src, &format!("{p}.input_layernorm.weight"), h)?,
             post_norm: vector(&backend, src, &format!("{p}.post_attention_layernorm.weight"), h)?,
-            attn_sub_norm: vector(&backend, src, &format!("{p}.self_attn.attn_sub_norm.weight"), qd)?,
+            attn_sub_norm: vector(
+                &backend,
+                src,
+                &format!("{p}.self_attn.attn_sub_norm.weight"),
+                qd,
+            )?,
             ffn_sub_norm: vector(&backend, src, &format!("{p}.mlp.ffn_sub_norm.weight"), f)?,
             q: lin("self_attn.q_proj", qd, h)?,
             k: lin("self_attn.k_proj", kvd, h)?,
@@ -174,7 +182,11 @@ pub fn build<B: Backend>(
     let et = src.tensor("model.embed_tokens.weight")?.clone();
     let emb = DenseMatrix::new(et, "model.embed_tokens.weight")?;
     check_table(&emb, d, "model.embed_tokens.weight")?;
-    let head_name = if tied || !src.has("lm_head.weight") { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head_name = if tied || !src.has("lm_head.weight") {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    };
     if !tied && !src.has("lm_head.weight") {
         return Err(Error::format("checkpoint", "untied embeddings but no lm_head.weight"));
     }
