@@ -67,16 +67,23 @@ impl I8Matrix {
         }
         let dot = select_dot();
         let cols = self.cols;
-        // Parallel over vocabulary chunks; every row of x reuses each loaded weight row.
-        let out = &mut out[..rows * self.rows];
         let n_vocab = self.rows;
         let chunk = 256;
+        if rows == 1 {
+            // Decode: straight into `out`, no temporary.
+            pool.for_each_chunk_mut(&mut out[..n_vocab], chunk, &|c, oc| {
+                for (j, o) in oc.iter_mut().enumerate() {
+                    let row = c * chunk + j;
+                    *o = dot(&self.data[row * cols..(row + 1) * cols], &x[..cols]) * self.scales[row];
+                }
+            });
+            return Ok(());
+        }
+        // Several rows: each loaded weight row serves every row of x (vocab-major temporary).
         let mut tmp = vec![0f32; rows * n_vocab];
         pool.for_each_chunk_mut(&mut tmp, chunk * rows, &|c, oc| {
-            let first = c * chunk;
-            let n = oc.len() / rows;
-            for j in 0..n {
-                let row = first + j;
+            for j in 0..oc.len() / rows {
+                let row = c * chunk + j;
                 let w = &self.data[row * cols..(row + 1) * cols];
                 for r in 0..rows {
                     oc[j * rows + r] = dot(w, &x[r * cols..(r + 1) * cols]) * self.scales[row];
