@@ -2,7 +2,7 @@
 //! thread count, a memory-bandwidth baseline, and the thread pool's dispatch cost vs rayon.
 //!
 //! `cargo bench -p bitnet-quant --bench kernels` runs everything in a few minutes;
-//! add a filter to run a part: `-- gemv`, `-- gemm`, `-- membw`, `-- pool`,
+//! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm`, `-- membw`, `-- pool`,
 //! or e.g. `-- 'gemv/avx512-vnni/2t'`.
 //!
 //! GEMV rotates over enough distinct weight matrices (> 64 MB) that every call reads its
@@ -83,6 +83,28 @@ fn bench_gemv(c: &mut Criterion) {
                         i = (i + 1) % ms.len();
                         gemv_with(kernel, &ms[i], &xq, acts[0], &mut out, pool).expect("gemv");
                     })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+/// GEMV on one matrix called again and again (its weights stay in L3): the compute ceiling.
+fn bench_gemv_hot(c: &mut Criterion) {
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+    let mut g = c.benchmark_group("gemv_hot");
+    for (rows, cols) in [(6912, 2560), (2560, 6912)] {
+        let m = random_matrix(rows, cols, &mut rng);
+        let (xq, acts) = random_acts(1, cols, &mut rng);
+        let mut out = vec![0f32; rows];
+        g.throughput(Throughput::BytesDecimal((rows * cols / 4) as u64));
+        for kernel in Kernel::available().into_iter().filter(|&k| k != Kernel::Scalar) {
+            for pool in &pools {
+                let id = format!("{kernel}/{}t/{rows}x{cols}", pool.n_threads());
+                g.bench_function(id, |b| {
+                    b.iter(|| gemv_with(kernel, &m, &xq, acts[0], &mut out, pool).expect("gemv"))
                 });
             }
         }
@@ -200,6 +222,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_membw, bench_pool, bench_gemv, bench_gemm
+    targets = bench_membw, bench_pool, bench_gemv, bench_gemv_hot, bench_gemm
 }
 criterion_main!(benches);

@@ -11,8 +11,10 @@ use crate::quantize::{act_scale_for, quantize_value, ActScale};
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// Rows per GEMV step.
-const GEMV_ROWS: usize = 4;
+/// Blocks per GEMV loop iteration (each with its own accumulators).
+const GEMV_UNROLL: usize = 2;
+/// Far-apart rows GEMV reads at once.
+const GEMV_STREAMS: usize = 2;
 /// Rows × tokens per GEMM tile.
 const GEMM_ROWS: usize = 2;
 const GEMM_TOKS: usize = 2;
@@ -70,7 +72,14 @@ unsafe fn codes(p: *const u8) -> [__m256i; 4] {
 #[inline(always)]
 unsafe fn acts(p: *const i8) -> [__m256i; 4] {
     // SAFETY: the caller guarantees 128 readable bytes at `p`.
-    unsafe { [0, 1, 2, 3].map(|g| _mm256_loadu_si256(p.add(32 * g) as *const __m256i)) }
+    unsafe {
+        [
+            _mm256_loadu_si256(p as *const __m256i),
+            _mm256_loadu_si256(p.add(32) as *const __m256i),
+            _mm256_loadu_si256(p.add(64) as *const __m256i),
+            _mm256_loadu_si256(p.add(96) as *const __m256i),
+        ]
+    }
 }
 
 /// `acc + Σ c·x` over one block, summed into 32-bit lanes.
@@ -110,41 +119,112 @@ unsafe fn hsum(v: __m256i) -> i32 {
     }
 }
 
-/// Integer dot products of `R` rows starting at `w` with the activation row `x`.
-#[inline(always)]
-unsafe fn gemv_tile<const R: usize, const VNNI: bool>(
-    w: *const u8,
-    row_bytes: usize,
-    x: *const i8,
-) -> [i32; R] {
-    // SAFETY: R rows of `row_bytes` at `w` and `4 * row_bytes` activations at `x` are readable.
-    unsafe {
-        let mut acc = [_mm256_setzero_si256(); R];
-        for i in 0..row_bytes / 32 {
+/// Accumulators of one GEMV row for a stream of blocks.
+///
+/// VNNI: one shift by 4 and masks 0x0c / 0x03 give the codes of weights 0..31 and 64..95
+/// times 4 (summed into `a`) and of 32..63 and 96..127 times 1 (into `b`); the sum of `a`
+/// is a multiple of 4 and is shifted back exactly. Otherwise `a` collects [`dot4`].
+#[derive(Clone, Copy)]
+struct GemvAcc {
+    a: __m256i,
+    b: __m256i,
+}
+
+impl GemvAcc {
+    /// Adds block `i` of the row at `w` times activations `x[128 i..128 i + 128]`.
+    #[inline(always)]
+    unsafe fn step<const VNNI: bool>(&mut self, w: *const u8, x: *const i8, i: usize) {
+        // SAFETY: block i of the row and activations 128 i.. are readable (caller).
+        unsafe {
             let xs = acts(x.add(i * 128));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = dot4::<VNNI>(*a, &codes(w.add(r * row_bytes + i * 32)), &xs);
+            if VNNI {
+                let wv = _mm256_loadu_si256(w.add(i * 32) as *const __m256i);
+                let (m4, m1) = (_mm256_set1_epi8(0x0c), _mm256_set1_epi8(0x03));
+                let hi = _mm256_srli_epi16::<4>(wv);
+                let a = _mm256_dpbusd_avx_epi32(self.a, _mm256_and_si256(hi, m4), xs[0]);
+                self.a = _mm256_dpbusd_avx_epi32(a, _mm256_and_si256(wv, m4), xs[2]);
+                let b = _mm256_dpbusd_avx_epi32(self.b, _mm256_and_si256(hi, m1), xs[1]);
+                self.b = _mm256_dpbusd_avx_epi32(b, _mm256_and_si256(wv, m1), xs[3]);
+            } else {
+                self.a = dot4::<false>(self.a, &codes(w.add(i * 32)), &xs);
             }
         }
-        acc.map(|a| hsum(a))
+    }
+
+    /// The exact integer dot product.
+    #[inline(always)]
+    unsafe fn sum<const VNNI: bool>(self) -> i32 {
+        // SAFETY: register operations.
+        unsafe {
+            if VNNI {
+                hsum(_mm256_add_epi32(_mm256_srai_epi32::<2>(self.a), self.b))
+            } else {
+                hsum(self.a)
+            }
+        }
     }
 }
 
+/// Integer dot products of the `S` rows at `w[s]` with `x`. Each row is read front to back,
+/// `GEMV_UNROLL` blocks per iteration, each block with its own accumulators.
+#[inline(always)]
+unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
+    w: [*const u8; S],
+    row_bytes: usize,
+    x: *const i8,
+) -> [i32; S] {
+    // SAFETY: `row_bytes` at each `w[s]` and `4 * row_bytes` activations at `x` are readable.
+    unsafe {
+        let zero = GemvAcc { a: _mm256_setzero_si256(), b: _mm256_setzero_si256() };
+        let mut acc = [[zero; GEMV_UNROLL]; S];
+        let n_blocks = row_bytes / 32;
+        let mut i = 0;
+        while i + GEMV_UNROLL <= n_blocks {
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                for (u, acc) in acc.iter_mut().enumerate() {
+                    acc.step::<VNNI>(w, x, i + u);
+                }
+            }
+            i += GEMV_UNROLL;
+        }
+        for (u, i) in (i..n_blocks).enumerate() {
+            for (acc, &w) in acc.iter_mut().zip(&w) {
+                acc[u].step::<VNNI>(w, x, i);
+            }
+        }
+        // Plain loops, no closures: a closure would not inherit this function's target
+        // features, and its intrinsics would become calls.
+        let mut out = [0i32; S];
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            let mut t = acc[0];
+            for a in &acc[1..] {
+                t = GemvAcc { a: _mm256_add_epi32(t.a, a.a), b: _mm256_add_epi32(t.b, a.b) };
+            }
+            *o = t.sum::<VNNI>();
+        }
+        out
+    }
+}
+
+/// GEMV over `rows`, cut into `GEMV_STREAMS` segments walked in step (as in `avx512.rs`).
 #[inline(always)]
 unsafe fn gemv_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
-    // SAFETY: see `run`.
+    // SAFETY: see `run`; every row index below lies in `rows`.
     unsafe {
         let (w, rb, x) = (job.w.as_ptr(), job.row_bytes, job.xq.as_ptr());
-        let mut r = rows.start;
-        while r + GEMV_ROWS <= rows.end {
-            let acc = gemv_tile::<GEMV_ROWS, VNNI>(w.add(r * rb), rb, x);
-            for (i, &a) in acc.iter().enumerate() {
-                job.store(0, r + i, a);
+        let seg = rows.len() / GEMV_STREAMS;
+        for r in rows.start..rows.start + seg {
+            let mut at = [w; GEMV_STREAMS];
+            for (s, p) in at.iter_mut().enumerate() {
+                *p = w.add((r + s * seg) * rb);
             }
-            r += GEMV_ROWS;
+            let acc = gemv_rows_at::<GEMV_STREAMS, VNNI>(at, rb, x);
+            for (s, &a) in acc.iter().enumerate() {
+                job.store(0, r + s * seg, a);
+            }
         }
-        for r in r..rows.end {
-            let [a] = gemv_tile::<1, VNNI>(w.add(r * rb), rb, x);
+        for r in rows.start + GEMV_STREAMS * seg..rows.end {
+            let [a] = gemv_rows_at::<1, VNNI>([w.add(r * rb)], rb, x);
             job.store(0, r, a);
         }
     }
@@ -174,7 +254,13 @@ unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
                 }
             }
         }
-        acc.map(|row| row.map(|a| hsum(a)))
+        let mut out = [[0i32; T]; R];
+        for r in 0..R {
+            for t in 0..T {
+                out[r][t] = hsum(acc[r][t]);
+            }
+        }
+        out
     }
 }
 
@@ -219,6 +305,18 @@ unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     }
 }
 
+/// `clamp(round_half_even(x * s), -128, 127)` of 8 floats at `p` as i32 lanes (NaN → 0).
+#[inline(always)]
+unsafe fn quantize8(p: *const f32, vs: __m256, lo: __m256, hi: __m256) -> __m256i {
+    // SAFETY: the caller guarantees 8 readable floats at `p`.
+    unsafe {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(p), vs);
+        let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+        _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+    }
+}
+
 /// Bit-exact AVX2 twin of `quantize::quantize_row_scalar`; `out.len() == x.len()`.
 ///
 /// # Safety
@@ -242,15 +340,12 @@ pub(crate) unsafe fn quantize_row(x: &[f32], out: &mut [i8]) -> ActScale {
         let scale = act_scale_for(lanes.iter().fold(tail, |m, &v| m.max(v)));
 
         let (vs, lo, hi) = (_mm256_set1_ps(scale), _mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-        let q = |i: usize| {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vs);
-            let v = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v)); // NaN -> 0
-            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
-        };
         let mut vsum = _mm256_setzero_si256();
         for i in (0..main).step_by(32) {
-            let (a, b, c, d) = (q(i), q(i + 8), q(i + 16), q(i + 24));
+            let a = quantize8(p.add(i), vs, lo, hi);
+            let b = quantize8(p.add(i + 8), vs, lo, hi);
+            let c = quantize8(p.add(i + 16), vs, lo, hi);
+            let d = quantize8(p.add(i + 24), vs, lo, hi);
             vsum = _mm256_add_epi32(
                 vsum,
                 _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d)),
