@@ -59,7 +59,11 @@ impl ModelArgs {
             bar.set_position(done as u64);
         });
         bar.finish_and_clear();
-        Ok(engine?)
+        let engine = engine?;
+        if let Some(why) = engine.device_fallback() {
+            eprintln!("note: device auto -> cpu ({why})");
+        }
+        Ok(engine)
     }
 }
 
@@ -85,7 +89,7 @@ pub struct SampleArgs {
     #[arg(short = 'n', long = "max-tokens", default_value_t = 128)]
     pub max_tokens: usize,
     /// Temperature; 0 means greedy (always the most likely token).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the K most likely tokens (0 = off).
     #[arg(long, default_value_t = 40)]
@@ -158,9 +162,10 @@ pub struct GenerateArgs {
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
-    let mut engine = a.model.load(LmHeadMode::I8)?;
     let mut cfg = a.sample.config();
+    cfg.sampling.validate()?;
     cfg.add_bos = !a.no_bos;
+    let mut engine = a.model.load(LmHeadMode::I8)?;
     let ids = match (&a.prompt, &a.ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(p), None) => engine.encode(p, cfg.add_bos)?,
@@ -233,9 +238,10 @@ pub struct ChatArgs {
 }
 
 pub fn run_chat(a: ChatArgs) -> Result<()> {
-    let mut engine = a.model.load(LmHeadMode::I8)?;
     let mut cfg = a.sample.config();
+    cfg.sampling.validate()?;
     cfg.add_bos = false; // the chat template writes it
+    let mut engine = a.model.load(LmHeadMode::I8)?;
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
         history.push(ChatMessage::new("system", s));

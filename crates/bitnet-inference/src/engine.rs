@@ -194,9 +194,6 @@ impl EngineBuilder {
     /// Loads the model, reporting `(layers_done, layers)` as it goes.
     pub fn build_with_progress(self, progress: impl FnMut(usize, usize)) -> Result<Engine> {
         let sel = self.device.select(probe_cuda)?;
-        if let Some(reason) = &sel.fallback_reason {
-            eprintln!("note: device auto -> cpu ({reason})");
-        }
         let backend = CpuBackend::new(self.threads);
         let t0 = Instant::now();
         let (model, file, dir) = match (&self.path, &self.synthetic) {
@@ -242,6 +239,7 @@ impl EngineBuilder {
             cached: Vec::new(),
             logits: Vec::new(),
             load_s: t0.elapsed().as_secs_f64(),
+            fallback: sel.fallback_reason,
         })
     }
 }
@@ -329,6 +327,7 @@ pub struct Engine {
     cached: Vec<u32>,
     logits: Vec<f32>,
     load_s: f64,
+    fallback: Option<String>,
 }
 
 impl Engine {
@@ -347,6 +346,10 @@ impl Engine {
     /// Backend description.
     pub fn describe(&self) -> String {
         self.runner.describe()
+    }
+    /// Why `--device auto` fell back to the CPU, if it did (for one log line).
+    pub fn device_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
     /// Seconds the load took.
     pub fn load_seconds(&self) -> f64 {
