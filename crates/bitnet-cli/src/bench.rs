@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also time every backend operation and print where generation time goes.
+    #[arg(long)]
+    profile: bool,
 }
 
 struct Stat {
@@ -63,7 +66,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Some(h) => h.parse::<LmHeadMode>()?,
         None => LmHeadMode::I8,
     };
-    let mut engine = a.model.load(mode)?;
+    let mut engine = a.model.load_with(mode, a.profile)?;
     let d = engine.dims().clone();
     if a.n_prompt + a.n_gen > engine.context_len() {
         bail!("-p {} + -n {} exceeds the context of {}", a.n_prompt, a.n_gen, engine.context_len());
@@ -78,6 +81,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    engine.take_profile(); // drop the prompt-processing share
     let tg = if a.n_gen > 0 {
         Some(measure(a.reps, a.n_gen, || {
             let mut tok = ids[0];
@@ -90,6 +94,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    let profile = engine.take_profile();
     let ternary = ternary_params(&engine);
     let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
     let bytes_per_token = ternary / 4 + head_bytes;
@@ -134,6 +139,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(r) = rss {
         println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
+    }
+    if !profile.is_empty() {
+        let tokens = (a.n_gen * (a.reps.max(1) + 1)) as f64;
+        let total: f64 = profile.iter().map(|p| p.1).sum();
+        println!("\nwhere generation time goes ({} tokens, warm-up included):", tokens);
+        println!("| operation | ms/token | share | calls/token |");
+        println!("| --- | ---: | ---: | ---: |");
+        for (name, secs, calls) in &profile {
+            println!(
+                "| {name} | {:.3} | {:.1}% | {:.0} |",
+                secs * 1e3 / tokens,
+                100.0 * secs / total.max(1e-12),
+                *calls as f64 / tokens
+            );
+        }
     }
     Ok(())
 }

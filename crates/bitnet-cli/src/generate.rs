@@ -36,12 +36,20 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the engine, with a progress bar on a terminal.
     pub fn load(&self, default_head: LmHeadMode) -> Result<Engine> {
+        self.load_with(default_head, false)
+    }
+
+    /// Loads the engine, optionally with per-operation profiling.
+    pub fn load_with(&self, default_head: LmHeadMode, profile: bool) -> Result<Engine> {
         let head = match &self.lm_head {
             Some(h) => h.parse::<LmHeadMode>()?,
             None => default_head,
         };
-        let mut b =
-            Engine::builder().threads(self.threads).device(self.device.parse()?).lm_head(head);
+        let mut b = Engine::builder()
+            .threads(self.threads)
+            .device(self.device.parse()?)
+            .lm_head(head)
+            .profile(profile);
         if let Some(c) = self.ctx {
             if c == 0 {
                 bail!("--ctx must be at least 1");

@@ -133,6 +133,7 @@ pub struct EngineBuilder {
     context: Option<usize>,
     prefill_chunk: usize,
     lm_head: LmHeadMode,
+    profile: bool,
 }
 
 impl Default for EngineBuilder {
@@ -145,6 +146,7 @@ impl Default for EngineBuilder {
             context: None,
             prefill_chunk: 128,
             lm_head: LmHeadMode::default(),
+            profile: false,
         }
     }
 }
@@ -186,6 +188,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Time every backend operation (see [`Engine::take_profile`]).
+    pub fn profile(mut self, on: bool) -> Self {
+        self.profile = on;
+        self
+    }
+
     /// Loads the model.
     pub fn build(self) -> Result<Engine> {
         self.build_with_progress(|_, _| {})
@@ -194,7 +202,10 @@ impl EngineBuilder {
     /// Loads the model, reporting `(layers_done, layers)` as it goes.
     pub fn build_with_progress(self, progress: impl FnMut(usize, usize)) -> Result<Engine> {
         let sel = self.device.select(probe_cuda)?;
-        let backend = CpuBackend::new(self.threads);
+        let mut backend = CpuBackend::new(self.threads);
+        if self.profile {
+            backend = backend.with_profiling();
+        }
         let t0 = Instant::now();
         let (model, file, dir) = match (&self.path, &self.synthetic) {
             (_, Some(name)) => {
@@ -346,6 +357,10 @@ impl Engine {
     /// Backend description.
     pub fn describe(&self) -> String {
         self.runner.describe()
+    }
+    /// Seconds and calls per backend operation since the last call (empty unless profiling).
+    pub fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        self.runner.take_profile()
     }
     /// Why `--device auto` fell back to the CPU, if it did (for one log line).
     pub fn device_fallback(&self) -> Option<&str> {

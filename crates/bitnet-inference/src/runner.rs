@@ -13,6 +13,8 @@ pub trait Runner: Send {
     fn describe(&self) -> String;
     /// Positions the KV cache holds.
     fn context_len(&self) -> usize;
+    /// Per-operation (name, seconds, calls) since the last call, when profiling is on.
+    fn take_profile(&self) -> Vec<(&'static str, f64, u64)>;
     /// Runs `ids` at positions `start..start + ids.len()` (in chunks of the state's row limit)
     /// and writes logits of the last row, or of every row when `all` is set, into `out`
     /// (`rows x vocab`).
@@ -51,6 +53,9 @@ where
     }
     fn context_len(&self) -> usize {
         self.state.max_seq()
+    }
+    fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        self.model.backend().take_profile()
     }
     fn forward(&mut self, ids: &[u32], start: usize, all: bool, out: &mut Vec<f32>) -> Result<()> {
         let vocab = self.model.dims().vocab;

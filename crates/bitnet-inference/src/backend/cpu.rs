@@ -12,15 +12,48 @@ use std::sync::Mutex;
 pub struct CpuBackend {
     pool: ThreadPool,
     scratch: Mutex<BitLinearScratch>,
+    profile: Option<Mutex<[(f64, u64); OPS.len()]>>,
 }
 
+/// Operations timed by the profiler (`BITNET_PROFILE=1`).
+const OPS: [&str; 8] = [
+    "embed",
+    "rms_norm",
+    "bitlinear",
+    "rope",
+    "store_kv",
+    "attention",
+    "relu2_mul/add/copy",
+    "lm_head",
+];
+
 impl CpuBackend {
-    /// A backend with `threads` threads (0 = all cores).
+    /// A backend with `threads` threads (0 = all cores); times each operation when the
+    /// environment has `BITNET_PROFILE=1` (see [`Backend::take_profile`]).
     pub fn new(threads: usize) -> Self {
+        let profile = (std::env::var("BITNET_PROFILE").ok().as_deref() == Some("1"))
+            .then(|| Mutex::new([(0.0, 0); OPS.len()]));
         CpuBackend {
             pool: ThreadPool::new(threads),
             scratch: Mutex::new(BitLinearScratch::default()),
+            profile,
         }
+    }
+
+    /// Turns per-operation timing on.
+    pub fn with_profiling(mut self) -> Self {
+        self.profile = Some(Mutex::new([(0.0, 0); OPS.len()]));
+        self
+    }
+
+    fn timed<T>(&self, op: usize, f: impl FnOnce() -> T) -> T {
+        let Some(p) = &self.profile else { return f() };
+        let t = std::time::Instant::now();
+        let r = f();
+        let mut a = p.lock().unwrap_or_else(|e| e.into_inner());
+        a[op].0 += t.elapsed().as_secs_f64();
+        a[op].1 += 1;
+        r
     }
     /// The kernel thread pool.
     pub fn pool(&self) -> &ThreadPool {
@@ -91,6 +124,15 @@ impl Backend for CpuBackend {
     type LmHead = CpuLmHead;
     type Cache = CpuCache;
 
+    fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        let Some(p) = &self.profile else { return Vec::new() };
+        let mut a = p.lock().unwrap_or_else(|e| e.into_inner());
+        let out =
+            OPS.iter().zip(a.iter()).map(|(n, &(t, c))| (*n, t, c)).filter(|x| x.2 > 0).collect();
+        *a = [(0.0, 0); OPS.len()];
+        out
+    }
+
     fn describe(&self) -> String {
         format!(
             "cpu ({} threads, kernel {})",
@@ -132,6 +174,97 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
+        self.timed(0, || self.embed__(e, ids, out))
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.timed(1, || self.rms_norm__(x, w, eps, rows, out))
+    }
+
+    fn bitlinear(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.timed(2, || self.bitlinear__(w, x, rows, out))
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: &[RowPos],
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        self.timed(3, || self.rope__(x, rows, heads, head_dim, theta))
+    }
+
+    fn store_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        rows: &[RowPos],
+    ) -> Result<()> {
+        self.timed(4, || self.store_kv__(cache, layer, k, v, rows))
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        cache: &Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.timed(5, || self.attention__(q, cache, layer, rows, shape, out))
+    }
+
+    fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        self.timed(6, || self.relu2_mul__(gate, up, len))
+    }
+
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
+        self.timed(6, || self.add__(x, y, len))
+    }
+
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.timed(6, || self.copy__(src, src_off, dst, dst_off, len))
+    }
+
+    fn logits(
+        &self,
+        head: &Self::LmHead,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.timed(7, || self.logits__(head, x, rows, out))
+    }
+}
+
+/// The operations themselves (the trait methods above add timing).
+impl CpuBackend {
+    fn embed__(&self, e: &DenseMatrix, ids: &[u32], out: &mut AlignedVec<f32>) -> Result<()> {
         let d = e.cols();
         need(out.len(), ids.len() * d, "embed")?;
         for (r, &id) in ids.iter().enumerate() {
@@ -145,14 +278,13 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-
-    fn rms_norm(
+    fn rms_norm__(
         &self,
-        x: &Self::Buf,
-        w: &Self::Buf,
+        x: &AlignedVec<f32>,
+        w: &AlignedVec<f32>,
         eps: f32,
         rows: usize,
-        out: &mut Self::Buf,
+        out: &mut AlignedVec<f32>,
     ) -> Result<()> {
         let d = w.len();
         need(x.len(), rows * d, "rms_norm input")?;
@@ -167,13 +299,12 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-
-    fn bitlinear(
+    fn bitlinear__(
         &self,
-        w: &Self::Linear,
-        x: &Self::Buf,
+        w: &BitLinear,
+        x: &AlignedVec<f32>,
         rows: usize,
-        out: &mut Self::Buf,
+        out: &mut AlignedVec<f32>,
     ) -> Result<()> {
         let (n, k) = (w.weight.rows(), w.weight.cols());
         need(x.len(), rows * k, "bitlinear input")?;
@@ -181,10 +312,9 @@ impl Backend for CpuBackend {
         let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         w.forward(&x[..rows * k], rows, &mut out[..rows * n], &mut s, &self.pool)
     }
-
-    fn rope(
+    fn rope__(
         &self,
-        x: &mut Self::Buf,
+        x: &mut AlignedVec<f32>,
         rows: &[RowPos],
         heads: usize,
         head_dim: usize,
@@ -217,13 +347,12 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-
-    fn store_kv(
+    fn store_kv__(
         &self,
-        cache: &mut Self::Cache,
+        cache: &mut CpuCache,
         layer: usize,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        k: &AlignedVec<f32>,
+        v: &AlignedVec<f32>,
         rows: &[RowPos],
     ) -> Result<()> {
         let (kvh, hd) = (cache.shape.kv_heads, cache.shape.head_dim);
@@ -240,15 +369,14 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-
-    fn attention(
+    fn attention__(
         &self,
-        q: &Self::Buf,
-        cache: &Self::Cache,
+        q: &AlignedVec<f32>,
+        cache: &CpuCache,
         layer: usize,
         rows: &[RowPos],
         shape: AttnShape,
-        out: &mut Self::Buf,
+        out: &mut AlignedVec<f32>,
     ) -> Result<()> {
         let AttnShape { heads, kv_heads, head_dim } = shape;
         if kv_heads == 0 || heads % kv_heads != 0 || head_dim > 256 {
@@ -273,8 +401,12 @@ impl Backend for CpuBackend {
         });
         Ok(())
     }
-
-    fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+    fn relu2_mul__(
+        &self,
+        gate: &mut AlignedVec<f32>,
+        up: &AlignedVec<f32>,
+        len: usize,
+    ) -> Result<()> {
         need(gate.len().min(up.len()), len, "relu2_mul")?;
         for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
             let r = g.max(0.0);
@@ -282,12 +414,18 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
-
-    fn copy(
+    fn add__(&self, x: &mut AlignedVec<f32>, y: &AlignedVec<f32>, len: usize) -> Result<()> {
+        need(x.len().min(y.len()), len, "add")?;
+        for (a, &b) in x[..len].iter_mut().zip(&y[..len]) {
+            *a += b;
+        }
+        Ok(())
+    }
+    fn copy__(
         &self,
-        src: &Self::Buf,
+        src: &AlignedVec<f32>,
         src_off: usize,
-        dst: &mut Self::Buf,
+        dst: &mut AlignedVec<f32>,
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
@@ -296,21 +434,12 @@ impl Backend for CpuBackend {
         dst[dst_off..dst_off + len].copy_from_slice(&src[src_off..src_off + len]);
         Ok(())
     }
-
-    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
-        need(x.len().min(y.len()), len, "add")?;
-        for (a, &b) in x[..len].iter_mut().zip(&y[..len]) {
-            *a += b;
-        }
-        Ok(())
-    }
-
-    fn logits(
+    fn logits__(
         &self,
-        head: &Self::LmHead,
-        x: &Self::Buf,
+        head: &CpuLmHead,
+        x: &AlignedVec<f32>,
         rows: usize,
-        out: &mut Self::Buf,
+        out: &mut AlignedVec<f32>,
     ) -> Result<()> {
         match head {
             CpuLmHead::F32(m) => {

@@ -74,7 +74,8 @@ impl I8Matrix {
             pool.for_each_chunk_mut(&mut out[..n_vocab], chunk, &|c, oc| {
                 for (j, o) in oc.iter_mut().enumerate() {
                     let row = c * chunk + j;
-                    *o = dot(&self.data[row * cols..(row + 1) * cols], &x[..cols]) * self.scales[row];
+                    *o = dot(&self.data[row * cols..(row + 1) * cols], &x[..cols])
+                        * self.scales[row];
                 }
             });
             return Ok(());

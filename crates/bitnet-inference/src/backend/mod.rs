@@ -86,6 +86,11 @@ pub trait Backend: Send + Sync {
 
     /// A short description (device name, kernel variant, threads).
     fn describe(&self) -> String;
+    /// Time spent per operation since the last call, when profiling is on
+    /// (`BITNET_PROFILE=1`): (operation, seconds, calls). Empty when off.
+    fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        Vec::new()
+    }
     /// A zeroed buffer of `len` f32.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     /// A buffer holding `data`.
