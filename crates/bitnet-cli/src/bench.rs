@@ -81,7 +81,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    engine.take_profile(); // drop the prompt-processing share
+    let pp_profile = engine.take_profile();
     let tg = if a.n_gen > 0 {
         Some(measure(a.reps, a.n_gen, || {
             let mut tok = ids[0];
@@ -94,7 +94,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let profile = engine.take_profile();
+    let tg_profile = engine.take_profile();
     let ternary = ternary_params(&engine);
     let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
     let bytes_per_token = ternary / 4 + head_bytes;
@@ -140,22 +140,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(r) = rss {
         println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
     }
-    if !profile.is_empty() {
-        let tokens = (a.n_gen * (a.reps.max(1) + 1)) as f64;
-        let total: f64 = profile.iter().map(|p| p.1).sum();
-        println!("\nwhere generation time goes ({} tokens, warm-up included):", tokens);
-        println!("| operation | ms/token | share | calls/token |");
-        println!("| --- | ---: | ---: | ---: |");
-        for (name, secs, calls) in &profile {
-            println!(
-                "| {name} | {:.3} | {:.1}% | {:.0} |",
-                secs * 1e3 / tokens,
-                100.0 * secs / total.max(1e-12),
-                *calls as f64 / tokens
-            );
-        }
-    }
+    let runs = (a.reps.max(1) + 1) as f64; // warm-up included
+    print_profile("prompt processing", &pp_profile, runs * a.n_prompt as f64);
+    print_profile("generation", &tg_profile, runs * a.n_gen as f64);
     Ok(())
+}
+
+fn print_profile(what: &str, profile: &[(&'static str, f64, u64)], tokens: f64) {
+    if profile.is_empty() || tokens == 0.0 {
+        return;
+    }
+    let total: f64 = profile.iter().map(|p| p.1).sum();
+    println!("\nwhere {what} time goes ({tokens} tokens, warm-up included):");
+    println!("| operation | ms/token | share | calls/token |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, secs, calls) in profile {
+        println!(
+            "| {name} | {:.3} | {:.1}% | {:.1} |",
+            secs * 1e3 / tokens,
+            100.0 * secs / total.max(1e-12),
+            *calls as f64 / tokens
+        );
+    }
 }
 
 fn ternary_params(e: &Engine) -> usize {

@@ -25,7 +25,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let c = &f.config;
     writeln!(out, "file: {} ({:?})", a.path.display(), f.kind)?;
-    writeln!(out, 
+    writeln!(
+        out,
         "architecture: BitNet b1.58 | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
         c.hidden_size,
         c.num_hidden_layers,
