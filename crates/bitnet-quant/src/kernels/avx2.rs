@@ -3,8 +3,10 @@
 //!
 //! A 32-byte I2_S block shifted right by 6, 4, 2, 0 and masked with 3 gives the codes of
 //! weights 0..31, 32..63, 64..95, 96..127: four registers that line up with four contiguous
-//! 32-byte activation loads. `vpmaddubsw` pair sums (at most 2·2·128) never saturate, and the
-//! four of a block are added in 16 bits (at most 2048) before one `vpmaddwd` by ones.
+//! 32-byte activation loads. `vpmaddubsw` pair sums (at most 2·3·128, even for the unused
+//! code 3) never saturate, and the four of a block are added in 16 bits before one `vpmaddwd`
+//! by ones. GEMV streams rows as in `avx512.rs`; GEMM runs cache-blocked tiles of 1 row × 4
+//! tokens (`vpmaddubsw`) or 2 rows × 2 tokens with two accumulators each (VNNI).
 
 use super::Job;
 use crate::quantize::{act_scale_for, quantize_value, ActScale};
@@ -15,9 +17,9 @@ use std::ops::Range;
 const GEMV_UNROLL: usize = 2;
 /// Far-apart rows GEMV reads at once.
 const GEMV_STREAMS: usize = 2;
-/// Rows × tokens per GEMM tile.
-const GEMM_ROWS: usize = 2;
-const GEMM_TOKS: usize = 2;
+/// GEMM cache blocking: weight bytes per row block (L2), activation bytes per token block (L1).
+const GEMM_L2_BYTES: usize = 256 << 10;
+const GEMM_L1_BYTES: usize = 32 << 10;
 
 /// Computes output rows `rows` of every token of `job` (`vpmaddubsw` flavour).
 ///
@@ -241,7 +243,9 @@ unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
     // SAFETY: R weight rows and T activation rows are readable at `w` and `x`.
     unsafe {
         let kx = row_bytes * 4;
+        // VNNI: two accumulators per output, so each `vpdpbusd` chain is two long.
         let mut acc = [[_mm256_setzero_si256(); T]; R];
+        let mut acc2 = [[_mm256_setzero_si256(); T]; R];
         for i in 0..row_bytes / 32 {
             let mut c = [[_mm256_setzero_si256(); 4]; R];
             for (r, c) in c.iter_mut().enumerate() {
@@ -250,38 +254,50 @@ unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
             for t in 0..T {
                 let xs = acts(x.add(t * kx + i * 128));
                 for r in 0..R {
-                    acc[r][t] = dot4::<VNNI>(acc[r][t], &c[r], &xs);
+                    if VNNI {
+                        let (a, b) = (&mut acc[r][t], &mut acc2[r][t]);
+                        *a = _mm256_dpbusd_avx_epi32(*a, c[r][0], xs[0]);
+                        *b = _mm256_dpbusd_avx_epi32(*b, c[r][1], xs[1]);
+                        *a = _mm256_dpbusd_avx_epi32(*a, c[r][2], xs[2]);
+                        *b = _mm256_dpbusd_avx_epi32(*b, c[r][3], xs[3]);
+                    } else {
+                        acc[r][t] = dot4::<false>(acc[r][t], &c[r], &xs);
+                    }
                 }
             }
         }
         let mut out = [[0i32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                out[r][t] = hsum(acc[r][t]);
+                out[r][t] = hsum(_mm256_add_epi32(acc[r][t], acc2[r][t]));
             }
         }
         out
     }
 }
 
-/// Runs tiles of `R` rows (starting at row `r`) over all tokens.
+/// Runs tiles of `R` rows (starting at row `r`) over the tokens `toks`.
 #[inline(always)]
-unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(job: &Job, r: usize) {
-    // SAFETY: see `run`; rows r..r+R exist.
+unsafe fn gemm_row_group<const R: usize, const T: usize, const VNNI: bool>(
+    job: &Job,
+    r: usize,
+    toks: Range<usize>,
+) {
+    // SAFETY: see `run`; rows r..r+R and tokens `toks` exist.
     unsafe {
-        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let rb = job.row_bytes;
         let w = job.w.as_ptr().add(r * rb);
-        let mut t = 0;
-        while t + GEMM_TOKS <= n_tok {
-            let acc = gemm_tile::<R, GEMM_TOKS, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
+        let mut t = toks.start;
+        while t + T <= toks.end {
+            let acc = gemm_tile::<R, T, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
             for (i, row) in acc.iter().enumerate() {
                 for (j, &a) in row.iter().enumerate() {
                     job.store(t + j, r + i, a);
                 }
             }
-            t += GEMM_TOKS;
+            t += T;
         }
-        for t in t..n_tok {
+        for t in t..toks.end {
             let acc = gemm_tile::<R, 1, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
             for (i, [a]) in acc.iter().enumerate() {
                 job.store(t, r + i, *a);
@@ -290,17 +306,48 @@ unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(job: &Job, r: usize) 
     }
 }
 
+/// GEMM over `rows`, blocked so that a block of weight rows stays in L2 while a block of
+/// tokens' activations stays in L1.
 #[inline(always)]
 unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`.
     unsafe {
-        let mut r = rows.start;
-        while r + GEMM_ROWS <= rows.end {
-            gemm_row_group::<GEMM_ROWS, VNNI>(job, r);
-            r += GEMM_ROWS;
+        if VNNI {
+            gemm_rows_tiled::<2, 2, true>(job, rows);
+        } else {
+            gemm_rows_tiled::<1, 4, false>(job, rows);
         }
-        for r in r..rows.end {
-            gemm_row_group::<1, VNNI>(job, r);
+    }
+}
+
+/// [`gemm_rows`] with tiles of `R` rows × `T` tokens.
+#[inline(always)]
+unsafe fn gemm_rows_tiled<const R: usize, const T: usize, const VNNI: bool>(
+    job: &Job,
+    rows: Range<usize>,
+) {
+    // SAFETY: see `run`.
+    unsafe {
+        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let block_rows = (GEMM_L2_BYTES / rb / R).max(1) * R;
+        let block_toks = (GEMM_L1_BYTES / (4 * rb) / T).max(1) * T;
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = (r0 + block_rows).min(rows.end);
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let t1 = (t0 + block_toks).min(n_tok);
+                let mut r = r0;
+                while r + R <= r1 {
+                    gemm_row_group::<R, T, VNNI>(job, r, t0..t1);
+                    r += R;
+                }
+                for r in r..r1 {
+                    gemm_row_group::<1, T, VNNI>(job, r, t0..t1);
+                }
+                t0 = t1;
+            }
+            r0 = r1;
         }
     }
 }

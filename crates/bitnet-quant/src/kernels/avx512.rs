@@ -24,6 +24,9 @@ const GEMV_STREAMS: usize = 2;
 /// Rows × tokens per GEMM tile.
 const GEMM_ROWS: usize = 4;
 const GEMM_TOKS: usize = 4;
+/// GEMM cache blocking: weight bytes per row block (L2), activation bytes per token block (L1).
+const GEMM_L2_BYTES: usize = 256 << 10;
+const GEMM_L1_BYTES: usize = 32 << 10;
 
 /// Computes output rows `rows` of every token of `job` (`vpmaddubsw` flavour).
 ///
@@ -275,12 +278,16 @@ fn copy_tile<const R: usize, const T: usize>(src: &[[i32; T]; R], dst: &mut [[i3
     }
 }
 
-/// Runs tiles of `R` rows (starting at row `r`) over all tokens.
+/// Runs tiles of `R` rows (starting at row `r`) over the tokens `toks`.
 #[inline(always)]
-unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(job: &Job, r: usize) {
-    // SAFETY: see `run`; rows r..r+R exist.
+unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(
+    job: &Job,
+    r: usize,
+    toks: Range<usize>,
+) {
+    // SAFETY: see `run`; rows r..r+R and tokens `toks` exist.
     unsafe {
-        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let rb = job.row_bytes;
         let w = job.w.as_ptr().add(r * rb);
         let x = |t: usize| job.xq.as_ptr().add(t * rb * 4);
         let store = |t0: usize, acc: &[[i32; GEMM_TOKS]; R], nt: usize| {
@@ -290,33 +297,48 @@ unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(job: &Job, r: usize) 
                 }
             }
         };
-        let mut t = 0;
-        while t + GEMM_TOKS <= n_tok {
+        let mut t = toks.start;
+        while t + GEMM_TOKS <= toks.end {
             store(t, &gemm_tile::<R, GEMM_TOKS, VNNI>(w, rb, x(t)), GEMM_TOKS);
             t += GEMM_TOKS;
         }
         let mut acc = [[0i32; GEMM_TOKS]; R];
-        match n_tok - t {
+        match toks.end - t {
             1 => copy_tile(&gemm_tile::<R, 1, VNNI>(w, rb, x(t)), &mut acc),
             2 => copy_tile(&gemm_tile::<R, 2, VNNI>(w, rb, x(t)), &mut acc),
             3 => copy_tile(&gemm_tile::<R, 3, VNNI>(w, rb, x(t)), &mut acc),
             _ => return,
         }
-        store(t, &acc, n_tok - t);
+        store(t, &acc, toks.end - t);
     }
 }
 
+/// GEMM over `rows`, blocked so that a block of weight rows stays in L2 while a block of
+/// tokens' activations stays in L1.
 #[inline(always)]
 unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`.
     unsafe {
-        let mut r = rows.start;
-        while r + GEMM_ROWS <= rows.end {
-            gemm_row_group::<GEMM_ROWS, VNNI>(job, r);
-            r += GEMM_ROWS;
-        }
-        for r in r..rows.end {
-            gemm_row_group::<1, VNNI>(job, r);
+        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let block_rows = (GEMM_L2_BYTES / rb / GEMM_ROWS).max(1) * GEMM_ROWS;
+        let block_toks = (GEMM_L1_BYTES / (4 * rb) / GEMM_TOKS).max(1) * GEMM_TOKS;
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = (r0 + block_rows).min(rows.end);
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let t1 = (t0 + block_toks).min(n_tok);
+                let mut r = r0;
+                while r + GEMM_ROWS <= r1 {
+                    gemm_row_group::<GEMM_ROWS, VNNI>(job, r, t0..t1);
+                    r += GEMM_ROWS;
+                }
+                for r in r..r1 {
+                    gemm_row_group::<1, VNNI>(job, r, t0..t1);
+                }
+                t0 = t1;
+            }
+            r0 = r1;
         }
     }
 }
