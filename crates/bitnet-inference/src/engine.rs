@@ -305,7 +305,17 @@ fn load_text_side(file: &ModelFile, dir: &Path) -> Result<TextSide> {
     } else {
         None
     };
-    let chat = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+    let chat = match (&file.gguf_vocab, &tok) {
+        // A GGUF carries its own template; the directory around it is not the model's.
+        (Some(v), Some(t)) => match &v.chat_template {
+            Some(src) => {
+                let name = |id: Option<u32>| id.and_then(|i| t.id_to_token(i)).unwrap_or_default();
+                Some(ChatTemplate::from_jinja(src, &name(t.bos_id()), &name(t.eos_id()))?)
+            }
+            None => None,
+        },
+        _ => ChatTemplate::from_tokenizer_config(dir.join("tokenizer_config.json"))?,
+    };
     let mut eos = file.config.eos_token_ids.clone();
     if let Some(t) = &tok {
         eos.extend(t.eos_id());

@@ -397,7 +397,7 @@ impl CpuBackend {
             let rp = rows[r];
             let qv = &q[task * head_dim..(task + 1) * head_dim];
             let base = cache.offset(layer, rp.slot, h / group, 0);
-            attend_one(qv, &cache.k[base..], &cache.v[base..], rp.pos + 1, scale, o);
+            super::attn::attend(qv, &cache.k[base..], &cache.v[base..], rp.pos + 1, scale, o);
         });
         Ok(())
     }
@@ -452,79 +452,13 @@ impl CpuBackend {
                         for (j, v) in oc.iter_mut().enumerate() {
                             let row = c * 256 + j;
                             let w = &m.data[row * m.cols..(row + 1) * m.cols];
-                            *v = dot_f32(w, xr);
+                            *v = super::attn::dot16(w, xr);
                         }
                     });
                 }
                 Ok(())
             }
             CpuLmHead::I8(m) => m.matmul(x, rows, out, &self.pool),
-        }
-    }
-}
-
-/// f32 dot product with several accumulators (vectorizes well).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// One head of one row: online-softmax attention over `n` cached positions.
-fn attend_one(q: &[f32], k: &[f32], v: &[f32], n: usize, scale: f32, out: &mut [f32]) {
-    let d = q.len();
-    let mut acc = [0f32; 256];
-    let acc = &mut acc[..d];
-    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-    for p in 0..n {
-        let s = dot_f32(q, &k[p * d..(p + 1) * d]) * scale;
-        if s > m {
-            let c = (m - s).exp();
-            l *= c;
-            acc.iter_mut().for_each(|a| *a *= c);
-            m = s;
-        }
-        let w = (s - m).exp();
-        l += w;
-        for (a, &vv) in acc.iter_mut().zip(&v[p * d..(p + 1) * d]) {
-            *a += w * vv;
-        }
-    }
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a / l;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn online_softmax_attention_equals_two_pass() {
-        let d = 16;
-        let n = 37;
-        let q: Vec<f32> = (0..d).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.3).collect();
-        let k: Vec<f32> = (0..n * d).map(|i| ((i * 13 % 11) as f32 - 5.0) * 0.2).collect();
-        let v: Vec<f32> = (0..n * d).map(|i| ((i * 17 % 7) as f32 - 3.0) * 0.5).collect();
-        let scale = 0.25;
-        let mut out = vec![0f32; d];
-        attend_one(&q, &k, &v, n, scale, &mut out);
-        let s: Vec<f64> = (0..n)
-            .map(|p| (0..d).map(|i| q[i] as f64 * k[p * d + i] as f64).sum::<f64>() * scale as f64)
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
-        let z: f64 = e.iter().sum();
-        for i in 0..d {
-            let r: f64 = (0..n).map(|p| e[p] / z * v[p * d + i] as f64).sum();
-            assert!((out[i] as f64 - r).abs() < 1e-5, "{i}: {} vs {r}", out[i]);
         }
     }
 }

@@ -7,11 +7,16 @@
 use bitnet_core::{DType, Error, Result, Tensor};
 use bitnet_quant::formats::i2s::I2sMatrix;
 
+mod attn;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dense;
 mod i8mat;
 
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaBackend;
 pub use dense::DenseMatrix;
 
 /// Where one row (token) of a batch sits: its sequence slot in the KV cache and its position.

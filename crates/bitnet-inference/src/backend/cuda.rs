@@ -1,0 +1,395 @@
+//! The CUDA backend: every [`Backend`] operation as a kernel of `bitnet-cuda`, queued on one
+//! stream. The forward pass allocates nothing once warm and never waits for the GPU except in
+//! [`Backend::download`] (the logits).
+//!
+//! BitLinear inputs are quantized inside the RMSNorm that produces them (every projection of the
+//! BitNet block reads an RMSNorm output): each [`CudaBuf`] carries the int8 copy written by the
+//! last `rms_norm` into it, valid until the buffer is written again; other inputs are quantized
+//! by a separate kernel.
+
+mod host;
+
+use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, RowPos};
+use bitnet_core::{Error, Result};
+use bitnet_cuda::cudarc::driver::CudaSlice;
+use bitnet_cuda::layout::{padded_cols, PackedTernary};
+use bitnet_cuda::ops::{
+    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, QuantActs, RowsArg, SymActs,
+};
+use bitnet_cuda::{DeviceInfo, Gpu};
+use bitnet_quant::formats::i2s::I2sMatrix;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Opens CUDA device `ordinal` without compiling kernels (the engine's device probe).
+pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    bitnet_cuda::probe(ordinal)
+}
+
+/// Runs the model on one NVIDIA GPU.
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    scratch: Mutex<Scratch>,
+}
+
+/// Reused device buffers and small host staging vectors.
+#[derive(Default)]
+struct Scratch {
+    quant: Option<QuantActs>,
+    sym: Option<SymActs>,
+    part: Option<CudaSlice<f32>>,
+    rope: HashMap<(u32, usize), CudaSlice<f32>>,
+    rows_host: Vec<(usize, usize)>,
+    rows_table: Vec<i32>,
+    rows_dev: Option<CudaSlice<i32>>,
+    rows_dev_valid: bool,
+    ids_host: Vec<i32>,
+    ids_dev: Option<CudaSlice<i32>>,
+}
+
+/// An f32 activation buffer on the GPU, with the int8 copy of its rows that `rms_norm` wrote.
+pub struct CudaBuf {
+    data: CudaSlice<f32>,
+    len: usize,
+    q: Option<QuantActs>,
+    /// `(rows, width)` the int8 copy holds, while it matches `data`.
+    q_shape: Option<(usize, usize)>,
+}
+
+impl CudaBuf {
+    fn touched(&mut self) -> &mut CudaSlice<f32> {
+        self.q_shape = None;
+        &mut self.data
+    }
+}
+
+/// A ternary projection in the GPU layout.
+pub struct CudaLinear(DeviceTernary);
+
+/// The vocabulary projection on the GPU.
+pub enum CudaLmHead {
+    /// Exact f32 rows.
+    F32(LmF32),
+    /// int8 rows with per-row scales.
+    I8(LmI8),
+}
+
+/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]` f32.
+pub struct CudaCache {
+    dims: CacheDims,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` (kernels are compiled on first use, once per process).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend { gpu: Gpu::open(ordinal)?, scratch: Mutex::new(Scratch::default()) })
+    }
+    /// The device.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+}
+
+impl Scratch {
+    /// Stages `rows` and returns the kernels' row argument (by value up to 8 rows, else a device
+    /// table that is re-uploaded only when the rows change).
+    fn rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<RowsArg> {
+        let same = self.rows_host.len() == rows.len()
+            && self.rows_host.iter().zip(rows).all(|(&(s, p), r)| s == r.slot && p == r.pos);
+        if !same {
+            self.rows_host.clear();
+            self.rows_host.extend(rows.iter().map(|r| (r.slot, r.pos)));
+            self.rows_dev_valid = false;
+        }
+        if let Some(a) = RowsArg::small(&self.rows_host)? {
+            return Ok(a);
+        }
+        if !self.rows_dev_valid {
+            self.rows_table.clear();
+            for &(s, p) in &self.rows_host {
+                let conv = |v: usize| {
+                    i32::try_from(v).map_err(|_| Error::invalid("position overflows i32"))
+                };
+                self.rows_table.push(conv(s)?);
+                self.rows_table.push(conv(p)?);
+            }
+            if self.rows_dev.as_ref().is_none_or(|d| d.len() < self.rows_table.len()) {
+                self.rows_dev = Some(ops::zeros(gpu, self.rows_table.len().max(256))?);
+            }
+            let dev = self.rows_dev.as_mut().ok_or_else(|| Error::invalid("row table"))?;
+            ops::write(gpu, &self.rows_table, dev)?;
+            self.rows_dev_valid = true;
+        }
+        let dev = self.rows_dev.as_ref().ok_or_else(|| Error::invalid("row table"))?;
+        RowsArg::device(gpu, dev, rows.len())
+    }
+
+    fn ids(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<IdsArg> {
+        if let Some(a) = IdsArg::small(ids)? {
+            return Ok(a);
+        }
+        self.ids_host.clear();
+        for &i in ids {
+            self.ids_host.push(
+                i32::try_from(i)
+                    .map_err(|_| Error::invalid(format!("token id {i} overflows i32")))?,
+            );
+        }
+        if self.ids_dev.as_ref().is_none_or(|d| d.len() < ids.len()) {
+            self.ids_dev = Some(ops::zeros(gpu, ids.len().max(256))?);
+        }
+        let dev = self.ids_dev.as_mut().ok_or_else(|| Error::invalid("id table"))?;
+        ops::write(gpu, &self.ids_host, dev)?;
+        IdsArg::device(gpu, dev, ids.len())
+    }
+
+    fn quant(&mut self, gpu: &Gpu, rows: usize, kp: usize) -> Result<&mut QuantActs> {
+        if !self.quant.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            self.quant = Some(QuantActs::new(gpu, rows.max(8), kp)?);
+        }
+        self.quant.as_mut().ok_or_else(|| Error::invalid("quantization scratch"))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Linear = CudaLinear;
+    type Embedding = EmbedTable;
+    type LmHead = CudaLmHead;
+    type Cache = CudaCache;
+
+    fn describe(&self) -> String {
+        format!("{} (dp4a GEMV, int8 mma GEMM)", self.gpu.info())
+    }
+
+    fn alloc(&self, len: usize) -> Result<Self::Buf> {
+        Ok(CudaBuf { data: ops::zeros(&self.gpu, len)?, len, q: None, q_shape: None })
+    }
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
+        let mut b = self.alloc(data.len())?;
+        ops::write(&self.gpu, data, &mut b.data)?;
+        Ok(b)
+    }
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<()> {
+        if out.len() > buf.len {
+            return Err(Error::shape(format!(
+                "download: buffer of {} values, need {}",
+                buf.len,
+                out.len()
+            )));
+        }
+        ops::download(&self.gpu, &buf.data, out)
+    }
+
+    fn linear(&self, w: I2sMatrix) -> Result<Self::Linear> {
+        let packed = PackedTernary::pack(&w.to_ternary(), w.rows(), w.cols())?;
+        Ok(CudaLinear(DeviceTernary::upload(&self.gpu, &packed, w.scale())?))
+    }
+    fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding> {
+        let (r, c) = (table.rows(), table.cols());
+        match host::f16_bits(&table) {
+            Some(bits) => EmbedTable::f16(&self.gpu, &bits, r, c),
+            None => EmbedTable::f32(&self.gpu, &host::f32_rows(&table)?, r, c),
+        }
+    }
+    fn lm_head(&self, table: DenseMatrix, mode: LmHeadMode) -> Result<Self::LmHead> {
+        let (r, c) = (table.rows(), table.cols());
+        Ok(match mode {
+            LmHeadMode::F32 => {
+                CudaLmHead::F32(LmF32::upload(&self.gpu, &host::f32_rows(&table)?, r, c)?)
+            }
+            LmHeadMode::I8 => {
+                let (q, s) = host::i8_rows(&table)?;
+                CudaLmHead::I8(LmI8::upload(&self.gpu, &q, &s, r, c)?)
+            }
+        })
+    }
+    fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
+        let dims = CacheDims {
+            layers: shape.layers,
+            slots: shape.slots,
+            max_seq: shape.max_seq,
+            kv_heads: shape.kv_heads,
+            head_dim: shape.head_dim,
+        };
+        let n = dims.len()?;
+        Ok(CudaCache { dims, k: ops::zeros(&self.gpu, n)?, v: ops::zeros(&self.gpu, n)? })
+    }
+
+    fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
+        let a = lock(&self.scratch).ids(&self.gpu, ids)?;
+        ops::embed(&self.gpu, e, &a, ids, out.touched())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let d = w.len;
+        let kp = padded_cols(d);
+        if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+        }
+        ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, &mut out.data, out.q.as_mut())?;
+        out.q_shape = Some((rows, d));
+        Ok(())
+    }
+
+    fn bitlinear(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let w = &w.0;
+        let out = out.touched();
+        match (&x.q, x.q_shape) {
+            (Some(q), Some(shape)) if shape == (rows, w.cols()) => {
+                ops::ternary_matmul(&self.gpu, w, q, rows, out)
+            }
+            _ => {
+                let mut s = lock(&self.scratch);
+                let q = s.quant(&self.gpu, rows, w.padded_cols())?;
+                ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
+                ops::ternary_matmul(&self.gpu, w, q, rows, out)
+            }
+        }
+    }
+
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        rows: &[RowPos],
+        heads: usize,
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<()> {
+        let mut s = lock(&self.scratch);
+        let a = s.rows(&self.gpu, rows)?;
+        let key = (theta.to_bits(), head_dim);
+        if !s.rope.contains_key(&key) {
+            let f = ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?;
+            s.rope.insert(key, f);
+        }
+        let f = s.rope.get(&key).ok_or_else(|| Error::invalid("rope table"))?;
+        ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
+    }
+
+    fn store_kv(
+        &self,
+        cache: &mut Self::Cache,
+        layer: usize,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        rows: &[RowPos],
+    ) -> Result<()> {
+        let mut s = lock(&self.scratch);
+        let a = s.rows(&self.gpu, rows)?;
+        let c = &mut *cache;
+        ops::store_kv(
+            &self.gpu,
+            &mut c.k,
+            &mut c.v,
+            &c.dims,
+            layer,
+            &k.data,
+            &v.data,
+            &a,
+            &s.rows_host,
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        cache: &Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let AttnShape { heads, kv_heads, head_dim } = shape;
+        if kv_heads != cache.dims.kv_heads || head_dim != cache.dims.head_dim {
+            return Err(Error::invalid(format!(
+                "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
+                cache.dims.kv_heads, cache.dims.head_dim
+            )));
+        }
+        let mut s = lock(&self.scratch);
+        let a = s.rows(&self.gpu, rows)?;
+        let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
+        let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
+        let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
+        if s.part.as_ref().is_none_or(|p| p.len() < need) {
+            s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
+        }
+        let Scratch { part, rows_host, .. } = &mut *s;
+        let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
+        let c = cache;
+        ops::attention(
+            &self.gpu,
+            &q.data,
+            &c.k,
+            &c.v,
+            &c.dims,
+            layer,
+            &a,
+            rows_host,
+            heads,
+            splits,
+            part,
+            out.touched(),
+        )
+    }
+
+    fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len)
+    }
+
+    fn copy(
+        &self,
+        src: &Self::Buf,
+        src_off: usize,
+        dst: &mut Self::Buf,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len)
+    }
+
+    fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
+        ops::add(&self.gpu, x.touched(), &y.data, len)
+    }
+
+    fn logits(
+        &self,
+        head: &Self::LmHead,
+        x: &Self::Buf,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        match head {
+            CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
+            CudaLmHead::I8(h) => {
+                let mut s = lock(&self.scratch);
+                if !s.sym.as_ref().is_some_and(|q| q.fits(rows, h.cols())) {
+                    s.sym = Some(SymActs::new(&self.gpu, rows.max(8), h.cols())?);
+                }
+                let q = s.sym.as_mut().ok_or_else(|| Error::invalid("lm_head scratch"))?;
+                ops::quantize_sym(&self.gpu, &x.data, h.cols(), rows, q)?;
+                ops::lm_head_i8(&self.gpu, h, q, rows, out.touched())
+            }
+        }
+    }
+}
