@@ -29,4 +29,6 @@ pub mod runner;
 pub mod sampling;
 pub mod tokenizer;
 
-pub use engine::{Engine, EngineBuilder, GenerationConfig, Output, StopReason, Timings, TokenEvent};
+pub use engine::{
+    Engine, EngineBuilder, GenerationConfig, Output, StopReason, Timings, TokenEvent,
+};
