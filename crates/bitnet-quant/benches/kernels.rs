@@ -5,9 +5,10 @@
 //! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm`, `-- membw`, `-- pool`,
 //! or e.g. `-- 'gemv/avx512-vnni/2t'`.
 //!
-//! GEMV rotates over enough distinct weight matrices (> 64 MB) that every call reads its
-//! weights from DRAM, not from the 32 MB L3. Throughput is weight bytes per second (GB/s);
-//! GEMM throughput is tokens per second ("elem/s").
+//! GEMV rotates over enough distinct weight matrices (72 MB; `BITNET_BENCH_ROTATION_MB=N`
+//! changes it) that every call reads its weights from DRAM, not from the 32 MB L3;
+//! `gemv_hot` calls one matrix again and again (L3-resident: the compute ceiling).
+//! GEMV throughput is weight bytes per second (GB/s); GEMM's is tokens per second ("elem/s").
 
 use bitnet_core::{DType, Tensor, ThreadPool};
 use bitnet_quant::formats::i2s::{I2sMatrix, TAIL_BYTES};
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 /// (rows, cols) of the 2B-4T projections.
 const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)];
-/// Distinct weight bytes each GEMV rotates over (more than twice the L3).
+/// Distinct weight bytes each GEMV rotates over, by default (more than twice a 32 MB L3);
+/// `BITNET_BENCH_ROTATION_MB` overrides it for machines with a larger L3.
 const ROTATION_BYTES: usize = 72 << 20;
 const GEMM_TOKENS: usize = 128;
 const MEMBW_BYTES: usize = 256 << 20;
@@ -50,6 +52,13 @@ fn random_matrix(rows: usize, cols: usize, rng: &mut Rng) -> I2sMatrix {
     I2sMatrix::from_i2s_tensor(t, rows, cols).expect("matrix")
 }
 
+fn rotation_bytes() -> usize {
+    std::env::var("BITNET_BENCH_ROTATION_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(ROTATION_BYTES, |mb| mb << 20)
+}
+
 fn random_acts(n_tok: usize, cols: usize, rng: &mut Rng) -> (Vec<i8>, Vec<ActScale>) {
     let mut xq = vec![0i8; n_tok * cols];
     let acts = xq
@@ -69,7 +78,7 @@ fn bench_gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv");
     for (rows, cols) in SHAPES {
         let bytes = rows * cols / 4;
-        let count = ROTATION_BYTES.div_ceil(bytes);
+        let count = rotation_bytes().div_ceil(bytes);
         let ms: Vec<I2sMatrix> = (0..count).map(|_| random_matrix(rows, cols, &mut rng)).collect();
         let (xq, acts) = random_acts(1, cols, &mut rng);
         let mut out = vec![0f32; rows];
