@@ -34,16 +34,17 @@ fn quantize(m: &I2sMatrix, x: &[f32]) -> (Vec<i8>, Vec<ActScale>) {
     (xq, acts)
 }
 
-/// Runs every available variant (GEMV when one token, else GEMM) on 1 and 2 threads and
+/// Runs every available variant (GEMM, and GEMV too for one token) on 1 and 2 threads and
 /// checks each output bit against the scalar one, which must match plain integer maths.
 fn check_all_variants(m: &I2sMatrix, xq: &[i8], acts: &[ActScale]) {
     let n_tok = acts.len();
     let run = |k: Kernel, pool: &ThreadPool| {
         let mut out = vec![f32::NAN; n_tok * m.rows()];
+        gemm_with(k, m, xq, acts, &mut out, pool).unwrap();
         if n_tok == 1 {
-            gemv_with(k, m, xq, acts[0], &mut out, pool).unwrap();
-        } else {
-            gemm_with(k, m, xq, acts, &mut out, pool).unwrap();
+            let mut gv = vec![f32::NAN; m.rows()];
+            gemv_with(k, m, xq, acts[0], &mut gv, pool).unwrap();
+            assert!(gv.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()), "{k}");
         }
         out
     };
