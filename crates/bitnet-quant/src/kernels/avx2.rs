@@ -15,6 +15,9 @@ use std::ops::Range;
 
 /// Blocks per GEMV loop iteration (each with its own accumulators).
 const GEMV_UNROLL: usize = 2;
+/// `vpmaddubsw` GEMV: loop iterations between widenings of the 16-bit partial sums (one block
+/// per accumulator and iteration; the last iteration's block plus the tail stay below 8 too).
+const FLUSH_EVERY: usize = 7;
 /// Far-apart rows GEMV reads at once.
 const GEMV_STREAMS: usize = 2;
 /// GEMM cache blocking: weight bytes per row block (L2), activation bytes per token block (L1).
@@ -95,17 +98,21 @@ unsafe fn dot4<const VNNI: bool>(acc: __m256i, c: &[__m256i; 4], x: &[__m256i; 4
             let a = _mm256_dpbusd_avx_epi32(a, c[2], x[2]);
             _mm256_dpbusd_avx_epi32(a, c[3], x[3])
         } else {
-            let p01 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c[0], x[0]),
-                _mm256_maddubs_epi16(c[1], x[1]),
-            );
-            let p23 = _mm256_add_epi16(
-                _mm256_maddubs_epi16(c[2], x[2]),
-                _mm256_maddubs_epi16(c[3], x[3]),
-            );
-            let p = _mm256_add_epi16(p01, p23);
-            _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs4(c, x), _mm256_set1_epi16(1)))
         }
+    }
+}
+
+/// `Σ c·x` over one block in 16-bit lanes (each at most 4·2·3·128 = 3072 in magnitude).
+#[inline(always)]
+unsafe fn pairs4(c: &[__m256i; 4], x: &[__m256i; 4]) -> __m256i {
+    // SAFETY: register operations under AVX2.
+    unsafe {
+        let p01 =
+            _mm256_add_epi16(_mm256_maddubs_epi16(c[0], x[0]), _mm256_maddubs_epi16(c[1], x[1]));
+        let p23 =
+            _mm256_add_epi16(_mm256_maddubs_epi16(c[2], x[2]), _mm256_maddubs_epi16(c[3], x[3]));
+        _mm256_add_epi16(p01, p23)
     }
 }
 
@@ -125,7 +132,9 @@ unsafe fn hsum(v: __m256i) -> i32 {
 ///
 /// VNNI: one shift by 4 and masks 0x0c / 0x03 give the codes of weights 0..31 and 64..95
 /// times 4 (summed into `a`) and of 32..63 and 96..127 times 1 (into `b`); the sum of `a`
-/// is a multiple of 4 and is shifted back exactly. Otherwise `a` collects [`dot4`].
+/// is a multiple of 4 and is shifted back exactly. Otherwise `b` collects [`pairs4`] in 16-bit
+/// lanes for up to [`FLUSH_EVERY`] blocks (at most 8·3072, no overflow) and
+/// [`GemvAcc::flush`] widens it into `a`.
 #[derive(Clone, Copy)]
 struct GemvAcc {
     a: __m256i,
@@ -148,7 +157,20 @@ impl GemvAcc {
                 let b = _mm256_dpbusd_avx_epi32(self.b, _mm256_and_si256(hi, m1), xs[1]);
                 self.b = _mm256_dpbusd_avx_epi32(b, _mm256_and_si256(wv, m1), xs[3]);
             } else {
-                self.a = dot4::<false>(self.a, &codes(w.add(i * 32)), &xs);
+                self.b = _mm256_add_epi16(self.b, pairs4(&codes(w.add(i * 32)), &xs));
+            }
+        }
+    }
+
+    /// `vpmaddubsw` flavour: adds the 16-bit partial sums into `a` (no-op for VNNI).
+    #[inline(always)]
+    unsafe fn flush<const VNNI: bool>(&mut self) {
+        // SAFETY: register operations under AVX2.
+        unsafe {
+            if !VNNI {
+                let wide = _mm256_madd_epi16(self.b, _mm256_set1_epi16(1));
+                self.a = _mm256_add_epi32(self.a, wide);
+                self.b = _mm256_setzero_si256();
             }
         }
     }
@@ -161,7 +183,9 @@ impl GemvAcc {
             if VNNI {
                 hsum(_mm256_add_epi32(_mm256_srai_epi32::<2>(self.a), self.b))
             } else {
-                hsum(self.a)
+                let mut t = self;
+                t.flush::<false>();
+                hsum(t.a)
             }
         }
     }
@@ -181,6 +205,7 @@ unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
         let mut acc = [[zero; GEMV_UNROLL]; S];
         let n_blocks = row_bytes / 32;
         let mut i = 0;
+        let mut iter = 0;
         while i + GEMV_UNROLL <= n_blocks {
             for (acc, &w) in acc.iter_mut().zip(&w) {
                 for (u, acc) in acc.iter_mut().enumerate() {
@@ -188,6 +213,12 @@ unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
                 }
             }
             i += GEMV_UNROLL;
+            iter += 1;
+            if iter % FLUSH_EVERY == 0 {
+                for acc in acc.iter_mut().flatten() {
+                    acc.flush::<VNNI>();
+                }
+            }
         }
         for (u, i) in (i..n_blocks).enumerate() {
             for (acc, &w) in acc.iter_mut().zip(&w) {
@@ -197,12 +228,12 @@ unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
         // Plain loops, no closures: a closure would not inherit this function's target
         // features, and its intrinsics would become calls.
         let mut out = [0i32; S];
-        for (o, acc) in out.iter_mut().zip(&acc) {
-            let mut t = acc[0];
+        for (o, acc) in out.iter_mut().zip(&mut acc) {
+            let mut t = acc[0].sum::<VNNI>();
             for a in &acc[1..] {
-                t = GemvAcc { a: _mm256_add_epi32(t.a, a.a), b: _mm256_add_epi32(t.b, a.b) };
+                t = t.wrapping_add(a.sum::<VNNI>());
             }
-            *o = t.sum::<VNNI>();
+            *o = t;
         }
         out
     }

@@ -186,3 +186,20 @@ proptest! {
         random_case(rows, cols, n_tok, seed);
     }
 }
+
+#[test]
+fn unused_code_three_reads_as_plus_two_in_every_variant() {
+    // The worst case for 16-bit partial sums: every 2-bit field 3, activations at the extremes.
+    let (rows, k) = (5, 6912);
+    let n = rows * k / 4;
+    let mut bytes = vec![0xffu8; n + 32];
+    bytes[n..].fill(0);
+    bytes[n..n + 4].copy_from_slice(&1.0f32.to_le_bytes());
+    let t = bitnet_core::Tensor::from_bytes(bitnet_core::DType::U8, [n + 32], &bytes).unwrap();
+    let m = I2sMatrix::from_i2s_tensor(t, rows, k).unwrap();
+    for xv in [-128i8, 127] {
+        let act = ActScale { scale: 1.0, sum: i32::from(xv) * k as i32 };
+        check_all_variants(&m, &vec![xv; k], &[act]);
+        check_all_variants(&m, &vec![xv; 5 * k], &[act; 5]);
+    }
+}
