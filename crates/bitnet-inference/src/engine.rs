@@ -516,7 +516,7 @@ impl Engine {
         let mut reason = StopReason::MaxTokens;
         let t1 = Instant::now();
         let mut context: Vec<u32> = ids.to_vec();
-        while cfg.max_tokens > 0 {
+        while generated.len() < cfg.max_tokens {
             let next = sampler.sample(&mut logits, &context)?;
             generated.push(next);
             context.push(next);
