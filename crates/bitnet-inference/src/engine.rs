@@ -202,11 +202,48 @@ impl EngineBuilder {
     /// Loads the model, reporting `(layers_done, layers)` as it goes.
     pub fn build_with_progress(self, progress: impl FnMut(usize, usize)) -> Result<Engine> {
         let sel = self.device.select(probe_cuda)?;
-        let mut backend = CpuBackend::new(self.threads);
-        if self.profile {
-            backend = backend.with_profiling();
-        }
         let t0 = Instant::now();
+        let (runner, file, dir) = match sel.device {
+            #[cfg(feature = "cuda")]
+            bitnet_core::Device::Cuda(i) => {
+                self.load_runner(crate::backend::CudaBackend::new(i)?, progress)?
+            }
+            _ => {
+                let mut backend = CpuBackend::new(self.threads);
+                if self.profile {
+                    backend = backend.with_profiling();
+                }
+                self.load_runner(backend, progress)?
+            }
+        };
+        let (tokenizer, chat, eos) = match (&file, &dir) {
+            (Some(f), Some(d)) => load_text_side(f, d)?,
+            _ => (None, None, Vec::new()),
+        };
+        Ok(Engine {
+            runner,
+            tokenizer,
+            chat,
+            eos,
+            cached: Vec::new(),
+            logits: Vec::new(),
+            load_s: t0.elapsed().as_secs_f64(),
+            fallback: sel.fallback_reason,
+        })
+    }
+}
+
+/// A runner with the model file and its directory (for the tokenizer).
+type LoadedRunner = (Box<dyn Runner>, Option<ModelFile>, Option<PathBuf>);
+
+impl EngineBuilder {
+    /// Builds the model on `backend` and wraps it in a runner; also returns the model file and
+    /// its directory (for the tokenizer).
+    fn load_runner<B: crate::backend::Backend + 'static>(
+        &self,
+        backend: B,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<LoadedRunner> {
         let (model, file, dir) = match (&self.path, &self.synthetic) {
             (_, Some(name)) => {
                 let dims = synthetic::preset(name)?;
@@ -238,25 +275,18 @@ impl EngineBuilder {
         let context = self.context.unwrap_or(dims.max_positions.min(4096)).max(1);
         let runner: Box<dyn Runner> =
             Box::new(ModelRunner::new(model, context, self.prefill_chunk.min(context))?);
-        let (tokenizer, chat, eos) = match (&file, &dir) {
-            (Some(f), Some(d)) => load_text_side(f, d)?,
-            _ => (None, None, Vec::new()),
-        };
-        Ok(Engine {
-            runner,
-            tokenizer,
-            chat,
-            eos,
-            cached: Vec::new(),
-            logits: Vec::new(),
-            load_s: t0.elapsed().as_secs_f64(),
-            fallback: sel.fallback_reason,
-        })
+        Ok((runner, file, dir))
     }
 }
 
-fn probe_cuda(_ordinal: usize) -> Result<()> {
-    Err(Error::Device("this build has no CUDA backend".into()))
+fn probe_cuda(ordinal: usize) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    return crate::backend::cuda::probe(ordinal).map(|_| ());
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(Error::Device("this build has no CUDA backend".into()))
+    }
 }
 
 /// The model dimensions a config describes.

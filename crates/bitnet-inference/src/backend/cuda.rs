@@ -278,11 +278,12 @@ impl Backend for CudaBackend {
         let mut s = lock(&self.scratch);
         let a = s.rows(&self.gpu, rows)?;
         let key = (theta.to_bits(), head_dim);
-        if !s.rope.contains_key(&key) {
-            let f = ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?;
-            s.rope.insert(key, f);
-        }
-        let f = s.rope.get(&key).ok_or_else(|| Error::invalid("rope table"))?;
+        let f = match s.rope.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?)
+            }
+        };
         ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
     }
 

@@ -1,0 +1,135 @@
+// Causal attention over the f32 KV cache, one block per (split, head, row): each row attends to
+// positions 0..=pos of its slot. Positions are split across `splits` blocks (flash-decoding);
+// with more than one split, partial (max, sum, acc[hd]) go to `part` and attn_combine finishes.
+// Block: 4 warps; warp w takes 4 consecutive positions per step; lane holds dims lane + 32 i.
+
+template <int ND>
+__device__ __forceinline__ void attention_body(const float* __restrict__ q,
+                                               const float* __restrict__ kc,
+                                               const float* __restrict__ vc,
+                                               float* __restrict__ out, float* __restrict__ part,
+                                               const RowsArg& rows, int layer, int slots,
+                                               int max_seq, int heads, int kvh, int hd,
+                                               float scale, int splits) {
+    __shared__ float sm_m[4], sm_l[4];
+    __shared__ float sm_acc[4][ND * 32];
+    const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int slot = row_slot(rows, r), len = row_pos(rows, r) + 1;
+    const int per = (len + splits - 1) / splits;
+    const int p0 = s * per, p1 = min(len, p0 + per);
+    const int kh = h / (heads / kvh);
+    const size_t base = (((size_t)layer * slots + slot) * kvh + kh) * (size_t)max_seq * hd;
+    const float* K = kc + base;
+    const float* V = vc + base;
+    const float* qr = q + ((size_t)r * heads + h) * hd;
+    float qv[ND], acc[ND];
+#pragma unroll
+    for (int i = 0; i < ND; ++i) {
+        const int d = lane + 32 * i;
+        qv[i] = d < hd ? qr[d] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = NEG_INF, l = 0.0f;
+    for (int pb = p0 + 4 * warp; pb < p1; pb += 16) {
+        float sc[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int p = pb + j;
+            float dot = 0.0f;
+            if (p < p1) {
+#pragma unroll
+                for (int i = 0; i < ND; ++i) {
+                    const int d = lane + 32 * i;
+                    if (d < hd) dot += qv[i] * K[(size_t)p * hd + d];
+                }
+            }
+            sc[j] = dot;
+        }
+        float mx = NEG_INF;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            sc[j] = warp_sum(sc[j]) * scale;
+            if (pb + j < p1) mx = fmaxf(mx, sc[j]);
+        }
+        const float mn = fmaxf(m, mx);
+        const float c = expf(m - mn);
+        float e[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) e[j] = pb + j < p1 ? expf(sc[j] - mn) : 0.0f;
+        l = l * c + ((e[0] + e[1]) + (e[2] + e[3]));
+#pragma unroll
+        for (int i = 0; i < ND; ++i) {
+            const int d = lane + 32 * i;
+            float a = acc[i] * c;
+            if (d < hd) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (pb + j < p1) a += e[j] * V[(size_t)(pb + j) * hd + d];
+            }
+            acc[i] = a;
+        }
+        m = mn;
+    }
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < ND; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    const float M = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3]));
+    float f[4], L = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+        f[w] = sm_m[w] == NEG_INF ? 0.0f : expf(sm_m[w] - M);
+        L += sm_l[w] * f[w];
+    }
+    const size_t o = ((size_t)r * heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        const float A = sm_acc[0][d] * f[0] + sm_acc[1][d] * f[1] + sm_acc[2][d] * f[2] +
+                        sm_acc[3][d] * f[3];
+        if (splits == 1) {
+            out[o + d] = A / L;
+        } else {
+            float* pp = part + (((size_t)r * heads + h) * splits + s) * (hd + 2);
+            pp[2 + d] = A;
+            if (d == 0) {
+                pp[0] = M;
+                pp[1] = L;
+            }
+        }
+    }
+}
+
+#define ATTN_KERNEL(ND)                                                                        \
+    extern "C" __global__ void __launch_bounds__(128) attention_nd##ND(                       \
+        const float* __restrict__ q, const float* __restrict__ kc,                             \
+        const float* __restrict__ vc, float* __restrict__ out, float* __restrict__ part,       \
+        const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int heads,   \
+        int kvh, int hd,                                                                       \
+        float scale, int splits) {                                                             \
+        attention_body<ND>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh, hd,  \
+                           scale, splits);                                                     \
+    }
+ATTN_KERNEL(1)
+ATTN_KERNEL(2)
+ATTN_KERNEL(4)
+ATTN_KERNEL(8)
+
+// Merges the splits of attention: grid (heads, rows), block >= hd threads.
+extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
+                                        int heads, int hd, int splits) {
+    const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
+    const float* pp = part + ((size_t)r * heads + h) * splits * (hd + 2);
+    float M = NEG_INF;
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, pp[s * (hd + 2)]);
+    float L = 0.0f, A = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        const float ms = pp[s * (hd + 2)];
+        const float f = ms == NEG_INF ? 0.0f : expf(ms - M);
+        L += pp[s * (hd + 2) + 1] * f;
+        if (d < hd) A += pp[s * (hd + 2) + 2 + d] * f;
+    }
+    if (d < hd) out[((size_t)r * heads + h) * hd + d] = A / L;
+}

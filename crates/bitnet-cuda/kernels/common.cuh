@@ -1,0 +1,97 @@
+// Shared definitions for every BitNet CUDA kernel. Compiled by NVRTC at run time (no system
+// headers): the Rust side concatenates this file before the others.
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef signed char i8;
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF (-__int_as_float(0x7f800000))
+// Two-bit codes (weight + 1) of four weights, one per byte lane.
+#define CODE_MASK 0x03030303u
+
+// Rows of one call: KV slot and position of each, by value for small batches (decode), or on
+// the device as [n][2] (slot, pos) pairs when `dev` is set. Mirrors `RowsArg` in ops.rs.
+struct RowsArg {
+    int n;
+    int slot[8];
+    int pos[8];
+    const int* dev;
+};
+
+// Token ids of one call: by value for up to 8 ids, else on the device. Mirrors `IdsArg`.
+struct IdsArg {
+    int n;
+    int id[8];
+    const int* dev;
+};
+
+__device__ __forceinline__ int row_slot(const RowsArg& r, int i) {
+    return r.dev ? r.dev[2 * i] : r.slot[i];
+}
+__device__ __forceinline__ int row_pos(const RowsArg& r, int i) {
+    return r.dev ? r.dev[2 * i + 1] : r.pos[i];
+}
+__device__ __forceinline__ int token_id(const IdsArg& a, int i) {
+    return a.dev ? a.dev[i] : a.id[i];
+}
+
+__device__ __forceinline__ float h2f(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// A 16-byte load of data read exactly once (weights): no L1 allocation.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ int warp_sum_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024); `red` holds 32 values.
+// Every thread gets the result.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    return warp_max(v);
+}
+__device__ __forceinline__ int block_sum_i(int v, int* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_i(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0;
+    return warp_sum_i(v);
+}

@@ -1,0 +1,67 @@
+// Embedding lookup, RoPE, KV store and the element-wise operations.
+
+// out[r] = table[ids[r]] (f16 table); grid: one block per row.
+extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid_constant__ IdsArg ids,
+                                     float* __restrict__ out, int d) {
+    const int r = blockIdx.x;
+    const u16* src = table + (size_t)token_id(ids, r) * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = h2f(src[i]);
+}
+
+// out[r] = table[ids[r]] (f32 table).
+extern "C" __global__ void embed_f32(const float* __restrict__ table, const __grid_constant__ IdsArg ids,
+                                     float* __restrict__ out, int d) {
+    const int r = blockIdx.x;
+    const float* src = table + (size_t)token_id(ids, r) * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];
+}
+
+// Rotate-half RoPE in place on row r (grid: rows) of `heads` heads: with a = pos * inv_freq[i],
+// (x_i, x_{i+half}) <- (x_i cos a - x_{i+half} sin a, x_{i+half} cos a + x_i sin a).
+extern "C" __global__ void rope(float* __restrict__ x, const float* __restrict__ inv_freq,
+                                const __grid_constant__ RowsArg rows, int heads, int hd) {
+    const int r = blockIdx.x, half = hd >> 1;
+    const float pos = (float)row_pos(rows, r);
+    float* xr = x + (size_t)r * heads * hd;
+    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+        const int h = i / half, j = i - h * half;
+        float sn, cs;
+        sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
+        float* v = xr + h * hd;
+        const float x1 = v[j], x2 = v[j + half];
+        v[j] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+        v[j + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+    }
+}
+
+// Copies each row's keys and values (kvh * hd values) into the cache of `layer`:
+// cache[layer][slot][head][pos][hd]. Grid: rows.
+extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ vc,
+                                    const float* __restrict__ k, const float* __restrict__ v,
+                                    const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int kvh,
+                                    int hd) {
+    const int r = blockIdx.x;
+    const int slot = row_slot(rows, r), pos = row_pos(rows, r);
+    const int w = kvh * hd;
+    for (int i = threadIdx.x; i < w; i += blockDim.x) {
+        const int h = i / hd, e = i - h * hd;
+        const size_t dst = ((((size_t)layer * slots + slot) * kvh + h) * max_seq + pos) * hd + e;
+        kc[dst] = k[(size_t)r * w + i];
+        vc[dst] = v[(size_t)r * w + i];
+    }
+}
+
+// gate = relu(gate)^2 * up.
+extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __restrict__ up,
+                                     int len) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
+        const float r = fmaxf(gate[i], 0.0f);
+        gate[i] = __fmul_rn(__fmul_rn(r, r), up[i]);
+    }
+}
+
+// x += y.
+extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, int len) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
+        x[i] += y[i];
+}

@@ -1,0 +1,97 @@
+// Ternary GEMV for 1..8 tokens: 2-bit weight codes, int8 activations, dp4a.
+//
+// Weight layout (see layout.rs): rows in tiles of 8; a tile is `kc` chunks of 64 weights, and
+// chunk c of row r is the 16 bytes at uint4 index (tile * kc + c) * 8 + r. Word j (0..3) of a
+// chunk, byte lane i, bits 2s..2s+1 hold the code (weight + 1) of column 64c + 16j + 4s + i, so
+// `(word_j >> 2s) & 0x03030303` is four codes that pair with activation int32 number 4j + s.
+// Σ code·x = Σ w·x + Σ x, and Σ x (per token) comes from the quantizer.
+
+__device__ __forceinline__ void decode_chunk(const uint4 w, u32 (&d)[16]) {
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int s = 0; s < 4; ++s) d[4 * j + s] = (ws[j] >> (2 * s)) & CODE_MASK;
+    }
+}
+
+__device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restrict__ a, int acc) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int4 av = __ldg(a + j);
+        acc = __dp4a((int)d[4 * j + 0], av.x, acc);
+        acc = __dp4a((int)d[4 * j + 1], av.y, acc);
+        acc = __dp4a((int)d[4 * j + 2], av.z, acc);
+        acc = __dp4a((int)d[4 * j + 3], av.w, acc);
+    }
+    return acc;
+}
+
+// y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens.
+// Block: 128 threads = 8 rows x 16 k-slots; one 8-row tile per block (grid = tiles).
+// A warp reads 32 consecutive 16-byte chunks (4 k-chunks x 8 rows): 512 contiguous bytes.
+template <int M>
+__device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
+                                          const float* __restrict__ sa,
+                                          const int* __restrict__ sx, float s_w,
+                                          float* __restrict__ y, int n, int kc, int kp) {
+    const int tid = threadIdx.x, r = tid & 7, ks = tid >> 3;
+    const int tile = blockIdx.x;
+    const uint4* wt = W + (size_t)tile * kc * 8 + r;
+    int acc[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = 0;
+    constexpr int U = 4;
+    for (int c0 = ks; c0 < kc; c0 += 16 * U) {
+        uint4 wv[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + 16 * u;
+            wv[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int c = c0 + 16 * u;
+            if (c < kc) {
+                u32 d[16];
+                decode_chunk(wv[u], d);
+#pragma unroll
+                for (int m = 0; m < M; ++m) {
+                    const int4* a = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
+                    acc[m] = dot_chunk(d, a, acc[m]);
+                }
+            }
+        }
+    }
+    __shared__ int red[4][M][8];
+    const int lane = tid & 31, warp = tid >> 5;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+        acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 8);
+        acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 16);
+        if (lane < 8) red[warp][m][lane] = acc[m];
+    }
+    __syncthreads();
+    if (tid < 8 * M) {
+        const int m = tid >> 3, rr = tid & 7;
+        const int s = red[0][m][rr] + red[1][m][rr] + red[2][m][rr] + red[3][m][rr];
+        const int row = tile * 8 + rr;
+        if (row < n) y[(size_t)m * n + row] = (float)(s - sx[m]) / sa[m] * s_w;
+    }
+}
+
+#define GEMV_KERNEL(M)                                                                        \
+    extern "C" __global__ void __launch_bounds__(128)                                         \
+        gemv_m##M(const uint4* __restrict__ W, const i8* __restrict__ xq,                     \
+                  const float* __restrict__ sa, const int* __restrict__ sx, float s_w,        \
+                  float* __restrict__ y, int n, int kc, int kp) {                             \
+        gemv_body<M>(W, xq, sa, sx, s_w, y, n, kc, kp);                                       \
+    }
+GEMV_KERNEL(1)
+GEMV_KERNEL(2)
+GEMV_KERNEL(3)
+GEMV_KERNEL(4)
+GEMV_KERNEL(5)
+GEMV_KERNEL(6)
+GEMV_KERNEL(7)
+GEMV_KERNEL(8)

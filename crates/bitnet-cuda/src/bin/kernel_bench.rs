@@ -1,0 +1,245 @@
+//! `bitnet-cuda-bench`: the ternary GEMV against the device's copy bandwidth and cuBLAS bf16.
+//!
+//! For each N x K it times 500 back-to-back GEMV calls with CUDA events, rotating over enough
+//! weight copies (> 4x the L2) that nothing stays cache-resident, and reports µs per call, GB/s
+//! over the packed weight bytes, and the percentage of the measured device copy bandwidth; then
+//! the same for cuBLAS bf16 (`cublasGemmEx`, N x K times a K-vector), the 8-token GEMV and the
+//! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I]`.
+
+use bitnet_core::{Error, Result};
+use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
+use bitnet_cuda::cudarc::driver::{sys, CudaEvent, CudaSlice, DevicePtr, DevicePtrMut};
+use bitnet_cuda::layout::PackedTernary;
+use bitnet_cuda::ops::{self, DeviceTernary, QuantActs};
+use bitnet_cuda::Gpu;
+use std::sync::Arc;
+
+const SHAPES: [(usize, usize); 6] =
+    [(2560, 2560), (3840, 2560), (13824, 2560), (2560, 6912), (640, 2560), (6912, 2560)];
+/// Microsoft's W2A8 GEMV and cuBLAS bf16 on an H100 (µs), where published.
+const ANCHORS: [(Option<f64>, Option<f64>); 6] = [
+    (Some(8.4), Some(14.3)),
+    (Some(6.1), Some(13.8)),
+    (Some(7.9), Some(28.6)),
+    (Some(7.6), Some(22.0)),
+    (None, None),
+    (None, None),
+];
+
+fn derr(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+struct Timer {
+    gpu: Arc<Gpu>,
+    a: CudaEvent,
+    b: CudaEvent,
+}
+
+impl Timer {
+    fn new(gpu: &Arc<Gpu>) -> Result<Self> {
+        let ev = || {
+            gpu.context()
+                .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| derr("event", e))
+        };
+        Ok(Timer { gpu: gpu.clone(), a: ev()?, b: ev()? })
+    }
+    /// Milliseconds `f` takes on the stream (after one untimed warm-up call of `f`).
+    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        f()?;
+        self.gpu.sync()?;
+        self.a.record(self.gpu.stream()).map_err(|e| derr("record", e))?;
+        f()?;
+        self.b.record(self.gpu.stream()).map_err(|e| derr("record", e))?;
+        self.b.synchronize().map_err(|e| derr("event sync", e))?;
+        Ok(self.a.elapsed_ms(&self.b).map_err(|e| derr("elapsed", e))? as f64)
+    }
+}
+
+fn copies_for(bytes: usize, l2: usize) -> usize {
+    (4 * l2.max(50 << 20)).div_ceil(bytes.max(1)).clamp(2, 512)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Device copy bandwidth (bytes read + written per second).
+fn copy_bandwidth(gpu: &Arc<Gpu>, t: &Timer) -> Result<f64> {
+    let n = 1usize << 30;
+    let src = ops::zeros::<u8>(gpu, n)?;
+    let mut dst = ops::zeros::<u8>(gpu, n)?;
+    let reps = 20;
+    let ms = t.time(|| {
+        for _ in 0..reps {
+            gpu.stream().memcpy_dtod(&src, &mut dst).map_err(|e| derr("copy", e))?;
+        }
+        Ok(())
+    })?;
+    Ok(2.0 * n as f64 * reps as f64 / (ms * 1e-3))
+}
+
+struct Row {
+    us: f64,
+    gbs: f64,
+}
+
+fn bench_ternary(
+    gpu: &Arc<Gpu>,
+    t: &Timer,
+    n: usize,
+    k: usize,
+    m: usize,
+    iters: usize,
+) -> Result<Row> {
+    let mut rng = Rng(n as u64 * 7 + k as u64);
+    let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
+    let packed = PackedTernary::pack(&w, n, k)?;
+    let bytes = packed.words().len() * 4;
+    let copies = copies_for(bytes, gpu.info().l2_bytes);
+    let ws: Vec<DeviceTernary> =
+        (0..copies).map(|_| DeviceTernary::upload(gpu, &packed, 0.02)).collect::<Result<_>>()?;
+    let x: Vec<f32> = (0..m * k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
+    let dx = ops::upload(gpu, &x)?;
+    let mut q = QuantActs::new(gpu, m, packed.padded_cols())?;
+    ops::quantize_act(gpu, &dx, k, m, &mut q)?;
+    let mut out = ops::zeros::<f32>(gpu, m * n)?;
+    let ms = t.time(|| {
+        for i in 0..iters {
+            ops::ternary_matmul(gpu, &ws[i % copies], &q, m, &mut out)?;
+        }
+        Ok(())
+    })?;
+    let s = ms * 1e-3 / iters as f64;
+    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9 })
+}
+
+fn bench_cublas(
+    gpu: &Arc<Gpu>,
+    t: &Timer,
+    blas: &CudaBlas,
+    n: usize,
+    k: usize,
+    iters: usize,
+) -> Result<Row> {
+    let bytes = 2 * n * k;
+    let copies = copies_for(bytes, gpu.info().l2_bytes);
+    let mut rng = Rng(3);
+    let wv: Vec<u16> = (0..n * k)
+        .map(|_| half::bf16::from_f32((rng.next() % 2001) as f32 / 1000.0 - 1.0).to_bits())
+        .collect();
+    let ws: Vec<CudaSlice<u16>> =
+        (0..copies).map(|_| ops::upload(gpu, &wv)).collect::<Result<_>>()?;
+    let x = ops::upload(gpu, &wv[..k])?;
+    let mut y = ops::zeros::<u16>(gpu, n)?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let st = gpu.stream();
+    let ms = t.time(|| {
+        for i in 0..iters {
+            let (wp, _g1) = ws[i % copies].device_ptr(st);
+            let (xp, _g2) = x.device_ptr(st);
+            let (yp, _g3) = y.device_ptr_mut(st);
+            // SAFETY: W is K x N column-major (row-major N x K), x has K and y has N values; the
+            // pointers are live device buffers on the handle's stream.
+            unsafe {
+                blas::gemm_ex(
+                    *blas.handle(),
+                    bsys::cublasOperation_t::CUBLAS_OP_T,
+                    bsys::cublasOperation_t::CUBLAS_OP_N,
+                    n as i32,
+                    1,
+                    k as i32,
+                    (&alpha as *const f32).cast(),
+                    wp as *const _,
+                    bsys::cudaDataType::CUDA_R_16BF,
+                    k as i32,
+                    xp as *const _,
+                    bsys::cudaDataType::CUDA_R_16BF,
+                    k as i32,
+                    (&beta as *const f32).cast(),
+                    yp as *mut _,
+                    bsys::cudaDataType::CUDA_R_16BF,
+                    n as i32,
+                    bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| derr("cublasGemmEx", e))?;
+        }
+        Ok(())
+    })?;
+    let s = ms * 1e-3 / iters as f64;
+    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9 })
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, def: usize| -> Result<usize> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::invalid(format!("{name} needs a number"))),
+            None => Ok(def),
+        }
+    };
+    let iters = arg("--iters", 500)?.max(1);
+    let gpu = Gpu::open(arg("--device", 0)?)?;
+    println!(
+        "device: {} ({:.1} GiB, L2 {} MiB); kernels compiled in {:.2} s",
+        gpu.info(),
+        gpu.info().total_mem as f64 / (1u64 << 30) as f64,
+        gpu.info().l2_bytes >> 20,
+        gpu.compile_seconds()
+    );
+    let t = Timer::new(&gpu)?;
+    let copy = copy_bandwidth(&gpu, &t)?;
+    println!("device copy: {:.0} GB/s (bytes read + written)", copy / 1e9);
+    // SAFETY: only checks whether libcublas can be opened.
+    let blas = if unsafe { bsys::is_culib_present() } {
+        Some(CudaBlas::new(gpu.stream().clone()).map_err(|e| derr("cuBLAS", e))?)
+    } else {
+        println!("cuBLAS not found: its column is skipped");
+        None
+    };
+    println!("\n{iters} back-to-back calls, weights rotated over > 4x L2. GB/s counts packed weight bytes (2 bits/weight).");
+    println!("| N x K | GEMV M=1 µs | GB/s | % copy | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=128 µs |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (&(n, k), &(ms_anchor, blas_anchor)) in SHAPES.iter().zip(&ANCHORS) {
+        let g1 = bench_ternary(&gpu, &t, n, k, 1, iters)?;
+        let g8 = bench_ternary(&gpu, &t, n, k, 8, iters)?;
+        let gm = bench_ternary(&gpu, &t, n, k, 128, iters.min(100))?;
+        let cb = match &blas {
+            Some(b) => Some(bench_cublas(&gpu, &t, b, n, k, iters)?.us),
+            None => None,
+        };
+        println!(
+            "| {n}x{k} | {:.2} | {:.0} | {:.0}% | {} | {} | {} | {:.2} | {:.2} |",
+            g1.us,
+            g1.gbs,
+            100.0 * g1.gbs * 1e9 / copy,
+            opt(ms_anchor),
+            opt(cb),
+            opt(blas_anchor),
+            g8.us,
+            gm.us
+        );
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

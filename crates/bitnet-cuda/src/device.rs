@@ -1,0 +1,202 @@
+//! Opening a GPU: driver checks that never panic, the context and stream, and the kernels
+//! (compiled once per process and device).
+
+use crate::compile;
+use bitnet_core::{Error, Result};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What the driver says about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// CUDA ordinal.
+    pub ordinal: usize,
+    /// Marketing name (e.g. `NVIDIA H100 80GB HBM3`).
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sms: u32,
+    /// Device memory in bytes.
+    pub total_mem: usize,
+    /// L2 cache in bytes.
+    pub l2_bytes: usize,
+}
+
+impl DeviceInfo {
+    /// The NVRTC architecture flag value, e.g. `sm_90`.
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.cc.0, self.cc.1)
+    }
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cuda:{} {} ({}, {} SMs)", self.ordinal, self.name, self.arch(), self.sms)
+    }
+}
+
+pub(crate) fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("{what}: {e:?}"))
+}
+
+/// Checks that the CUDA driver library can be loaded (no panic when it cannot).
+pub fn driver_available() -> Result<()> {
+    // SAFETY: only tries to dlopen the driver library; nothing is called through it.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(Error::Device("no CUDA driver found (libcuda.so could not be loaded)".into()))
+    }
+}
+
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    driver_available()?;
+    let n = CudaContext::device_count().map_err(|e| dev_err("cuDeviceGetCount", e))?;
+    if ordinal >= n.max(0) as usize {
+        return Err(Error::Device(format!("no CUDA device {ordinal} ({n} present)")));
+    }
+    CudaContext::new(ordinal).map_err(|e| dev_err("creating the CUDA context", e))
+}
+
+fn info_of(ctx: &CudaContext) -> Result<DeviceInfo> {
+    use sys::CUdevice_attribute as A;
+    let attr = |a| ctx.attribute(a).map_err(|e| dev_err("cuDeviceGetAttribute", e));
+    Ok(DeviceInfo {
+        ordinal: ctx.ordinal(),
+        name: ctx.name().map_err(|e| dev_err("cuDeviceGetName", e))?,
+        cc: ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?,
+        sms: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32,
+        total_mem: ctx.total_mem().map_err(|e| dev_err("cuDeviceTotalMem", e))?,
+        l2_bytes: attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as usize,
+    })
+}
+
+/// Opens device `ordinal` and describes it, without compiling any kernel: the engine's device
+/// probe. An error (never a panic) when there is no driver or no such device.
+pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
+    let ctx = open_context(ordinal)?;
+    let info = info_of(&ctx)?;
+    if info.cc.0 < 8 {
+        return Err(Error::unsupported(format!(
+            "{} has compute capability {}.{}; the kernels need 8.0 or newer (int8 mma m16n8k32)",
+            info.name, info.cc.0, info.cc.1
+        )));
+    }
+    Ok(info)
+}
+
+macro_rules! kernels {
+    ($($field:ident : $name:literal),* $(,)?) => {
+        /// Every kernel function of the program.
+        pub(crate) struct Kernels { $(pub(crate) $field: CudaFunction,)* }
+        impl Kernels {
+            fn load(m: &Arc<CudaModule>) -> Result<Self> {
+                let f = |n: &str| m.load_function(n).map_err(|e| dev_err(&format!("loading kernel {n}"), e));
+                Ok(Kernels { $($field: f($name)?,)* })
+            }
+        }
+    };
+}
+
+kernels! {
+    gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
+    gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
+    gemm: "gemm_mma",
+    rms_norm_q: "rms_norm_q", quantize_act: "quantize_act", quantize_sym: "quantize_sym",
+    embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv",
+    attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
+    attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32",
+    lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
+    lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
+}
+
+impl Kernels {
+    pub(crate) fn gemv(&self, m: usize) -> Option<&CudaFunction> {
+        Some(match m {
+            1 => &self.gemv1,
+            2 => &self.gemv2,
+            3 => &self.gemv3,
+            4 => &self.gemv4,
+            5 => &self.gemv5,
+            6 => &self.gemv6,
+            7 => &self.gemv7,
+            8 => &self.gemv8,
+            _ => return None,
+        })
+    }
+}
+
+/// An open GPU: context, one stream for all work (stream order is the only ordering the ops
+/// need), and the compiled kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    pub(crate) k: Kernels,
+    info: DeviceInfo,
+    compile_s: f64,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.info)
+    }
+}
+
+static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+
+impl Gpu {
+    /// Opens device `ordinal`, compiling the kernels on first use (cached per process).
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        let cache = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = map.get(&ordinal) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(Self::create(ordinal)?);
+        map.insert(ordinal, g.clone());
+        Ok(g)
+    }
+
+    fn create(ordinal: usize) -> Result<Gpu> {
+        let info = probe(ordinal)?;
+        let ctx = open_context(ordinal)?;
+        // SAFETY: every buffer of this crate is used on the one stream below, whose order
+        // already serializes all reads and writes; per-buffer events would only add overhead.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
+        let t = std::time::Instant::now();
+        let cubin = compile::compile_cubin(&compile::program_source(), &info.arch())?;
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+            .map_err(|e| dev_err("loading the kernel module", e))?;
+        let k = Kernels::load(&module)?;
+        Ok(Gpu { ctx, stream, k, info, compile_s: t.elapsed().as_secs_f64() })
+    }
+
+    /// The device description.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    /// Seconds NVRTC and module loading took.
+    pub fn compile_seconds(&self) -> f64 {
+        self.compile_s
+    }
+    /// The context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The stream every op runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Makes the context current on the calling thread (cheap when it already is).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| dev_err("binding the CUDA context", e))
+    }
+    /// Waits for all queued work; reports asynchronous kernel errors.
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| dev_err("CUDA stream synchronize", e))
+    }
+}

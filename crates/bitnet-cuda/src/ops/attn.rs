@@ -1,0 +1,170 @@
+//! RoPE, the KV store and causal attention over the f32 KV cache.
+
+use super::{dptr, launch, need, to_i32, Dims, RowsArg};
+use crate::device::Gpu;
+use bitnet_core::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// The KV cache geometry: `[layer][slot][kv_head][pos][head_dim]` f32, keys and values apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheDims {
+    /// Layers.
+    pub layers: usize,
+    /// Sequence slots.
+    pub slots: usize,
+    /// Positions per slot.
+    pub max_seq: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+impl CacheDims {
+    /// Values in each of the K and V caches.
+    pub fn len(&self) -> Result<usize> {
+        [self.layers, self.slots, self.max_seq, self.kv_heads, self.head_dim]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::invalid("KV cache size overflows"))
+    }
+    /// True when the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len().is_ok_and(|n| n == 0)
+    }
+}
+
+/// Rotary embedding in place on `rows.len()` rows of `heads * hd` values; `inv_freq` holds the
+/// `hd / 2` inverse frequencies (computed on the host exactly as the CPU does).
+pub fn rope(
+    gpu: &Gpu,
+    x: &mut CudaSlice<f32>,
+    inv_freq: &CudaSlice<f32>,
+    rows: &RowsArg,
+    heads: usize,
+    hd: usize,
+) -> Result<()> {
+    if hd == 0 || !hd.is_multiple_of(2) {
+        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
+    }
+    need(x.len(), rows.len() * heads * hd, "rope")?;
+    need(inv_freq.len(), hd / 2, "rope frequencies")?;
+    let (xp, fp, r) = (dptr(gpu, x), dptr(gpu, inv_freq), *rows);
+    let (h, d) = (to_i32(heads, "heads")?, to_i32(hd, "head_dim")?);
+    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128 };
+    // Kernel: rope(x, inv_freq, rows, heads, hd); x holds rows x heads x hd (checked).
+    launch!(gpu, &gpu.k.rope, dims; xp, fp, r, h, d)
+}
+
+fn check_rows(rows: &[(usize, usize)], c: &CacheDims) -> Result<()> {
+    if let Some(&(s, p)) = rows.iter().find(|&&(s, p)| s >= c.slots || p >= c.max_seq) {
+        return Err(Error::invalid(format!(
+            "position {p} of slot {s} is outside the KV cache ({} slots x {} positions)",
+            c.slots, c.max_seq
+        )));
+    }
+    Ok(())
+}
+
+/// Writes each row's keys and values into the cache of `layer`. `host_rows` are the `(slot, pos)`
+/// pairs that `rows` carries (for the bounds check).
+#[allow(clippy::too_many_arguments)]
+pub fn store_kv(
+    gpu: &Gpu,
+    kc: &mut CudaSlice<f32>,
+    vc: &mut CudaSlice<f32>,
+    c: &CacheDims,
+    layer: usize,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    rows: &RowsArg,
+    host_rows: &[(usize, usize)],
+) -> Result<()> {
+    check_rows(host_rows, c)?;
+    if layer >= c.layers || host_rows.len() != rows.len() {
+        return Err(Error::invalid(format!("store_kv: layer {layer} of {}", c.layers)));
+    }
+    let n = c.len()?;
+    need(kc.len().min(vc.len()), n, "KV cache")?;
+    let w = c.kv_heads * c.head_dim;
+    need(k.len().min(v.len()), rows.len() * w, "store_kv keys/values")?;
+    let (kp, vp, ks, vs, r) = (dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, k), dptr(gpu, v), *rows);
+    let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
+    let (kh, hd) = (to_i32(c.kv_heads, "kv_heads")?, to_i32(c.head_dim, "head_dim")?);
+    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128 };
+    // Kernel: store_kv(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd); rows checked in range.
+    launch!(gpu, &gpu.k.store_kv, dims; kp, vp, ks, vs, r, l, sl, ms, kh, hd)
+}
+
+/// How many position splits attention uses for `rows` rows of `heads` heads whose longest
+/// context is `max_len`: enough blocks to fill the GPU twice, at least 64 positions per split.
+pub fn attention_splits(gpu: &Gpu, rows: usize, heads: usize, max_len: usize) -> usize {
+    let blocks = (rows * heads).max(1);
+    let want = (2 * gpu.info().sms as usize).div_ceil(blocks);
+    want.min(max_len.div_ceil(64)).clamp(1, 64)
+}
+
+/// Scratch values attention needs for `splits > 1`.
+pub fn attention_part_len(rows: usize, heads: usize, hd: usize, splits: usize) -> usize {
+    if splits > 1 {
+        rows * heads * splits * (hd + 2)
+    } else {
+        0
+    }
+}
+
+/// Causal attention: row `r` (query `q[r]`, `heads * hd` values) attends to positions
+/// `0..=pos` of its slot in the cache of `layer`. `part` holds [`attention_part_len`] values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    gpu: &Gpu,
+    q: &CudaSlice<f32>,
+    kc: &CudaSlice<f32>,
+    vc: &CudaSlice<f32>,
+    c: &CacheDims,
+    layer: usize,
+    rows: &RowsArg,
+    host_rows: &[(usize, usize)],
+    heads: usize,
+    splits: usize,
+    part: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let hd = c.head_dim;
+    if c.kv_heads == 0 || !heads.is_multiple_of(c.kv_heads) || hd == 0 || hd > 256 || splits == 0 {
+        return Err(Error::invalid(format!(
+            "attention with {heads} heads, {} kv heads, head_dim {hd}, {splits} splits",
+            c.kv_heads
+        )));
+    }
+    check_rows(host_rows, c)?;
+    if layer >= c.layers || host_rows.len() != rows.len() {
+        return Err(Error::invalid(format!("attention: layer {layer} of {}", c.layers)));
+    }
+    need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
+    need(q.len(), rows.len() * heads * hd, "attention q")?;
+    need(out.len(), rows.len() * heads * hd, "attention out")?;
+    need(part.len(), attention_part_len(rows.len(), heads, hd, splits), "attention scratch")?;
+    let f = match hd.div_ceil(32) {
+        1 => &gpu.k.attn1,
+        2 => &gpu.k.attn2,
+        3 | 4 => &gpu.k.attn4,
+        _ => &gpu.k.attn8,
+    };
+    let (qp, kp, vp, op, pp, r) =
+        (dptr(gpu, q), dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, out), dptr(gpu, part), *rows);
+    let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
+    let (h, kh, d, sp) = (heads as i32, c.kv_heads as i32, hd as i32, splits as i32);
+    let scale = 1.0f32 / (hd as f32).sqrt();
+    let dims = Dims { grid: (splits as u32, heads as u32, rows.len() as u32), block: 128 };
+    // Kernel: attention_ndN(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh, hd,
+    // scale, splits); every row's positions are inside the cache (checked), part sized above.
+    launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp)?;
+    if splits > 1 {
+        let dims =
+            Dims { grid: (heads as u32, rows.len() as u32, 1), block: hd.div_ceil(32) as u32 * 32 };
+        // Kernel: attn_combine(part, out, heads, hd, splits); same buffers as above.
+        launch!(gpu, &gpu.k.attn_combine, dims; pp, op, h, d, sp)?;
+    }
+    Ok(())
+}

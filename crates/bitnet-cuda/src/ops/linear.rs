@@ -1,0 +1,396 @@
+//! Ternary projections (GEMV / tensor-core GEMM), RMSNorm with fused quantization, and the
+//! lm_head (int8 or f32 rows).
+
+use super::{dptr, launch, need, to_i32, upload, zeros, Dims};
+use crate::device::Gpu;
+use crate::layout::{PackedTernary, CHUNK, TILE_ROWS};
+use bitnet_core::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// A ternary weight in the GPU layout, with its scale.
+pub struct DeviceTernary {
+    rows: usize,
+    cols: usize,
+    kp: usize,
+    rows_padded: usize,
+    scale: f32,
+    data: CudaSlice<u32>,
+}
+
+impl DeviceTernary {
+    /// Uploads a packed matrix; `scale` multiplies every output (`s_w`).
+    pub fn upload(gpu: &Gpu, w: &PackedTernary, scale: f32) -> Result<Self> {
+        if !scale.is_finite() {
+            return Err(Error::invalid(format!("weight scale {scale} is not finite")));
+        }
+        to_i32(w.padded_rows() * w.chunks(), "ternary chunks")?;
+        Ok(DeviceTernary {
+            rows: w.rows(),
+            cols: w.cols(),
+            kp: w.padded_cols(),
+            rows_padded: w.padded_rows(),
+            scale,
+            data: upload(gpu, w.words())?,
+        })
+    }
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Padded input features (the activation row stride).
+    pub fn padded_cols(&self) -> usize {
+        self.kp
+    }
+    /// The weight scale.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+    /// Bytes the kernels read per call.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Per-token int8 activations (BitLinear quantization): `rows x kp` values, each row's scale
+/// `s = 127 / max|x|` and `Σq`.
+pub struct QuantActs {
+    q: CudaSlice<i8>,
+    scale: CudaSlice<f32>,
+    sum: CudaSlice<i32>,
+    rows: usize,
+    kp: usize,
+}
+
+impl QuantActs {
+    /// Room for `rows` rows of `kp` (a multiple of 128) values.
+    pub fn new(gpu: &Gpu, rows: usize, kp: usize) -> Result<Self> {
+        if kp == 0 || !kp.is_multiple_of(crate::layout::K_ALIGN) {
+            return Err(Error::invalid(format!("activation stride {kp} is not a multiple of 128")));
+        }
+        Ok(QuantActs {
+            q: zeros(gpu, rows * kp)?,
+            scale: zeros(gpu, rows)?,
+            sum: zeros(gpu, rows)?,
+            rows: 0,
+            kp,
+        })
+    }
+    /// True if `rows` rows of stride `kp` fit.
+    pub fn fits(&self, rows: usize, kp: usize) -> bool {
+        kp == self.kp && rows <= self.scale.len() && rows * kp <= self.q.len()
+    }
+    /// Rows written by the last quantization.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Row stride.
+    pub fn stride(&self) -> usize {
+        self.kp
+    }
+    /// Copies (values, scales, sums) of the first `rows` rows to the host (tests).
+    pub fn download(&self, gpu: &Gpu, rows: usize) -> Result<(Vec<i8>, Vec<f32>, Vec<i32>)> {
+        let mut q = vec![0i8; rows * self.kp];
+        let mut s = vec![0f32; rows];
+        let mut x = vec![0i32; rows];
+        super::download(gpu, &self.q, &mut q)?;
+        super::download(gpu, &self.scale, &mut s)?;
+        super::download(gpu, &self.sum, &mut x)?;
+        Ok((q, s, x))
+    }
+}
+
+const NORM_THREADS: u32 = 256;
+
+/// `out[r] = w * x[r] / rms(x[r])` for `rows` rows of width `d = w.len()`; when `q` is given the
+/// rows are also quantized into it (BitLinear quantization, bit-exact with the CPU's).
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    d: usize,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+    q: Option<&mut QuantActs>,
+) -> Result<()> {
+    need(w.len(), d, "rms_norm weight")?;
+    need(x.len(), rows * d, "rms_norm input")?;
+    need(out.len(), rows * d, "rms_norm output")?;
+    let (xp, wp, op) = (dptr(gpu, x), dptr(gpu, w), dptr(gpu, out));
+    let (dd, mut kp) = (to_i32(d, "width")?, 0i32);
+    let (mut qp, mut sp, mut mp) = (0u64, 0u64, 0u64);
+    if let Some(q) = q {
+        if !q.fits(rows, crate::layout::padded_cols(d)) {
+            return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
+        }
+        (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
+        q.rows = rows;
+    }
+    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
+    // Kernel: rms_norm_q(x, w, out, q, qscale, qsum, d, kp, eps); lengths checked above.
+    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, wp, op, qp, sp, mp, dd, kp, eps)
+}
+
+/// BitLinear quantization of `rows` rows of width `d` from `x` into `q`.
+pub fn quantize_act(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    d: usize,
+    rows: usize,
+    q: &mut QuantActs,
+) -> Result<()> {
+    need(x.len(), rows * d, "quantize input")?;
+    if !q.fits(rows, crate::layout::padded_cols(d)) {
+        return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
+    }
+    let (xp, qp, sp, mp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
+    let (dd, kp) = (to_i32(d, "width")?, q.kp as i32);
+    q.rows = rows;
+    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
+    // Kernel: quantize_act(x, q, qscale, qsum, d, kp); lengths checked above.
+    launch!(gpu, &gpu.k.quantize_act, dims; xp, qp, sp, mp, dd, kp)
+}
+
+/// `out[t] = (q[t] · W) * s_w / s_a[t]` for the first `rows` quantized rows: the dp4a GEMV for up
+/// to 8 rows, the int8 tensor-core GEMM above.
+pub fn ternary_matmul(
+    gpu: &Gpu,
+    w: &DeviceTernary,
+    q: &QuantActs,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    if q.kp != w.kp || rows > q.rows || rows == 0 {
+        return Err(Error::shape(format!(
+            "ternary matmul: weight stride {} vs activations {} ({} of {} rows quantized)",
+            w.kp, q.kp, rows, q.rows
+        )));
+    }
+    need(out.len(), rows * w.rows, "ternary matmul output")?;
+    let (wp, xp, sa, sx, yp) = (
+        dptr(gpu, &w.data),
+        dptr(gpu, &q.q),
+        dptr(gpu, &q.scale),
+        dptr(gpu, &q.sum),
+        dptr(gpu, out),
+    );
+    let (s_w, n, kc, kp) = (w.scale, w.rows as i32, (w.kp / CHUNK) as i32, w.kp as i32);
+    if let Some(f) = gpu.k.gemv(rows) {
+        let dims = Dims { grid: ((w.rows_padded / TILE_ROWS) as u32, 1, 1), block: 128 };
+        // Kernel: gemv_mM(W, xq, sa, sx, s_w, y, n, kc, kp); W holds rows_padded x kc chunks,
+        // xq rows x kp, y rows x n (checked above).
+        return launch!(gpu, f, dims; wp, xp, sa, sx, s_w, yp, n, kc, kp);
+    }
+    let m_tok = to_i32(rows, "rows")?;
+    let dims =
+        Dims { grid: ((w.rows_padded / 64) as u32, rows.div_ceil(32) as u32, 1), block: 128 };
+    // Kernel: gemm_mma(W, xq, sa, sx, s_w, y, n, m_tok, kc, kp); same buffers as the GEMV.
+    launch!(gpu, &gpu.k.gemm, dims; wp, xp, sa, sx, s_w, yp, n, m_tok, kc, kp)
+}
+
+/// Symmetric int8 activations for the int8 lm_head: `rows x dp` values and one step per row.
+pub struct SymActs {
+    q: CudaSlice<i8>,
+    step: CudaSlice<f32>,
+    dp: usize,
+}
+
+impl SymActs {
+    /// Room for `rows` rows of width `d` (padded to 16).
+    pub fn new(gpu: &Gpu, rows: usize, d: usize) -> Result<Self> {
+        let dp = d.div_ceil(16) * 16;
+        Ok(SymActs { q: zeros(gpu, rows * dp)?, step: zeros(gpu, rows)?, dp })
+    }
+    /// True if `rows` rows of width `d` fit.
+    pub fn fits(&self, rows: usize, d: usize) -> bool {
+        d.div_ceil(16) * 16 == self.dp && rows <= self.step.len()
+    }
+}
+
+/// Quantizes `rows` rows of width `d` for the int8 lm_head.
+pub fn quantize_sym(
+    gpu: &Gpu,
+    x: &CudaSlice<f32>,
+    d: usize,
+    rows: usize,
+    q: &mut SymActs,
+) -> Result<()> {
+    need(x.len(), rows * d, "quantize_sym input")?;
+    if !q.fits(rows, d) {
+        return Err(Error::shape(format!("lm_head activations do not fit {rows} x {d}")));
+    }
+    let (xp, qp, sp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.step));
+    let (dd, dp) = (to_i32(d, "width")?, q.dp as i32);
+    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
+    // Kernel: quantize_sym(x, q, step, d, dp); lengths checked above.
+    launch!(gpu, &gpu.k.quantize_sym, dims; xp, qp, sp, dd, dp)
+}
+
+/// The int8 lm_head: `rows x dp` int8 (zero-padded) and one scale per row.
+pub struct LmI8 {
+    rows: usize,
+    cols: usize,
+    dp: usize,
+    data: CudaSlice<i8>,
+    scales: CudaSlice<f32>,
+}
+
+impl LmI8 {
+    /// Uploads quantized rows (`values`: `rows x cols`, row-major) and their scales.
+    pub fn upload(
+        gpu: &Gpu,
+        values: &[i8],
+        scales: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self> {
+        if values.len() != rows * cols || scales.len() != rows || rows == 0 || cols == 0 {
+            return Err(Error::shape(format!("int8 lm_head of {rows} x {cols}")));
+        }
+        to_i32(rows, "vocabulary")?;
+        let dp = cols.div_ceil(16) * 16;
+        let mut padded = vec![0i8; rows * dp];
+        for (dst, src) in padded.chunks_exact_mut(dp).zip(values.chunks_exact(cols)) {
+            dst[..cols].copy_from_slice(src);
+        }
+        Ok(LmI8 { rows, cols, dp, data: upload(gpu, &padded)?, scales: upload(gpu, scales)? })
+    }
+    /// Vocabulary rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Hidden size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// The f32 lm_head (`cols` must be a multiple of 4).
+pub struct LmF32 {
+    rows: usize,
+    cols: usize,
+    data: CudaSlice<f32>,
+}
+
+impl LmF32 {
+    /// Uploads `rows x cols` f32 values.
+    pub fn upload(gpu: &Gpu, values: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if values.len() != rows * cols || rows == 0 || cols == 0 {
+            return Err(Error::shape(format!("f32 lm_head of {rows} x {cols}")));
+        }
+        if !cols.is_multiple_of(4) {
+            return Err(Error::unsupported(format!(
+                "an f32 lm_head with {cols} columns (need a multiple of 4)"
+            )));
+        }
+        to_i32(rows, "vocabulary")?;
+        Ok(LmF32 { rows, cols, data: upload(gpu, values)? })
+    }
+    /// Vocabulary rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Hidden size.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Token batches of at most 8, as 8, 4, 2, 1 (the lm_head kernels' instantiations).
+fn batches(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut t = 0;
+    std::iter::from_fn(move || {
+        let left = rows - t;
+        let m = [8, 4, 2, 1].into_iter().find(|&m| m <= left)?;
+        t += m;
+        Some((t - m, m))
+    })
+}
+
+const LM_THREADS: u32 = 256;
+
+/// Logits of `rows` quantized rows: `out[t][v] = (Σ w·x) * (scale[v] * step[t])`.
+pub fn lm_head_i8(
+    gpu: &Gpu,
+    head: &LmI8,
+    x: &SymActs,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    if x.dp != head.dp || rows > x.step.len() {
+        return Err(Error::shape("int8 lm_head: activation width or rows do not match"));
+    }
+    need(out.len(), rows * head.rows, "lm_head output")?;
+    let (wp, sp, xp, stp, op) = (
+        dptr(gpu, &head.data),
+        dptr(gpu, &head.scales),
+        dptr(gpu, &x.q),
+        dptr(gpu, &x.step),
+        dptr(gpu, out),
+    );
+    let (vocab, dq) = (head.rows as i32, (head.dp / 16) as i32);
+    let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS };
+    for (t0, m) in batches(rows) {
+        let f = match m {
+            8 => &gpu.k.lm_i8_8,
+            4 => &gpu.k.lm_i8_4,
+            2 => &gpu.k.lm_i8_2,
+            _ => &gpu.k.lm_i8_1,
+        };
+        let tok0 = t0 as i32;
+        // Kernel: lm_i8_mM(W, wscale, xq, xstep, out, vocab, dq, tok0); tokens tok0..tok0+M < rows.
+        launch!(gpu, f, dims; wp, sp, xp, stp, op, vocab, dq, tok0)?;
+    }
+    Ok(())
+}
+
+/// Logits of `rows` f32 rows `x` (`rows x cols`): `out[t][v] = Σ w[v]·x[t]`.
+pub fn lm_head_f32(
+    gpu: &Gpu,
+    head: &LmF32,
+    x: &CudaSlice<f32>,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    need(x.len(), rows * head.cols, "lm_head input")?;
+    need(out.len(), rows * head.rows, "lm_head output")?;
+    let (wp, xp, op) = (dptr(gpu, &head.data), dptr(gpu, x), dptr(gpu, out));
+    let (vocab, dq) = (head.rows as i32, (head.cols / 4) as i32);
+    let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS };
+    for (t0, m) in batches(rows) {
+        let f = match m {
+            8 => &gpu.k.lm_f32_8,
+            4 => &gpu.k.lm_f32_4,
+            2 => &gpu.k.lm_f32_2,
+            _ => &gpu.k.lm_f32_1,
+        };
+        let tok0 = t0 as i32;
+        // Kernel: lm_f32_mM(W, x, out, vocab, dq, tok0); tokens tok0..tok0+M < rows.
+        launch!(gpu, f, dims; wp, xp, op, vocab, dq, tok0)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn batches_cover_every_row_once_in_kernel_sizes() {
+        for rows in 0..40 {
+            let b: Vec<_> = batches(rows).collect();
+            assert_eq!(b.iter().map(|x| x.1).sum::<usize>(), rows);
+            let mut t = 0;
+            for (t0, m) in b {
+                assert_eq!(t0, t);
+                assert!([1, 2, 4, 8].contains(&m));
+                t += m;
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Embedding lookup and element-wise operations.
+
+use super::{dptr, launch, need, to_i32, upload, Dims, IdsArg};
+use crate::device::{dev_err, Gpu};
+use bitnet_core::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// An embedding table on the device, f16 or f32.
+pub enum EmbedTable {
+    /// f16 values (bits), `rows x cols`.
+    F16 {
+        /// Vocabulary rows.
+        rows: usize,
+        /// Hidden size.
+        cols: usize,
+        /// The table.
+        data: CudaSlice<u16>,
+    },
+    /// f32 values, `rows x cols`.
+    F32 {
+        /// Vocabulary rows.
+        rows: usize,
+        /// Hidden size.
+        cols: usize,
+        /// The table.
+        data: CudaSlice<f32>,
+    },
+}
+
+impl EmbedTable {
+    /// Uploads an f16 table (as bits).
+    pub fn f16(gpu: &Gpu, bits: &[u16], rows: usize, cols: usize) -> Result<Self> {
+        if bits.len() != rows * cols || rows == 0 || cols == 0 {
+            return Err(Error::shape(format!("embedding of {rows} x {cols}")));
+        }
+        Ok(EmbedTable::F16 { rows, cols, data: upload(gpu, bits)? })
+    }
+    /// Uploads an f32 table.
+    pub fn f32(gpu: &Gpu, vals: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if vals.len() != rows * cols || rows == 0 || cols == 0 {
+            return Err(Error::shape(format!("embedding of {rows} x {cols}")));
+        }
+        Ok(EmbedTable::F32 { rows, cols, data: upload(gpu, vals)? })
+    }
+    /// (rows, cols).
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            EmbedTable::F16 { rows, cols, .. } | EmbedTable::F32 { rows, cols, .. } => {
+                (*rows, *cols)
+            }
+        }
+    }
+}
+
+/// `out[r] = table[ids[r]]`; `host_ids` are the ids `ids` carries (range-checked here).
+pub fn embed(
+    gpu: &Gpu,
+    t: &EmbedTable,
+    ids: &IdsArg,
+    host_ids: &[u32],
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let (rows, cols) = t.dims();
+    if let Some(&bad) = host_ids.iter().find(|&&i| i as usize >= rows) {
+        return Err(Error::invalid(format!(
+            "token id {bad} is out of range for a vocabulary of {rows}"
+        )));
+    }
+    if host_ids.len() != ids.len() {
+        return Err(Error::invalid("embed: ids and their device copy differ in length"));
+    }
+    need(out.len(), ids.len() * cols, "embed")?;
+    let (op, a, d) = (dptr(gpu, out), *ids, to_i32(cols, "hidden")?);
+    let dims = Dims { grid: (ids.len() as u32, 1, 1), block: 256 };
+    match t {
+        EmbedTable::F16 { data, .. } => {
+            let tp = dptr(gpu, data);
+            // Kernel: embed_f16(table, ids, out, d); every id < rows (checked).
+            launch!(gpu, &gpu.k.embed_f16, dims; tp, a, op, d)
+        }
+        EmbedTable::F32 { data, .. } => {
+            let tp = dptr(gpu, data);
+            // Kernel: embed_f32(table, ids, out, d); every id < rows (checked).
+            launch!(gpu, &gpu.k.embed_f32, dims; tp, a, op, d)
+        }
+    }
+}
+
+fn elementwise_dims(gpu: &Gpu, len: usize) -> Dims {
+    let blocks = len.div_ceil(256).min(gpu.info().sms as usize * 8).max(1);
+    Dims { grid: (blocks as u32, 1, 1), block: 256 }
+}
+
+/// `gate = relu(gate)^2 * up` over the first `len` values.
+pub fn relu2_mul(
+    gpu: &Gpu,
+    gate: &mut CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    len: usize,
+) -> Result<()> {
+    need(gate.len().min(up.len()), len, "relu2_mul")?;
+    let (gp, upp, n) = (dptr(gpu, gate), dptr(gpu, up), to_i32(len, "length")?);
+    // Kernel: relu2_mul(gate, up, len); both hold len values (checked).
+    launch!(gpu, &gpu.k.relu2_mul, elementwise_dims(gpu, len); gp, upp, n)
+}
+
+/// `x += y` over the first `len` values.
+pub fn add(gpu: &Gpu, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>, len: usize) -> Result<()> {
+    need(x.len().min(y.len()), len, "add")?;
+    let (xp, yp, n) = (dptr(gpu, x), dptr(gpu, y), to_i32(len, "length")?);
+    // Kernel: add_f32(x, y, len); both hold len values (checked).
+    launch!(gpu, &gpu.k.add, elementwise_dims(gpu, len); xp, yp, n)
+}
+
+/// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]` (device copy on the stream).
+pub fn copy(
+    gpu: &Gpu,
+    src: &CudaSlice<f32>,
+    src_off: usize,
+    dst: &mut CudaSlice<f32>,
+    dst_off: usize,
+    len: usize,
+) -> Result<()> {
+    need(src.len(), src_off + len, "copy source")?;
+    need(dst.len(), dst_off + len, "copy destination")?;
+    if len == 0 {
+        return Ok(());
+    }
+    gpu.bind()?;
+    let s = src.slice(src_off..src_off + len);
+    let mut d = dst.slice_mut(dst_off..dst_off + len);
+    gpu.stream().memcpy_dtod(&s, &mut d).map_err(|e| dev_err("device copy", e))
+}

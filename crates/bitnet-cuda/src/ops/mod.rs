@@ -1,0 +1,194 @@
+//! Typed launchers for every kernel. Each checks buffer lengths and sizes before launching, so a
+//! bad call is an error, never an out-of-bounds access; all work is queued on [`Gpu::stream`].
+
+use crate::device::{dev_err, Gpu};
+use bitnet_core::{Error, Result};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use std::ffi::c_void;
+
+mod attn;
+mod linear;
+mod misc;
+
+pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
+pub use linear::{
+    lm_head_f32, lm_head_i8, quantize_act, quantize_sym, rms_norm, ternary_matmul, DeviceTernary,
+    LmF32, LmI8, QuantActs, SymActs,
+};
+pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
+
+/// Most rows passed by value in [`RowsArg`] / [`IdsArg`].
+pub const SMALL: usize = 8;
+
+/// Slots and positions of a call's rows, as the kernels read them (mirrors `common.cuh`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowsArg {
+    n: i32,
+    slot: [i32; SMALL],
+    pos: [i32; SMALL],
+    dev: u64,
+}
+
+/// Token ids of a call, as the kernels read them (mirrors `common.cuh`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdsArg {
+    n: i32,
+    id: [i32; SMALL],
+    dev: u64,
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| Error::unsupported(format!("{what} = {v} exceeds the kernels' i32 range")))
+}
+
+impl RowsArg {
+    /// Up to [`SMALL`] `(slot, pos)` pairs by value; `None` when there are more.
+    pub fn small(rows: &[(usize, usize)]) -> Result<Option<Self>> {
+        if rows.len() > SMALL {
+            return Ok(None);
+        }
+        let mut a = RowsArg { n: rows.len() as i32, ..Default::default() };
+        for (i, &(s, p)) in rows.iter().enumerate() {
+            a.slot[i] = to_i32(s, "slot")?;
+            a.pos[i] = to_i32(p, "position")?;
+        }
+        Ok(Some(a))
+    }
+    /// `n` rows whose `(slot, pos)` pairs are in `table` (`[n][2]` i32 on the device).
+    pub fn device(gpu: &Gpu, table: &CudaSlice<i32>, n: usize) -> Result<Self> {
+        need(table.len(), 2 * n, "row table")?;
+        Ok(RowsArg { n: to_i32(n, "rows")?, dev: dptr(gpu, table), ..Default::default() })
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+impl IdsArg {
+    /// Up to [`SMALL`] ids by value; `None` when there are more.
+    pub fn small(ids: &[u32]) -> Result<Option<Self>> {
+        if ids.len() > SMALL {
+            return Ok(None);
+        }
+        let mut a = IdsArg { n: ids.len() as i32, ..Default::default() };
+        for (i, &t) in ids.iter().enumerate() {
+            a.id[i] = to_i32(t as usize, "token id")?;
+        }
+        Ok(Some(a))
+    }
+    /// `n` ids in `table` (i32 on the device).
+    pub fn device(gpu: &Gpu, table: &CudaSlice<i32>, n: usize) -> Result<Self> {
+        need(table.len(), n, "id table")?;
+        Ok(IdsArg { n: to_i32(n, "ids")?, dev: dptr(gpu, table), ..Default::default() })
+    }
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        self.n as usize
+    }
+    /// No ids.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+pub(crate) fn need(have: usize, want: usize, what: &str) -> Result<()> {
+    if have < want {
+        return Err(Error::shape(format!("{what}: buffer of {have} elements, need {want}")));
+    }
+    Ok(())
+}
+
+/// The raw device address of a buffer (for kernel arguments).
+pub(crate) fn dptr<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
+    s.device_ptr(gpu.stream()).0
+}
+
+/// A zeroed device buffer.
+pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, len: usize) -> Result<CudaSlice<T>> {
+    gpu.bind()?;
+    gpu.stream().alloc_zeros::<T>(len.max(1)).map_err(|e| dev_err("cuMemAlloc", e))
+}
+
+/// A device copy of `data`.
+pub fn upload<T: DeviceRepr>(gpu: &Gpu, data: &[T]) -> Result<CudaSlice<T>> {
+    gpu.bind()?;
+    if data.is_empty() {
+        return Err(Error::invalid("uploading an empty buffer"));
+    }
+    gpu.stream().clone_htod(data).map_err(|e| dev_err("host-to-device copy", e))
+}
+
+/// Overwrites the start of `dst` with `data` (queued on the stream).
+pub fn write<T: DeviceRepr>(gpu: &Gpu, data: &[T], dst: &mut CudaSlice<T>) -> Result<()> {
+    need(dst.len(), data.len(), "upload")?;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut view = dst.slice_mut(..data.len());
+    gpu.stream().memcpy_htod(data, &mut view).map_err(|e| dev_err("host-to-device copy", e))
+}
+
+/// Copies the first `out.len()` elements of `src` to the host (waits for the stream).
+pub fn download<T: DeviceRepr>(gpu: &Gpu, src: &CudaSlice<T>, out: &mut [T]) -> Result<()> {
+    need(src.len(), out.len(), "download")?;
+    if out.is_empty() {
+        return gpu.sync();
+    }
+    gpu.bind()?;
+    let view = src.slice(..out.len());
+    gpu.stream().memcpy_dtoh(&view, out).map_err(|e| dev_err("device-to-host copy", e))?;
+    gpu.sync()
+}
+
+/// Grid / block / dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub grid: (u32, u32, u32),
+    pub block: u32,
+}
+
+/// Launches `f` with the argument pointers `params`.
+///
+/// # Safety
+/// `params` must point to values whose types and order match the kernel's signature exactly,
+/// and every device address among them must be valid for the accesses the kernel makes with
+/// the other arguments (each caller checks buffer lengths first).
+pub(crate) unsafe fn launch_raw(
+    gpu: &Gpu,
+    f: &CudaFunction,
+    d: Dims,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    if d.grid.0 == 0 || d.grid.1 == 0 || d.grid.2 == 0 {
+        return Ok(());
+    }
+    gpu.bind()?;
+    cudarc::driver::result::launch_kernel(
+        f.cu_function(),
+        d.grid,
+        (d.block, 1, 1),
+        0,
+        gpu.stream().cu_stream(),
+        params,
+    )
+    .map_err(|e| dev_err("kernel launch", e))
+}
+
+/// `launch!(gpu, func, dims; a, b, c)`: launches with the local variables `a, b, c` as arguments.
+macro_rules! launch {
+    ($gpu:expr, $f:expr, $dims:expr; $($arg:ident),+ $(,)?) => {{
+        let mut params = [$(std::ptr::addr_of!($arg) as *mut std::ffi::c_void),+];
+        // SAFETY: see the caller's comment: argument types match the kernel and buffer lengths
+        // were checked; the argument locals outlive this call (the driver copies them).
+        unsafe { $crate::ops::launch_raw($gpu, $f, $dims, &mut params) }
+    }};
+}
+pub(crate) use launch;

@@ -1,0 +1,142 @@
+//! GPU kernels against the CPU reference (`bitnet-quant`'s BitLinear and quantizers).
+//! Every test skips, saying why, when no CUDA driver or device is present.
+
+use bitnet_core::ThreadPool;
+use bitnet_cuda::layout::PackedTernary;
+use bitnet_cuda::ops::{self, DeviceTernary, QuantActs};
+use bitnet_cuda::Gpu;
+use bitnet_quant::bitlinear::{BitLinear, BitLinearScratch};
+use bitnet_quant::formats::i2s::I2sMatrix;
+use std::sync::Arc;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match bitnet_cuda::probe(0) {
+        Ok(_) => Some(Gpu::open(0).expect("a CUDA device is present but could not be opened")),
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+    fn ternary(&mut self, n: usize) -> Vec<i8> {
+        (0..n).map(|_| (self.next() % 3) as i8 - 1).collect()
+    }
+}
+
+/// GPU BitLinear (quantize_act + ternary_matmul) vs the CPU's BitLinear::forward.
+fn check_bitlinear(g: &Gpu, w: &[i8], rows: usize, cols: usize, s_w: f32, x: &[f32], m: usize) {
+    let cpu = BitLinear::new(I2sMatrix::from_ternary(w, rows, cols, s_w).unwrap());
+    let mut want = vec![0f32; m * rows];
+    cpu.forward(x, m, &mut want, &mut BitLinearScratch::default(), &ThreadPool::new(2)).unwrap();
+    let packed = PackedTernary::pack(w, rows, cols).unwrap();
+    let dw = DeviceTernary::upload(g, &packed, s_w).unwrap();
+    let mut q = QuantActs::new(g, m, dw.padded_cols()).unwrap();
+    let dx = ops::upload(g, x).unwrap();
+    ops::quantize_act(g, &dx, cols, m, &mut q).unwrap();
+    let mut out = ops::upload(g, &vec![f32::NAN; m * rows]).unwrap(); // poisoned
+    ops::ternary_matmul(g, &dw, &q, m, &mut out).unwrap();
+    let mut got = vec![0f32; m * rows];
+    ops::download(g, &out, &mut got).unwrap();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!(a.to_bits() == b.to_bits() || a == b, "{rows}x{cols} m={m} [{i}]: gpu {a} cpu {b}");
+    }
+}
+
+#[test]
+fn ternary_matmul_equals_cpu_bitlinear_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(1);
+    let shapes = [(1, 64), (7, 130), (9, 128), (64, 200), (130, 2560), (640, 2560), (257, 6912)];
+    for (rows, cols) in shapes {
+        let w = rng.ternary(rows * cols);
+        for m in [1, 2, 3, 5, 8, 9, 31, 33, 128] {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
+            check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
+        }
+    }
+}
+
+#[test]
+fn ternary_matmul_handles_zero_rows_and_extreme_scales() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(2);
+    let (rows, cols) = (33, 300);
+    let mut w = rng.ternary(rows * cols);
+    w[5 * cols..6 * cols].iter_mut().for_each(|v| *v = 0); // an all-zero weight row
+    w[6 * cols..7 * cols].iter_mut().for_each(|v| *v = 1); // all +1
+    w[7 * cols..8 * cols].iter_mut().for_each(|v| *v = -1); // all -1
+    for m in [1, 4, 8, 12] {
+        let mut x: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
+        x[..cols].iter_mut().for_each(|v| *v = 0.0); // an all-zero activation row
+        if m > 1 {
+            x[cols..2 * cols]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = if i % 2 == 0 { 1e30 } else { -1e30 });
+        }
+        if m > 2 {
+            x[2 * cols..3 * cols].iter_mut().for_each(|v| *v = 1e-30);
+        }
+        for s_w in [1e-20, 1.0, 3e15] {
+            check_bitlinear(&g, &w, rows, cols, s_w, &x, m);
+        }
+    }
+}
+
+#[test]
+fn fused_rms_norm_quantizes_like_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(3);
+    for d in [64, 100, 2560, 6912] {
+        let rows = 5;
+        let x: Vec<f32> = (0..rows * d).map(|_| rng.unit() * 4.0).collect();
+        let w: Vec<f32> = (0..d).map(|_| 1.0 + 0.1 * rng.unit()).collect();
+        let kp = bitnet_cuda::layout::padded_cols(d);
+        let mut q = QuantActs::new(&g, rows, kp).unwrap();
+        let (dx, dw) = (ops::upload(&g, &x).unwrap(), ops::upload(&g, &w).unwrap());
+        let mut out = ops::zeros::<f32>(&g, rows * d).unwrap();
+        ops::rms_norm(&g, &dx, &dw, d, 1e-5, rows, &mut out, Some(&mut q)).unwrap();
+        let mut y = vec![0f32; rows * d];
+        ops::download(&g, &out, &mut y).unwrap();
+        let (qv, sc, sums) = q.download(&g, rows).unwrap();
+        for r in 0..rows {
+            let xr = &x[r * d..(r + 1) * d];
+            let ss = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ss + 1e-5f32).sqrt();
+            for i in 0..d {
+                let want = w[i] * (xr[i] * inv);
+                assert!(
+                    (y[r * d + i] - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "d={d} r={r} i={i}"
+                );
+            }
+            // The int8 copy is exactly the CPU quantization of the GPU's f32 output.
+            let mut wq = vec![0i8; kp];
+            let a = bitnet_quant::quantize::quantize_row(&y[r * d..(r + 1) * d], &mut wq).unwrap();
+            assert_eq!(&qv[r * kp..(r + 1) * kp], &wq[..], "d={d} r={r}");
+            assert_eq!((sc[r], sums[r]), (a.scale, a.sum), "d={d} r={r}");
+        }
+    }
+}
+
+#[test]
+fn shape_errors_are_reported_before_launch() {
+    let Some(g) = gpu() else { return };
+    let w = PackedTernary::pack(&[1, 0, -1, 1], 2, 2).unwrap();
+    let dw = DeviceTernary::upload(&g, &w, 1.0).unwrap();
+    let q = QuantActs::new(&g, 1, 128).unwrap();
+    let mut out = ops::zeros::<f32>(&g, 1).unwrap();
+    // Nothing quantized yet, and the output is too small.
+    assert!(ops::ternary_matmul(&g, &dw, &q, 1, &mut out).is_err());
+    assert!(QuantActs::new(&g, 1, 100).is_err());
+}

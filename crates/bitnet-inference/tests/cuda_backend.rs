@@ -1,0 +1,208 @@
+//! Every CUDA backend operation against the CPU backend on the same inputs: random and edge
+//! shapes (odd widths, padded K, all-zero rows, long contexts that split attention, batches
+//! above 8 rows). Skips, saying why, when no CUDA device is present.
+#![cfg(feature = "cuda")]
+
+use bitnet_core::{DType, Tensor};
+use bitnet_inference::backend::{
+    AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, LmHeadMode, RowPos,
+};
+use bitnet_quant::formats::i2s::I2sMatrix;
+
+fn cuda() -> Option<CudaBackend> {
+    match bitnet_inference::backend::cuda::probe(0) {
+        Ok(_) => {
+            Some(CudaBackend::new(0).expect("a CUDA device is present but could not be opened"))
+        }
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, s: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * s).collect()
+    }
+}
+
+fn get<B: Backend>(b: &B, buf: &B::Buf, n: usize) -> Vec<f32> {
+    let mut v = vec![0f32; n];
+    b.download(buf, &mut v).unwrap();
+    v
+}
+
+/// max |a - b| / max(max |b|, 1e-6)
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().all(|v| v.is_finite()), "non-finite output");
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |e, (x, y)| e.max((x - y).abs())) / m
+}
+
+struct Case {
+    d: usize,
+    f: usize,
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    vocab: usize,
+}
+
+/// Runs the same operation sequence on a backend; returns the named outputs.
+fn run<B: Backend>(
+    b: &B,
+    c: &Case,
+    seed: u64,
+    table_dtype: DType,
+    head: LmHeadMode,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let mut rng = Rng(seed);
+    let (d, qd, kvd) = (c.d, c.heads * c.hd, c.kv * c.hd);
+    let mut outs = Vec::new();
+    // Embedding (f16 or f32 table) for 1 and 12 ids.
+    let tvals = rng.vec(c.vocab * d, 1.0);
+    let t = match table_dtype {
+        DType::F16 => {
+            let h: Vec<half::f16> = tvals.iter().map(|&v| half::f16::from_f32(v)).collect();
+            Tensor::from_slice(DType::F16, [c.vocab, d], &h).unwrap()
+        }
+        _ => Tensor::from_f32([c.vocab, d], &tvals).unwrap(),
+    };
+    let table = DenseMatrix::new(t, "emb").unwrap();
+    let emb = b.embedding(table.clone()).unwrap();
+    let lm = b.lm_head(table, head).unwrap();
+    let n = 12;
+    let ids: Vec<u32> = (0..n)
+        .map(|i| if i == 0 { c.vocab as u32 - 1 } else { (rng.next() % c.vocab as u64) as u32 })
+        .collect();
+    let mut x = b.alloc(n * d).unwrap();
+    b.embed(&emb, &ids[..1], &mut x).unwrap();
+    outs.push(("embed1", get(b, &x, d)));
+    b.embed(&emb, &ids, &mut x).unwrap();
+    outs.push(("embed12", get(b, &x, n * d)));
+    // RMSNorm + BitLinear (fused quantization) for 1, 5 and 12 rows; BitLinear on a raw upload.
+    let w = b.upload(&rng.vec(d, 1.0).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>()).unwrap();
+    let tern: Vec<i8> = (0..qd * d).map(|_| (rng.next() % 3) as i8 - 1).collect();
+    let lin = b.linear(I2sMatrix::from_ternary(&tern, qd, d, 0.03).unwrap()).unwrap();
+    let mut xn = b.alloc(n * d.max(qd)).unwrap();
+    let mut q = b.alloc(n * qd).unwrap();
+    for rows in [1, 5, 12] {
+        b.rms_norm(&x, &w, 1e-5, rows, &mut xn).unwrap();
+        outs.push(("rms_norm", get(b, &xn, rows * d)));
+        b.bitlinear(&lin, &xn, rows, &mut q).unwrap();
+        outs.push(("bitlinear_fused", get(b, &q, rows * qd)));
+    }
+    let mut raw_in = rng.vec(n * d, 2.0);
+    raw_in[d..2 * d].iter_mut().for_each(|v| *v = 0.0); // an all-zero row
+    let raw = b.upload(&raw_in).unwrap();
+    b.bitlinear(&lin, &raw, n, &mut q).unwrap();
+    outs.push(("bitlinear_raw", get(b, &q, n * qd)));
+    // RoPE, KV store and attention: fill 700 positions, then decode and a prefill batch.
+    let cache_shape =
+        CacheShape { layers: 2, slots: 2, max_seq: 800, kv_heads: c.kv, head_dim: c.hd };
+    let mut cache = b.kv_cache(cache_shape).unwrap();
+    let attn = AttnShape { heads: c.heads, kv_heads: c.kv, head_dim: c.hd };
+    let chunk = 100;
+    let mut kb = b.alloc(chunk * kvd).unwrap();
+    let vb = b.upload(&rng.vec(chunk * kvd, 1.0)).unwrap();
+    for start in (0..700).step_by(chunk) {
+        let rows: Vec<RowPos> = (0..chunk).map(|i| RowPos { slot: 1, pos: start + i }).collect();
+        let kv = b.upload(&rng.vec(chunk * kvd, 1.0)).unwrap();
+        b.copy(&kv, 0, &mut kb, 0, chunk * kvd).unwrap();
+        b.rope(&mut kb, &rows, c.kv, c.hd, 10_000.0).unwrap();
+        if start == 600 {
+            outs.push(("rope_k", get(b, &kb, chunk * kvd)));
+        }
+        b.store_kv(&mut cache, 1, &kb, &vb, &rows).unwrap();
+    }
+    let qv = b.upload(&rng.vec(n * qd, 2.0)).unwrap();
+    let mut att = b.alloc(n * qd).unwrap();
+    for rows in [
+        vec![RowPos { slot: 1, pos: 699 }],
+        (0..n).map(|i| RowPos { slot: 1, pos: 7 + 50 * i }).collect(),
+    ] {
+        b.attention(&qv, &cache, 1, &rows, attn, &mut att).unwrap();
+        outs.push(("attention", get(b, &att, rows.len() * qd)));
+    }
+    // Element-wise ops.
+    let mut g = b.upload(&rng.vec(1000, 3.0)).unwrap();
+    let u = b.upload(&rng.vec(1000, 3.0)).unwrap();
+    b.relu2_mul(&mut g, &u, 999).unwrap();
+    outs.push(("relu2_mul", get(b, &g, 1000)));
+    b.add(&mut g, &u, 1000).unwrap();
+    outs.push(("add", get(b, &g, 1000)));
+    b.copy(&u, 10, &mut g, 500, 300).unwrap();
+    outs.push(("copy", get(b, &g, 1000)));
+    // Logits of 1 and 12 rows (the 12-row batch splits as 8 + 4).
+    let mut logits = b.alloc(n * c.vocab).unwrap();
+    for rows in [1, 12] {
+        b.rms_norm(&x, &w, 1e-5, rows, &mut xn).unwrap();
+        b.logits(&lm, &xn, rows, &mut logits).unwrap();
+        outs.push(("logits", get(b, &logits, rows * c.vocab)));
+    }
+    outs
+}
+
+fn compare(c: &Case, seed: u64, dtype: DType, head: LmHeadMode) {
+    let Some(gpu) = cuda() else { return };
+    let cpu = CpuBackend::new(2);
+    let want = run(&cpu, c, seed, dtype, head);
+    let got = run(&gpu, c, seed, dtype, head);
+    for ((name, a), (_, b)) in got.iter().zip(&want) {
+        let e = rel_err(a, b);
+        let tol = match *name {
+            "embed1" | "embed12" | "relu2_mul" | "add" | "copy" => 0.0,
+            // One int8 step of difference at a rounding boundary of the RMSNorm output.
+            "bitlinear_fused" | "logits" => 2e-2,
+            _ => 2e-5,
+        };
+        assert!(
+            e <= tol,
+            "{name} (d={}, hd={}, {dtype}, {head:?}): rel err {e:e} > {tol:e}",
+            c.d,
+            c.hd
+        );
+    }
+}
+
+#[test]
+fn every_op_matches_the_cpu_backend_small_heads() {
+    let c = Case { d: 200, f: 0, heads: 4, kv: 2, hd: 16, vocab: 300 };
+    compare(&c, 1, DType::F16, LmHeadMode::I8);
+    compare(&c, 2, DType::F32, LmHeadMode::F32);
+}
+
+#[test]
+fn every_op_matches_the_cpu_backend_2b4t_heads() {
+    let c = Case { d: 256, f: 0, heads: 20, kv: 5, hd: 128, vocab: 1000 };
+    compare(&c, 3, DType::F32, LmHeadMode::I8);
+    compare(&c, 4, DType::F16, LmHeadMode::F32);
+    let _ = c.f;
+}
+
+#[test]
+fn bad_arguments_are_errors_not_crashes() {
+    let Some(b) = cuda() else { return };
+    let x = b.alloc(10).unwrap();
+    let mut out = [0f32; 11];
+    assert!(b.download(&x, &mut out).is_err());
+    let shape = CacheShape { layers: 1, slots: 1, max_seq: 4, kv_heads: 1, head_dim: 8 };
+    let mut cache = b.kv_cache(shape).unwrap();
+    let k = b.alloc(8).unwrap();
+    let far = [RowPos { slot: 0, pos: 4 }];
+    assert!(b.store_kv(&mut cache, 0, &k, &k, &far).is_err());
+    let t = Tensor::from_f32([3, 4], &[0.5; 12]).unwrap();
+    let emb = b.embedding(DenseMatrix::new(t, "e").unwrap()).unwrap();
+    let mut o = b.alloc(8).unwrap();
+    assert!(b.embed(&emb, &[3], &mut o).unwrap_err().to_string().contains("out of range"));
+}
