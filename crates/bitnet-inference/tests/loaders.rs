@@ -235,7 +235,10 @@ fn writer_leaves_no_file_when_it_fails() {
 }
 
 /// Builds a safetensors file from (name, dtype, shape, bytes).
-fn safetensors_bytes(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+/// One safetensors entry for the test builder: (name, dtype, shape, bytes).
+type StEntry<'a> = (&'a str, &'a str, Vec<usize>, Vec<u8>);
+
+fn safetensors_bytes(tensors: &[StEntry]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut data = Vec::new();
@@ -248,7 +251,7 @@ fn safetensors_bytes(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
         );
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -277,7 +280,7 @@ fn safetensors_header_is_validated() {
     let mut huge = good.clone();
     huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(parse_safetensors(&huge).unwrap_err().to_string().contains("header length"));
-    let cases: [(&[(&str, &str, Vec<usize>, Vec<u8>)], &str); 3] = [
+    let cases: [(&[StEntry], &str); 3] = [
         (&[("x", "F64", vec![1], vec![0; 8])], "F64"),
         (&[("x", "Q9", vec![1], vec![0; 8])], "unknown dtype `Q9`"),
         (&[("x", "F32", vec![3], vec![0; 8])], "needs 12 bytes"),
