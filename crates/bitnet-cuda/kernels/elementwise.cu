@@ -65,3 +65,10 @@ extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restric
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
         x[i] += y[i];
 }
+
+// dst = src over `len` values (a kernel rather than a memcpy, so deferred steps record it).
+extern "C" __global__ void copy_f32(float* __restrict__ dst, const float* __restrict__ src,
+                                    int len) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}

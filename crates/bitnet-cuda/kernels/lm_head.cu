@@ -1,22 +1,39 @@
 // The vocabulary projection: one warp per vocabulary row, for up to 8 tokens per launch
-// (tokens tok0 .. tok0 + M). Rows are `dq` 16-byte chunks (padded with zeros).
+// (tokens tok0 .. tok0 + M).
 
-// int8 rows with one f32 scale per row, times symmetric int8 activations with one step per
-// token: out = (Σ w·x) as f32 * (wscale[row] * xstep[tok]), as the CPU's I8Matrix.
+// Four int8 weights (one u32) to exact f32: bias each byte to unsigned, place it in the mantissa
+// of 2^23 (one PRMT), subtract 2^23 + 128 (one FADD). No I2F (quarter rate) on the hot path.
+__device__ __forceinline__ float4 i8x4_to_f32(u32 w) {
+    const u32 v = w ^ 0x80808080u;
+    const float base = 8388736.0f;  // 2^23 + 128
+    return make_float4(__int_as_float(__byte_perm(v, 0x4B000000u, 0x7540)) - base,
+                       __int_as_float(__byte_perm(v, 0x4B000000u, 0x7541)) - base,
+                       __int_as_float(__byte_perm(v, 0x4B000000u, 0x7542)) - base,
+                       __int_as_float(__byte_perm(v, 0x4B000000u, 0x7543)) - base);
+}
+
+__device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
+    acc = fmaf(w.x, x.x, acc);
+    acc = fmaf(w.y, x.y, acc);
+    acc = fmaf(w.z, x.z, acc);
+    return fmaf(w.w, x.w, acc);
+}
+
+// int8 rows with one f32 scale per row, times f32 activations (as the CPU's I8Matrix):
+// out = (Σ q·x) * scale[row]. `d` (a multiple of 16) is the row width; dq = d / 16 chunks.
 template <int M>
 __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
                                            const float* __restrict__ wscale,
-                                           const i8* __restrict__ xq,
-                                           const float* __restrict__ xstep, float* __restrict__ out,
+                                           const float* __restrict__ x, float* __restrict__ out,
                                            int vocab, int dq, int tok0) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= vocab) return;
     const uint4* wr = W + (size_t)row * dq;
-    const int4* xa = (const int4*)xq + (size_t)tok0 * dq;
-    int acc[M];
+    const float4* xa = (const float4*)x + (size_t)tok0 * dq * 4;
+    float acc[M];
 #pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0;
+    for (int m = 0; m < M; ++m) acc[m] = 0.0f;
     constexpr int U = 4;
     for (int c0 = lane; c0 < dq; c0 += 32 * U) {
         uint4 wv[U];
@@ -29,22 +46,24 @@ __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
         for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
             if (c < dq) {
+                const float4 w0 = i8x4_to_f32(wv[u].x), w1 = i8x4_to_f32(wv[u].y);
+                const float4 w2 = i8x4_to_f32(wv[u].z), w3 = i8x4_to_f32(wv[u].w);
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
-                    const int4 a = __ldg(xa + (size_t)m * dq + c);
-                    acc[m] = __dp4a((int)wv[u].x, a.x, acc[m]);
-                    acc[m] = __dp4a((int)wv[u].y, a.y, acc[m]);
-                    acc[m] = __dp4a((int)wv[u].z, a.z, acc[m]);
-                    acc[m] = __dp4a((int)wv[u].w, a.w, acc[m]);
+                    const float4* xm = xa + ((size_t)m * dq + c) * 4;
+                    float a = acc[m];
+                    a = dot4(w0, __ldg(xm + 0), a);
+                    a = dot4(w1, __ldg(xm + 1), a);
+                    a = dot4(w2, __ldg(xm + 2), a);
+                    acc[m] = dot4(w3, __ldg(xm + 3), a);
                 }
             }
         }
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-        const int s = warp_sum_i(acc[m]);
-        if (lane == 0)
-            out[(size_t)(tok0 + m) * vocab + row] = (float)s * (wscale[row] * xstep[tok0 + m]);
+        const float s = warp_sum(acc[m]);
+        if (lane == 0) out[(size_t)(tok0 + m) * vocab + row] = s * wscale[row];
     }
 }
 
@@ -79,9 +98,9 @@ __device__ __forceinline__ void lm_f32_body(const float4* __restrict__ W,
 #define LM_KERNELS(M)                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         lm_i8_m##M(const uint4* __restrict__ W, const float* __restrict__ wscale,              \
-                   const i8* __restrict__ xq, const float* __restrict__ xstep,                 \
-                   float* __restrict__ out, int vocab, int dq, int tok0) {                     \
-        lm_i8_body<M>(W, wscale, xq, xstep, out, vocab, dq, tok0);                             \
+                   const float* __restrict__ x, float* __restrict__ out, int vocab, int dq,    \
+                   int tok0) {                                                                 \
+        lm_i8_body<M>(W, wscale, x, out, vocab, dq, tok0);                                     \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         lm_f32_m##M(const float4* __restrict__ W, const float* __restrict__ x,                 \

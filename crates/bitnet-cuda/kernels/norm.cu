@@ -1,5 +1,4 @@
-// RMSNorm with the BitLinear activation quantization fused in, and the symmetric int8
-// quantization of the lm_head input.
+// RMSNorm with the BitLinear activation quantization fused in.
 
 // out[r] = w * (x[r] / rms(x[r])); if `q` is set, also the per-token int8 quantization of out[r]
 // exactly as bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
@@ -76,29 +75,4 @@ extern "C" __global__ void quantize_act(const float* __restrict__ x, i8* __restr
         qscale[r] = s;
         qsum[r] = sum;
     }
-}
-
-// Symmetric int8 of the lm_head input, as the CPU's I8Matrix: amax = max|x|; if 0 or not finite,
-// zeros and step 0; else q = clamp(round_half_even(x * (127 / amax)), -127, 127), step amax / 127.
-// Row r of q has `dp` entries (zero past d). Grid: one block per row.
-extern "C" __global__ void quantize_sym(const float* __restrict__ x, i8* __restrict__ q,
-                                        float* __restrict__ step, int d, int dp) {
-    __shared__ float red[32];
-    const int r = blockIdx.x;
-    const float* xr = x + (size_t)r * d;
-    float amax = 0.0f;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) amax = fmaxf(amax, fabsf(xr[i]));
-    amax = block_max(amax, red);
-    const bool ok = amax != 0.0f && isfinite(amax);
-    const float s = ok ? 127.0f / amax : 0.0f;
-    i8* qr = q + (size_t)r * dp;
-    for (int i = threadIdx.x; i < dp; i += blockDim.x) {
-        int qv = 0;
-        if (ok && i < d) {
-            float t = rintf(__fmul_rn(xr[i], s));
-            qv = (int)fminf(fmaxf(t, -127.0f), 127.0f);
-        }
-        qr[i] = (i8)qv;
-    }
-    if (threadIdx.x == 0) step[r] = ok ? amax / 127.0f : 0.0f;
 }

@@ -104,10 +104,10 @@ kernels! {
     gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
     gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
     gemm: "gemm_mma",
-    rms_norm_q: "rms_norm_q", quantize_act: "quantize_act", quantize_sym: "quantize_sym",
+    rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv",
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
-    attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32",
+    attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
 }
@@ -128,64 +128,95 @@ impl Kernels {
     }
 }
 
-/// An open GPU: context, one stream for all work (stream order is the only ordering the ops
-/// need), and the compiled kernels.
-pub struct Gpu {
+/// The compiled program of one device, shared by every [`Gpu`] handle on it.
+struct Program {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    pub(crate) k: Kernels,
+    k: Kernels,
     info: DeviceInfo,
     compile_s: f64,
 }
 
-impl std::fmt::Debug for Gpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({})", self.info)
+/// An open GPU: the device's compiled kernels (shared per process), and this handle's own stream
+/// (stream order is the only ordering the ops need) and launch recorder. Handles on one device
+/// run independently: each backend opens its own.
+pub struct Gpu {
+    rec: Mutex<crate::graph::Recorder>,
+    stream: Arc<CudaStream>,
+    prog: Arc<Program>,
+    pub(crate) k: KernelsRef,
+}
+
+/// Access to the shared kernels (`gpu.k.gemm`, ...).
+pub(crate) struct KernelsRef(Arc<Program>);
+
+impl std::ops::Deref for KernelsRef {
+    type Target = Kernels;
+    fn deref(&self) -> &Kernels {
+        &self.0.k
     }
 }
 
-static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Gpu>>>> = OnceLock::new();
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({})", self.prog.info)
+    }
+}
+
+static OPEN: OnceLock<Mutex<HashMap<usize, Arc<Program>>>> = OnceLock::new();
 
 impl Gpu {
-    /// Opens device `ordinal`, compiling the kernels on first use (cached per process).
+    /// Opens device `ordinal` with a new stream; the kernels are compiled on first use (once per
+    /// process and device).
     pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
-        let cache = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
-        let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = map.get(&ordinal) {
-            return Ok(g.clone());
-        }
-        let g = Arc::new(Self::create(ordinal)?);
-        map.insert(ordinal, g.clone());
-        Ok(g)
+        let prog = {
+            let cache = OPEN.get_or_init(|| Mutex::new(HashMap::new()));
+            let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(&ordinal) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(Program::create(ordinal)?);
+                    map.insert(ordinal, p.clone());
+                    p
+                }
+            }
+        };
+        prog.ctx.bind_to_thread().map_err(|e| dev_err("binding the CUDA context", e))?;
+        let stream = prog.ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
+        let rec = Mutex::new(crate::graph::Recorder::default());
+        Ok(Arc::new(Gpu { rec, stream, k: KernelsRef(prog.clone()), prog }))
     }
+}
 
-    fn create(ordinal: usize) -> Result<Gpu> {
+impl Program {
+    fn create(ordinal: usize) -> Result<Program> {
         let info = probe(ordinal)?;
         let ctx = open_context(ordinal)?;
-        // SAFETY: every buffer of this crate is used on the one stream below, whose order
-        // already serializes all reads and writes; per-buffer events would only add overhead.
+        // SAFETY: every buffer of this crate is used on the stream of the Gpu handle that made
+        // it, whose order already serializes all reads and writes; per-buffer events would only
+        // add overhead.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
         let t = std::time::Instant::now();
         let cubin = compile::compile_cubin(&compile::program_source(), &info.arch())?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .map_err(|e| dev_err("loading the kernel module", e))?;
         let k = Kernels::load(&module)?;
-        Ok(Gpu { ctx, stream, k, info, compile_s: t.elapsed().as_secs_f64() })
+        Ok(Program { ctx, k, info, compile_s: t.elapsed().as_secs_f64() })
     }
+}
 
+impl Gpu {
     /// The device description.
     pub fn info(&self) -> &DeviceInfo {
-        &self.info
+        &self.prog.info
     }
     /// Seconds NVRTC and module loading took.
     pub fn compile_seconds(&self) -> f64 {
-        self.compile_s
+        self.prog.compile_s
     }
     /// The context.
     pub fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
+        &self.prog.ctx
     }
     /// The stream every op runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -193,7 +224,10 @@ impl Gpu {
     }
     /// Makes the context current on the calling thread (cheap when it already is).
     pub fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(|e| dev_err("binding the CUDA context", e))
+        self.prog.ctx.bind_to_thread().map_err(|e| dev_err("binding the CUDA context", e))
+    }
+    pub(crate) fn recorder(&self) -> std::sync::MutexGuard<'_, crate::graph::Recorder> {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner())
     }
     /// Waits for all queued work; reports asynchronous kernel errors.
     pub fn sync(&self) -> Result<()> {

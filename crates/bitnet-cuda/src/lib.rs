@@ -4,6 +4,7 @@
 //!   [`device::probe`]), the kernels compiled by NVRTC for the device's own architecture at first
 //!   use (sources in `kernels/*.cu`, embedded), cached per process.
 //! - [`layout`]: the GPU layout of ternary weights (2-bit codes, 16-byte chunks, 8-row tiles).
+//! - Deferred launches replayed as CUDA graphs ([`Gpu::defer`], [`Gpu::flush`]).
 //! - [`ops`]: typed launchers for every kernel (ternary GEMV/GEMM, RMSNorm with fused int8
 //!   quantization, RoPE, KV store, attention, lm_head, element-wise ops).
 //!
@@ -13,6 +14,7 @@
 
 mod compile;
 pub mod device;
+mod graph;
 pub mod layout;
 pub mod ops;
 

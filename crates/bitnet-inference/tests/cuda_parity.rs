@@ -10,8 +10,13 @@ use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
 use std::path::PathBuf;
 
-const FIXTURES: [&str; 4] =
-    ["online_f32_tied_gqa", "online_bf16_untied_mha", "offline_autobitlinear", "offline_bitlinear"];
+const FIXTURES: [&str; 5] = [
+    "online_f32_tied_gqa",
+    "online_bf16_untied_mha",
+    "offline_autobitlinear",
+    "offline_bitlinear",
+    "offline_autobitlinear_256",
+];
 
 fn fixture_dir(name: &str) -> PathBuf {
     match std::env::var_os("BITNET_FIXTURES") {

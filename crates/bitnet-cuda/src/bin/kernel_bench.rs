@@ -55,6 +55,21 @@ impl Timer {
         self.b.synchronize().map_err(|e| derr("event sync", e))?;
         Ok(self.a.elapsed_ms(&self.b).map_err(|e| derr("elapsed", e))? as f64)
     }
+    /// Milliseconds one replay of `f`'s launches, captured as a CUDA graph, takes (launch gaps
+    /// shrink to the GPU's own; the host's launch rate no longer matters).
+    fn time_graph(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let st = self.gpu.stream();
+        f()?;
+        self.gpu.sync()?;
+        st.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| derr("capture", e))?;
+        let r = f();
+        let g =
+            st.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(|e| derr("end capture", e))?;
+        r?;
+        let g = g.ok_or_else(|| Error::Device("empty graph".into()))?;
+        self.time(|| g.launch().map_err(|e| derr("graph launch", e)))
+    }
 }
 
 fn copies_for(bytes: usize, l2: usize) -> usize {
@@ -85,8 +100,12 @@ fn copy_bandwidth(gpu: &Arc<Gpu>, t: &Timer) -> Result<f64> {
 }
 
 struct Row {
+    /// µs per call, calls captured in a graph.
     us: f64,
+    /// GB/s over the weight bytes at `us`.
     gbs: f64,
+    /// µs per call, launched one by one from the host.
+    us_launch: f64,
 }
 
 fn bench_ternary(
@@ -109,14 +128,15 @@ fn bench_ternary(
     let mut q = QuantActs::new(gpu, m, packed.padded_cols())?;
     ops::quantize_act(gpu, &dx, k, m, &mut q)?;
     let mut out = ops::zeros::<f32>(gpu, m * n)?;
-    let ms = t.time(|| {
+    let mut calls = || {
         for i in 0..iters {
             ops::ternary_matmul(gpu, &ws[i % copies], &q, m, &mut out)?;
         }
         Ok(())
-    })?;
-    let s = ms * 1e-3 / iters as f64;
-    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9 })
+    };
+    let launched = t.time(&mut calls)? * 1e-3 / iters as f64;
+    let s = t.time_graph(&mut calls)? * 1e-3 / iters as f64;
+    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9, us_launch: launched * 1e6 })
 }
 
 fn bench_cublas(
@@ -139,7 +159,7 @@ fn bench_cublas(
     let mut y = ops::zeros::<u16>(gpu, n)?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let st = gpu.stream();
-    let ms = t.time(|| {
+    let mut calls = || {
         for i in 0..iters {
             let (wp, _g1) = ws[i % copies].device_ptr(st);
             let (xp, _g2) = x.device_ptr(st);
@@ -172,9 +192,10 @@ fn bench_cublas(
             .map_err(|e| derr("cublasGemmEx", e))?;
         }
         Ok(())
-    })?;
-    let s = ms * 1e-3 / iters as f64;
-    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9 })
+    };
+    let launched = t.time(&mut calls)? * 1e-3 / iters as f64;
+    let s = t.time_graph(&mut calls)? * 1e-3 / iters as f64;
+    Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9, us_launch: launched * 1e6 })
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -211,7 +232,8 @@ fn run() -> Result<()> {
         println!("cuBLAS not found: its column is skipped");
         None
     };
-    println!("\n{iters} back-to-back calls, weights rotated over > 4x L2. GB/s counts packed weight bytes (2 bits/weight).");
+    println!("\n{iters} back-to-back calls captured in a CUDA graph (in brackets: launched one by one), weights");
+    println!("rotated over > 4x L2. GB/s counts packed weight bytes (2 bits/weight); cuBLAS timed the same way.");
     println!("| N x K | GEMV M=1 µs | GB/s | % copy | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=128 µs |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (&(n, k), &(ms_anchor, blas_anchor)) in SHAPES.iter().zip(&ANCHORS) {
@@ -219,16 +241,17 @@ fn run() -> Result<()> {
         let g8 = bench_ternary(&gpu, &t, n, k, 8, iters)?;
         let gm = bench_ternary(&gpu, &t, n, k, 128, iters.min(100))?;
         let cb = match &blas {
-            Some(b) => Some(bench_cublas(&gpu, &t, b, n, k, iters)?.us),
+            Some(b) => Some(bench_cublas(&gpu, &t, b, n, k, iters)?),
             None => None,
         };
+        let cbs = cb.map_or("-".into(), |r| format!("{:.1} ({:.1})", r.us, r.us_launch));
         println!(
-            "| {n}x{k} | {:.2} | {:.0} | {:.0}% | {} | {} | {} | {:.2} | {:.2} |",
+            "| {n}x{k} | {:.2} ({:.2}) | {:.0} | {:.0}% | {} | {cbs} | {} | {:.2} | {:.2} |",
             g1.us,
+            g1.us_launch,
             g1.gbs,
             100.0 * g1.gbs * 1e9 / copy,
             opt(ms_anchor),
-            opt(cb),
             opt(blas_anchor),
             g8.us,
             gm.us

@@ -193,49 +193,10 @@ pub fn ternary_matmul(
     launch!(gpu, &gpu.k.gemm, dims; wp, xp, sa, sx, s_w, yp, n, m_tok, kc, kp)
 }
 
-/// Symmetric int8 activations for the int8 lm_head: `rows x dp` values and one step per row.
-pub struct SymActs {
-    q: CudaSlice<i8>,
-    step: CudaSlice<f32>,
-    dp: usize,
-}
-
-impl SymActs {
-    /// Room for `rows` rows of width `d` (padded to 16).
-    pub fn new(gpu: &Gpu, rows: usize, d: usize) -> Result<Self> {
-        let dp = d.div_ceil(16) * 16;
-        Ok(SymActs { q: zeros(gpu, rows * dp)?, step: zeros(gpu, rows)?, dp })
-    }
-    /// True if `rows` rows of width `d` fit.
-    pub fn fits(&self, rows: usize, d: usize) -> bool {
-        d.div_ceil(16) * 16 == self.dp && rows <= self.step.len()
-    }
-}
-
-/// Quantizes `rows` rows of width `d` for the int8 lm_head.
-pub fn quantize_sym(
-    gpu: &Gpu,
-    x: &CudaSlice<f32>,
-    d: usize,
-    rows: usize,
-    q: &mut SymActs,
-) -> Result<()> {
-    need(x.len(), rows * d, "quantize_sym input")?;
-    if !q.fits(rows, d) {
-        return Err(Error::shape(format!("lm_head activations do not fit {rows} x {d}")));
-    }
-    let (xp, qp, sp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.step));
-    let (dd, dp) = (to_i32(d, "width")?, q.dp as i32);
-    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
-    // Kernel: quantize_sym(x, q, step, d, dp); lengths checked above.
-    launch!(gpu, &gpu.k.quantize_sym, dims; xp, qp, sp, dd, dp)
-}
-
-/// The int8 lm_head: `rows x dp` int8 (zero-padded) and one scale per row.
+/// The int8 lm_head: `rows x cols` int8 and one scale per row (`cols` a multiple of 16).
 pub struct LmI8 {
     rows: usize,
     cols: usize,
-    dp: usize,
     data: CudaSlice<i8>,
     scales: CudaSlice<f32>,
 }
@@ -252,13 +213,13 @@ impl LmI8 {
         if values.len() != rows * cols || scales.len() != rows || rows == 0 || cols == 0 {
             return Err(Error::shape(format!("int8 lm_head of {rows} x {cols}")));
         }
-        to_i32(rows, "vocabulary")?;
-        let dp = cols.div_ceil(16) * 16;
-        let mut padded = vec![0i8; rows * dp];
-        for (dst, src) in padded.chunks_exact_mut(dp).zip(values.chunks_exact(cols)) {
-            dst[..cols].copy_from_slice(src);
+        if !cols.is_multiple_of(16) {
+            return Err(Error::unsupported(format!(
+                "an int8 lm_head with {cols} columns (need a multiple of 16)"
+            )));
         }
-        Ok(LmI8 { rows, cols, dp, data: upload(gpu, &padded)?, scales: upload(gpu, scales)? })
+        to_i32(rows, "vocabulary")?;
+        Ok(LmI8 { rows, cols, data: upload(gpu, values)?, scales: upload(gpu, scales)? })
     }
     /// Vocabulary rows.
     pub fn rows(&self) -> usize {
@@ -314,26 +275,19 @@ fn batches(rows: usize) -> impl Iterator<Item = (usize, usize)> {
 
 const LM_THREADS: u32 = 256;
 
-/// Logits of `rows` quantized rows: `out[t][v] = (Σ w·x) * (scale[v] * step[t])`.
+/// Logits of `rows` f32 rows `x` (`rows x cols`): `out[t][v] = (Σ q[v]·x[t]) * scale[v]`.
 pub fn lm_head_i8(
     gpu: &Gpu,
     head: &LmI8,
-    x: &SymActs,
+    x: &CudaSlice<f32>,
     rows: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    if x.dp != head.dp || rows > x.step.len() {
-        return Err(Error::shape("int8 lm_head: activation width or rows do not match"));
-    }
+    need(x.len(), rows * head.cols, "lm_head input")?;
     need(out.len(), rows * head.rows, "lm_head output")?;
-    let (wp, sp, xp, stp, op) = (
-        dptr(gpu, &head.data),
-        dptr(gpu, &head.scales),
-        dptr(gpu, &x.q),
-        dptr(gpu, &x.step),
-        dptr(gpu, out),
-    );
-    let (vocab, dq) = (head.rows as i32, (head.dp / 16) as i32);
+    let (wp, sp, xp, op) =
+        (dptr(gpu, &head.data), dptr(gpu, &head.scales), dptr(gpu, x), dptr(gpu, out));
+    let (vocab, dq) = (head.rows as i32, (head.cols / 16) as i32);
     let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS };
     for (t0, m) in batches(rows) {
         let f = match m {
@@ -343,8 +297,8 @@ pub fn lm_head_i8(
             _ => &gpu.k.lm_i8_1,
         };
         let tok0 = t0 as i32;
-        // Kernel: lm_i8_mM(W, wscale, xq, xstep, out, vocab, dq, tok0); tokens tok0..tok0+M < rows.
-        launch!(gpu, f, dims; wp, sp, xp, stp, op, vocab, dq, tok0)?;
+        // Kernel: lm_i8_mM(W, wscale, x, out, vocab, dq, tok0); tokens tok0..tok0+M < rows.
+        launch!(gpu, f, dims; wp, sp, xp, op, vocab, dq, tok0)?;
     }
     Ok(())
 }

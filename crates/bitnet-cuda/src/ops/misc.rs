@@ -1,7 +1,7 @@
 //! Embedding lookup and element-wise operations.
 
 use super::{dptr, launch, need, to_i32, upload, Dims, IdsArg};
-use crate::device::{dev_err, Gpu};
+use crate::device::Gpu;
 use bitnet_core::{Error, Result};
 use cudarc::driver::CudaSlice;
 
@@ -126,8 +126,11 @@ pub fn copy(
     if len == 0 {
         return Ok(());
     }
-    gpu.bind()?;
-    let s = src.slice(src_off..src_off + len);
-    let mut d = dst.slice_mut(dst_off..dst_off + len);
-    gpu.stream().memcpy_dtod(&s, &mut d).map_err(|e| dev_err("device copy", e))
+    let (dp, sp, n) = (
+        dptr(gpu, dst) + 4 * dst_off as u64,
+        dptr(gpu, src) + 4 * src_off as u64,
+        to_i32(len, "length")?,
+    );
+    // Kernel: copy_f32(dst, src, len); both ranges are inside their buffers (checked).
+    launch!(gpu, &gpu.k.copy, elementwise_dims(gpu, len); dp, sp, n)
 }

@@ -12,8 +12,8 @@ mod misc;
 
 pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
 pub use linear::{
-    lm_head_f32, lm_head_i8, quantize_act, quantize_sym, rms_norm, ternary_matmul, DeviceTernary,
-    LmF32, LmI8, QuantActs, SymActs,
+    lm_head_f32, lm_head_i8, quantize_act, rms_norm, ternary_matmul, DeviceTernary, LmF32, LmI8,
+    QuantActs,
 };
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
 
@@ -166,9 +166,17 @@ pub(crate) unsafe fn launch_raw(
     f: &CudaFunction,
     d: Dims,
     params: &mut [*mut c_void],
+    sizes: &[usize],
 ) -> Result<()> {
     if d.grid.0 == 0 || d.grid.1 == 0 || d.grid.2 == 0 {
         return Ok(());
+    }
+    {
+        let mut rec = gpu.recorder();
+        if rec.active {
+            rec.push(crate::graph::Record::new(f.cu_function(), d.grid, d.block, params, sizes));
+            return Ok(());
+        }
     }
     gpu.bind()?;
     cudarc::driver::result::launch_kernel(
@@ -186,9 +194,11 @@ pub(crate) unsafe fn launch_raw(
 macro_rules! launch {
     ($gpu:expr, $f:expr, $dims:expr; $($arg:ident),+ $(,)?) => {{
         let mut params = [$(std::ptr::addr_of!($arg) as *mut std::ffi::c_void),+];
+        let sizes = [$(std::mem::size_of_val(&$arg)),+];
         // SAFETY: see the caller's comment: argument types match the kernel and buffer lengths
-        // were checked; the argument locals outlive this call (the driver copies them).
-        unsafe { $crate::ops::launch_raw($gpu, $f, $dims, &mut params) }
+        // were checked; the argument locals outlive this call (the driver or the recorder copies
+        // them).
+        unsafe { $crate::ops::launch_raw($gpu, $f, $dims, &mut params, &sizes) }
     }};
 }
 pub(crate) use launch;

@@ -6,6 +6,10 @@
 //! BitNet block reads an RMSNorm output): each [`CudaBuf`] carries the int8 copy written by the
 //! last `rms_norm` into it, valid until the buffer is written again; other inputs are quantized
 //! by a separate kernel.
+//!
+//! Single-token (decode) steps after the first two are deferred: their launches are recorded and
+//! issued as one CUDA graph when the logits are downloaded (see `bitnet_cuda::Gpu::flush`); the
+//! token id and position come from two device words written just before the graph runs.
 
 mod host;
 
@@ -14,7 +18,7 @@ use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::{padded_cols, PackedTernary};
 use bitnet_cuda::ops::{
-    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, QuantActs, RowsArg, SymActs,
+    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, QuantActs, RowsArg,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -36,7 +40,6 @@ pub struct CudaBackend {
 #[derive(Default)]
 struct Scratch {
     quant: Option<QuantActs>,
-    sym: Option<SymActs>,
     part: Option<CudaSlice<f32>>,
     rope: HashMap<(u32, usize), CudaSlice<f32>>,
     rows_host: Vec<(usize, usize)>,
@@ -45,6 +48,26 @@ struct Scratch {
     rows_dev_valid: bool,
     ids_host: Vec<i32>,
     ids_dev: Option<CudaSlice<i32>>,
+    step: Step,
+}
+
+/// Decode-step graphs: single-token steps after the first two are deferred and replayed as a CUDA
+/// graph; the token id and row read their values from `ids`/`rows` on the device.
+struct Step {
+    enabled: bool,
+    /// Consecutive single-token steps seen.
+    singles: usize,
+    /// Some while the current step is deferred: (token id, (slot, pos) once known).
+    cur: Option<(u32, Option<(usize, usize)>)>,
+    ids: Option<CudaSlice<i32>>,
+    rows: Option<CudaSlice<i32>>,
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        let enabled = std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Step { enabled, singles: 0, cur: None, ids: None, rows: None }
+    }
 }
 
 /// An f32 activation buffer on the GPU, with the int8 copy of its rows that `rms_norm` wrote.
@@ -94,18 +117,86 @@ impl CudaBackend {
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu
     }
+    /// Turns decode-step CUDA graphs on or off (default on; `BITNET_CUDA_GRAPHS=0` turns them off).
+    pub fn with_graphs(self, on: bool) -> Self {
+        {
+            let mut s = lock(&self.scratch);
+            s.step.enabled = on;
+        }
+        self
+    }
+    /// Issues any deferred launches one by one (before anything that must not be reordered).
+    fn settle(&self) -> Result<()> {
+        lock(&self.scratch).end_step(&self.gpu, false)
+    }
 }
 
 impl Scratch {
+    /// Ends a deferred step: uploads its token id and row, then issues its launches (as a graph
+    /// when `graph`).
+    fn end_step(&mut self, gpu: &Gpu, graph: bool) -> Result<()> {
+        let Some((id, row)) = self.step.cur.take() else { return Ok(()) };
+        let (slot, pos) = row.unwrap_or((0, 0));
+        let conv =
+            |v: usize| i32::try_from(v).map_err(|_| Error::invalid("position overflows i32"));
+        if let (Some(i), Some(r)) = (self.step.ids.as_mut(), self.step.rows.as_mut()) {
+            ops::write(gpu, &[id as i32], i)?;
+            ops::write(gpu, &[conv(slot)?, conv(pos)?], r)?;
+        }
+        gpu.flush(graph)
+    }
+
+    /// Called by `embed`: deferral starts at the third consecutive single-token step.
+    fn begin_step(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Option<IdsArg>> {
+        self.end_step(gpu, false)?;
+        if ids.len() != 1 || !self.step.enabled {
+            self.step.singles = 0;
+            return Ok(None);
+        }
+        self.step.singles += 1;
+        if self.step.singles < 3 {
+            return Ok(None);
+        }
+        if self.step.ids.is_none() {
+            self.step.ids = Some(ops::zeros(gpu, 1)?);
+            self.step.rows = Some(ops::zeros(gpu, 2)?);
+        }
+        let dev = self.step.ids.as_ref().ok_or_else(|| Error::invalid("step ids"))?;
+        let arg = IdsArg::device(gpu, dev, 1)?;
+        self.step.cur = Some((ids[0], None));
+        gpu.defer();
+        Ok(Some(arg))
+    }
+
+    /// The rows argument inside a deferred step (None: not deferring, or the step ended).
+    fn step_rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<Option<RowsArg>> {
+        let Some((_, cur)) = &mut self.step.cur else { return Ok(None) };
+        let this = rows.first().map(|r| (r.slot, r.pos));
+        match (rows.len(), *cur) {
+            (1, None) => *cur = this,
+            (1, Some(r)) if Some(r) == this => {}
+            _ => {
+                self.end_step(gpu, false)?;
+                return Ok(None);
+            }
+        }
+        let dev = self.step.rows.as_ref().ok_or_else(|| Error::invalid("step rows"))?;
+        Ok(Some(RowsArg::device(gpu, dev, 1)?))
+    }
+
     /// Stages `rows` and returns the kernels' row argument (by value up to 8 rows, else a device
     /// table that is re-uploaded only when the rows change).
     fn rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<RowsArg> {
+        let step = self.step_rows(gpu, rows)?;
         let same = self.rows_host.len() == rows.len()
             && self.rows_host.iter().zip(rows).all(|(&(s, p), r)| s == r.slot && p == r.pos);
         if !same {
             self.rows_host.clear();
             self.rows_host.extend(rows.iter().map(|r| (r.slot, r.pos)));
             self.rows_dev_valid = false;
+        }
+        if let Some(a) = step {
+            return Ok(a);
         }
         if let Some(a) = RowsArg::small(&self.rows_host)? {
             return Ok(a);
@@ -120,6 +211,7 @@ impl Scratch {
                 self.rows_table.push(conv(p)?);
             }
             if self.rows_dev.as_ref().is_none_or(|d| d.len() < self.rows_table.len()) {
+                self.end_step(gpu, false)?;
                 self.rows_dev = Some(ops::zeros(gpu, self.rows_table.len().max(256))?);
             }
             let dev = self.rows_dev.as_mut().ok_or_else(|| Error::invalid("row table"))?;
@@ -142,6 +234,7 @@ impl Scratch {
             );
         }
         if self.ids_dev.as_ref().is_none_or(|d| d.len() < ids.len()) {
+            self.end_step(gpu, false)?;
             self.ids_dev = Some(ops::zeros(gpu, ids.len().max(256))?);
         }
         let dev = self.ids_dev.as_mut().ok_or_else(|| Error::invalid("id table"))?;
@@ -151,6 +244,7 @@ impl Scratch {
 
     fn quant(&mut self, gpu: &Gpu, rows: usize, kp: usize) -> Result<&mut QuantActs> {
         if !self.quant.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            self.end_step(gpu, false)?;
             self.quant = Some(QuantActs::new(gpu, rows.max(8), kp)?);
         }
         self.quant.as_mut().ok_or_else(|| Error::invalid("quantization scratch"))
@@ -169,10 +263,11 @@ impl Backend for CudaBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Self::Buf> {
+        self.settle()?;
         Ok(CudaBuf { data: ops::zeros(&self.gpu, len)?, len, q: None, q_shape: None })
     }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
-        let mut b = self.alloc(data.len())?;
+        let mut b = self.alloc(data.len())?; // settles deferred launches
         ops::write(&self.gpu, data, &mut b.data)?;
         Ok(b)
     }
@@ -184,14 +279,17 @@ impl Backend for CudaBackend {
                 out.len()
             )));
         }
+        lock(&self.scratch).end_step(&self.gpu, true)?;
         ops::download(&self.gpu, &buf.data, out)
     }
 
     fn linear(&self, w: I2sMatrix) -> Result<Self::Linear> {
+        self.settle()?;
         let packed = PackedTernary::pack(&w.to_ternary(), w.rows(), w.cols())?;
         Ok(CudaLinear(DeviceTernary::upload(&self.gpu, &packed, w.scale())?))
     }
     fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding> {
+        self.settle()?;
         let (r, c) = (table.rows(), table.cols());
         match host::f16_bits(&table) {
             Some(bits) => EmbedTable::f16(&self.gpu, &bits, r, c),
@@ -199,6 +297,7 @@ impl Backend for CudaBackend {
         }
     }
     fn lm_head(&self, table: DenseMatrix, mode: LmHeadMode) -> Result<Self::LmHead> {
+        self.settle()?;
         let (r, c) = (table.rows(), table.cols());
         Ok(match mode {
             LmHeadMode::F32 => {
@@ -211,6 +310,7 @@ impl Backend for CudaBackend {
         })
     }
     fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
+        self.settle()?;
         let dims = CacheDims {
             layers: shape.layers,
             slots: shape.slots,
@@ -223,7 +323,12 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
-        let a = lock(&self.scratch).ids(&self.gpu, ids)?;
+        let mut s = lock(&self.scratch);
+        let a = match s.begin_step(&self.gpu, ids)? {
+            Some(a) => a,
+            None => s.ids(&self.gpu, ids)?,
+        };
+        drop(s);
         ops::embed(&self.gpu, e, &a, ids, out.touched())
     }
 
@@ -238,6 +343,7 @@ impl Backend for CudaBackend {
         let d = w.len;
         let kp = padded_cols(d);
         if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            self.settle()?;
             out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
         }
         ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, &mut out.data, out.q.as_mut())?;
@@ -333,6 +439,7 @@ impl Backend for CudaBackend {
         let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
         let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
         if s.part.as_ref().is_none_or(|p| p.len() < need) {
+            s.end_step(&self.gpu, false)?;
             s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
         }
         let Scratch { part, rows_host, .. } = &mut *s;
@@ -382,15 +489,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         match head {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
-            CudaLmHead::I8(h) => {
-                let mut s = lock(&self.scratch);
-                if !s.sym.as_ref().is_some_and(|q| q.fits(rows, h.cols())) {
-                    s.sym = Some(SymActs::new(&self.gpu, rows.max(8), h.cols())?);
-                }
-                let q = s.sym.as_mut().ok_or_else(|| Error::invalid("lm_head scratch"))?;
-                ops::quantize_sym(&self.gpu, &x.data, h.cols(), rows, q)?;
-                ops::lm_head_i8(&self.gpu, h, q, rows, out.touched())
-            }
+            CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
         }
     }
 }
