@@ -16,18 +16,16 @@ extern "C" __global__ void embed_f32(const float* __restrict__ table, const __gr
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];
 }
 
-// Rotate-half RoPE in place on row r (grid: rows) of `heads` heads: with a = pos * inv_freq[i],
+// Rotate-half RoPE in place on head blockIdx.y of row blockIdx.x: with a = pos * inv_freq[i],
 // (x_i, x_{i+half}) <- (x_i cos a - x_{i+half} sin a, x_{i+half} cos a + x_i sin a).
 extern "C" __global__ void rope(float* __restrict__ x, const float* __restrict__ inv_freq,
                                 const __grid_constant__ RowsArg rows, int heads, int hd) {
-    const int r = blockIdx.x, half = hd >> 1;
+    const int r = blockIdx.x, h = blockIdx.y, half = hd >> 1;
     const float pos = (float)row_pos(rows, r);
-    float* xr = x + (size_t)r * heads * hd;
-    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
-        const int h = i / half, j = i - h * half;
+    float* v = x + ((size_t)r * heads + h) * hd;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
         float sn, cs;
         sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
-        float* v = xr + h * hd;
         const float x1 = v[j], x2 = v[j + half];
         v[j] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
         v[j + half] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));

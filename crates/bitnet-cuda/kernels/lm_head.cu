@@ -19,18 +19,36 @@ __device__ __forceinline__ float dot4(float4 w, float4 x, float acc) {
     return fmaf(w.w, x.w, acc);
 }
 
+// 16 activations of token row `xr` from column `k0` (zero past `d`); float4 loads when aligned.
+__device__ __forceinline__ void load_x16(const float* __restrict__ xr, int k0, int d, bool vec,
+                                         float4 (&xv)[4]) {
+    if (vec) {
+        const float4* p = (const float4*)(xr + k0);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) xv[j] = __ldg(p + j);
+    } else {
+        float t[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) t[e] = k0 + e < d ? __ldg(xr + k0 + e) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) xv[j] = make_float4(t[4 * j], t[4 * j + 1], t[4 * j + 2], t[4 * j + 3]);
+    }
+}
+
 // int8 rows with one f32 scale per row, times f32 activations (as the CPU's I8Matrix):
-// out = (Σ q·x) * scale[row]. `d` (a multiple of 16) is the row width; dq = d / 16 chunks.
+// out = (Σ q·x) * scale[row]. Rows of W are dq = ceil(d / 16) chunks (zero-padded); x rows are
+// `d` values.
 template <int M>
 __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
                                            const float* __restrict__ wscale,
                                            const float* __restrict__ x, float* __restrict__ out,
-                                           int vocab, int dq, int tok0) {
+                                           int vocab, int dq, int d, int tok0) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= vocab) return;
     const uint4* wr = W + (size_t)row * dq;
-    const float4* xa = (const float4*)x + (size_t)tok0 * dq * 4;
+    const float* xa = x + (size_t)tok0 * d;
+    const bool vec = (d & 15) == 0;
     float acc[M];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0.0f;
@@ -50,12 +68,13 @@ __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
                 const float4 w2 = i8x4_to_f32(wv[u].z), w3 = i8x4_to_f32(wv[u].w);
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
-                    const float4* xm = xa + ((size_t)m * dq + c) * 4;
+                    float4 xv[4];
+                    load_x16(xa + (size_t)m * d, 16 * c, d, vec, xv);
                     float a = acc[m];
-                    a = dot4(w0, __ldg(xm + 0), a);
-                    a = dot4(w1, __ldg(xm + 1), a);
-                    a = dot4(w2, __ldg(xm + 2), a);
-                    acc[m] = dot4(w3, __ldg(xm + 3), a);
+                    a = dot4(w0, xv[0], a);
+                    a = dot4(w1, xv[1], a);
+                    a = dot4(w2, xv[2], a);
+                    acc[m] = dot4(w3, xv[3], a);
                 }
             }
         }
@@ -99,8 +118,8 @@ __device__ __forceinline__ void lm_f32_body(const float4* __restrict__ W,
     extern "C" __global__ void __launch_bounds__(256)                                          \
         lm_i8_m##M(const uint4* __restrict__ W, const float* __restrict__ wscale,              \
                    const float* __restrict__ x, float* __restrict__ out, int vocab, int dq,    \
-                   int tok0) {                                                                 \
-        lm_i8_body<M>(W, wscale, x, out, vocab, dq, tok0);                                     \
+                   int d, int tok0) {                                                          \
+        lm_i8_body<M>(W, wscale, x, out, vocab, dq, d, tok0);                                  \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         lm_f32_m##M(const float4* __restrict__ W, const float* __restrict__ x,                 \

@@ -51,7 +51,8 @@ pub fn rope(
     need(inv_freq.len(), hd / 2, "rope frequencies")?;
     let (xp, fp, r) = (dptr(gpu, x), dptr(gpu, inv_freq), *rows);
     let (h, d) = (to_i32(heads, "heads")?, to_i32(hd, "head_dim")?);
-    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128 };
+    let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
+    let dims = Dims { grid: (rows.len() as u32, heads as u32, 1), block };
     // Kernel: rope(x, inv_freq, rows, heads, hd); x holds rows x heads x hd (checked).
     launch!(gpu, &gpu.k.rope, dims; xp, fp, r, h, d)
 }
@@ -97,11 +98,11 @@ pub fn store_kv(
 }
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
-/// context is `max_len`: enough blocks to fill the GPU twice, at least 64 positions per split.
+/// context is `max_len`: enough blocks to fill the GPU twice, at least 16 positions per split.
 pub fn attention_splits(gpu: &Gpu, rows: usize, heads: usize, max_len: usize) -> usize {
     let blocks = (rows * heads).max(1);
     let want = (2 * gpu.info().sms as usize).div_ceil(blocks);
-    want.min(max_len.div_ceil(64)).clamp(1, 64)
+    want.min(max_len.div_ceil(16)).clamp(1, 64)
 }
 
 /// Scratch values attention needs for `splits > 1`.

@@ -104,6 +104,8 @@ impl QuantActs {
 }
 
 const NORM_THREADS: u32 = 256;
+/// Values per thread of the RMSNorm kernel (`NORM_PER` in norm.cu).
+const NORM_PER: usize = 8;
 
 /// `out[r] = w * x[r] / rms(x[r])` for `rows` rows of width `d = w.len()`; when `q` is given the
 /// rows are also quantized into it (BitLinear quantization, bit-exact with the CPU's).
@@ -131,8 +133,13 @@ pub fn rms_norm(
         (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
         q.rows = rows;
     }
-    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
-    // Kernel: rms_norm_q(x, w, out, q, qscale, qsum, d, kp, eps); lengths checked above.
+    if d > NORM_PER * 1024 {
+        return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 8192)")));
+    }
+    let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
+    let dims = Dims { grid: (rows as u32, 1, 1), block };
+    // Kernel: rms_norm_q(x, w, out, q, qscale, qsum, d, kp, eps); lengths checked above, and
+    // block * NORM_PER >= d.
     launch!(gpu, &gpu.k.rms_norm_q, dims; xp, wp, op, qp, sp, mp, dd, kp, eps)
 }
 
@@ -193,10 +200,11 @@ pub fn ternary_matmul(
     launch!(gpu, &gpu.k.gemm, dims; wp, xp, sa, sx, s_w, yp, n, m_tok, kc, kp)
 }
 
-/// The int8 lm_head: `rows x cols` int8 and one scale per row (`cols` a multiple of 16).
+/// The int8 lm_head: `rows x cols` int8 (rows zero-padded to 16 bytes) and one scale per row.
 pub struct LmI8 {
     rows: usize,
     cols: usize,
+    dp: usize,
     data: CudaSlice<i8>,
     scales: CudaSlice<f32>,
 }
@@ -213,13 +221,18 @@ impl LmI8 {
         if values.len() != rows * cols || scales.len() != rows || rows == 0 || cols == 0 {
             return Err(Error::shape(format!("int8 lm_head of {rows} x {cols}")));
         }
-        if !cols.is_multiple_of(16) {
-            return Err(Error::unsupported(format!(
-                "an int8 lm_head with {cols} columns (need a multiple of 16)"
-            )));
-        }
-        to_i32(rows, "vocabulary")?;
-        Ok(LmI8 { rows, cols, data: upload(gpu, values)?, scales: upload(gpu, scales)? })
+        to_i32(rows * cols, "lm_head size")?;
+        let dp = cols.div_ceil(16) * 16;
+        let data = if dp == cols {
+            upload(gpu, values)?
+        } else {
+            let mut padded = vec![0i8; rows * dp];
+            for (dst, src) in padded.chunks_exact_mut(dp).zip(values.chunks_exact(cols)) {
+                dst[..cols].copy_from_slice(src);
+            }
+            upload(gpu, &padded)?
+        };
+        Ok(LmI8 { rows, cols, dp, data, scales: upload(gpu, scales)? })
     }
     /// Vocabulary rows.
     pub fn rows(&self) -> usize {
@@ -287,7 +300,7 @@ pub fn lm_head_i8(
     need(out.len(), rows * head.rows, "lm_head output")?;
     let (wp, sp, xp, op) =
         (dptr(gpu, &head.data), dptr(gpu, &head.scales), dptr(gpu, x), dptr(gpu, out));
-    let (vocab, dq) = (head.rows as i32, (head.cols / 16) as i32);
+    let (vocab, dq, d) = (head.rows as i32, (head.dp / 16) as i32, head.cols as i32);
     let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS };
     for (t0, m) in batches(rows) {
         let f = match m {
@@ -297,8 +310,8 @@ pub fn lm_head_i8(
             _ => &gpu.k.lm_i8_1,
         };
         let tok0 = t0 as i32;
-        // Kernel: lm_i8_mM(W, wscale, x, out, vocab, dq, tok0); tokens tok0..tok0+M < rows.
-        launch!(gpu, f, dims; wp, sp, xp, op, vocab, dq, tok0)?;
+        // Kernel: lm_i8_mM(W, wscale, x, out, vocab, dq, d, tok0); tokens tok0..tok0+M < rows.
+        launch!(gpu, f, dims; wp, sp, xp, op, vocab, dq, d, tok0)?;
     }
     Ok(())
 }
