@@ -1,0 +1,277 @@
+//! The simple API: [`Engine::load`] a model, [`Engine::generate`] text, or stream tokens.
+//!
+//! ```no_run
+//! use bitnet_inference::{Engine, GenerationConfig};
+//! let mut engine = Engine::load("path/to/model")?;
+//! let out = engine.generate("The meaning of life is", &GenerationConfig::default())?;
+//! println!("{}", out.text);
+//! # Ok::<(), bitnet_core::Error>(())
+//! ```
+
+mod builder;
+mod types;
+
+pub use builder::EngineBuilder;
+pub(crate) use builder::{dims_from_config, weight_kind};
+pub use types::{GenerationConfig, Output, StopReason, Timings, TokenEvent};
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::models::Dims;
+use crate::runner::Runner;
+use crate::sampling::Sampler;
+use crate::sampling::{StopChecker, StopConditions, StopReason as StopKind};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+use bitnet_core::{Error, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// A loaded model ready to generate.
+pub struct Engine {
+    pub(super) runner: Box<dyn Runner>,
+    pub(super) tokenizer: Option<Tokenizer>,
+    pub(super) chat: Option<ChatTemplate>,
+    pub(super) eos: Vec<u32>,
+    /// Token ids whose keys/values are in the KV cache (reused as a prefix).
+    pub(super) cached: Vec<u32>,
+    pub(super) logits: Vec<f32>,
+    pub(super) load_s: f64,
+    pub(super) fallback: Option<String>,
+}
+
+impl Engine {
+    /// Loads a model (HF directory or GGUF file) with default options.
+    pub fn load(path: impl AsRef<Path>) -> Result<Engine> {
+        EngineBuilder::default().model(path.as_ref()).build()
+    }
+    /// Options for loading.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+    /// Model dimensions.
+    pub fn dims(&self) -> &Dims {
+        self.runner.dims()
+    }
+    /// Backend description.
+    pub fn describe(&self) -> String {
+        self.runner.describe()
+    }
+    /// Seconds and calls per backend operation since the last call (empty unless profiling).
+    pub fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        self.runner.take_profile()
+    }
+    /// Why `--device auto` fell back to the CPU, if it did (for one log line).
+    pub fn device_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+    /// Seconds the load took.
+    pub fn load_seconds(&self) -> f64 {
+        self.load_s
+    }
+    /// The tokenizer, if the model came with one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+    /// KV-cache length.
+    pub fn context_len(&self) -> usize {
+        self.runner.context_len()
+    }
+
+    fn tok(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::invalid("this model has no tokenizer (tokenizer.json); pass token ids instead")
+        })
+    }
+
+    /// Encodes text with the model's tokenizer.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        self.tok()?.encode(text, add_bos)
+    }
+
+    /// Formats a conversation with the model's chat template (or the BitNet 2B-4T format).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
+        match &self.chat {
+            Some(t) => t.render(messages, true),
+            None => ChatTemplate::bitnet().render(messages, true),
+        }
+    }
+
+    /// The logits at every position of `ids` (`ids.len()` rows of `vocab`).
+    pub fn logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.check_ids(ids)?;
+        self.cached.clear();
+        let mut out = Vec::new();
+        self.runner.forward(ids, 0, true, &mut out)?;
+        self.cached = ids.to_vec();
+        Ok(out.chunks(self.dims().vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Low level: runs `ids` at positions `start..` in the KV cache and returns the logits of
+    /// the last row (or every row with `all`). For benchmarks and custom loops.
+    pub fn forward_tokens(&mut self, ids: &[u32], start: usize, all: bool) -> Result<&[f32]> {
+        self.check_ids(ids)?;
+        if start + ids.len() > self.context_len() {
+            return Err(Error::invalid(format!(
+                "positions {start}..{} exceed the context of {}",
+                start + ids.len(),
+                self.context_len()
+            )));
+        }
+        self.cached.truncate(start.min(self.cached.len()));
+        self.runner.forward(ids, start, all, &mut self.logits)?;
+        if self.cached.len() == start {
+            self.cached.extend_from_slice(ids);
+        }
+        Ok(&self.logits)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let v = self.dims().vocab;
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(Error::invalid(format!(
+                "token id {bad} is out of range (vocabulary of {v})"
+            )));
+        }
+        if ids.len() > self.context_len() {
+            return Err(Error::invalid(format!(
+                "the prompt has {} tokens but the context holds {}",
+                ids.len(),
+                self.context_len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Generates from a text prompt.
+    pub fn generate(&mut self, prompt: &str, cfg: &GenerationConfig) -> Result<Output> {
+        let ids = self.encode(prompt, cfg.add_bos)?;
+        self.generate_ids_stream(&ids, cfg, |_| true)
+    }
+
+    /// Generates from token ids.
+    pub fn generate_ids(&mut self, ids: &[u32], cfg: &GenerationConfig) -> Result<Output> {
+        self.generate_ids_stream(ids, cfg, |_| true)
+    }
+
+    /// Generates from a text prompt, calling `on_token` for each token as it is produced;
+    /// return `false` from it to stop.
+    pub fn generate_stream(
+        &mut self,
+        prompt: &str,
+        cfg: &GenerationConfig,
+        on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Output> {
+        let ids = self.encode(prompt, cfg.add_bos)?;
+        self.generate_ids_stream(&ids, cfg, on_token)
+    }
+
+    /// Generates from token ids with a per-token callback (see [`Engine::generate_stream`]).
+    pub fn generate_ids_stream(
+        &mut self,
+        ids: &[u32],
+        cfg: &GenerationConfig,
+        mut on_token: impl FnMut(&TokenEvent) -> bool,
+    ) -> Result<Output> {
+        cfg.sampling.validate()?;
+        if ids.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        self.check_ids(ids)?;
+        let mut timings = Timings::default();
+        // Reuse the cached prefix (chat turns, repeated prompts); always recompute the last token.
+        let reuse = common_prefix(&self.cached, ids).min(ids.len() - 1);
+        self.cached.truncate(reuse);
+        let t0 = Instant::now();
+        let mut logits = std::mem::take(&mut self.logits);
+        self.runner.forward(&ids[reuse..], reuse, false, &mut logits)?;
+        self.cached.extend_from_slice(&ids[reuse..]);
+        timings.prompt_tokens = ids.len() - reuse;
+        timings.prompt_s = t0.elapsed().as_secs_f64();
+
+        let mut sampler = Sampler::new(cfg.sampling.clone())?;
+        let mut stop_ids = cfg.stop_tokens.clone();
+        if !cfg.ignore_eos {
+            stop_ids.extend_from_slice(&self.eos);
+        }
+        let mut checker = StopChecker::new(StopConditions {
+            max_tokens: Some(cfg.max_tokens),
+            stop_ids,
+            stop_strings: cfg.stop_strings.clone(),
+        });
+        let tok = self.tokenizer.as_ref();
+        let mut decoder = StreamDecoder::new(true);
+        let mut generated = Vec::new();
+        let mut reason = StopReason::MaxTokens;
+        let t1 = Instant::now();
+        let mut context: Vec<u32> = ids.to_vec();
+        while generated.len() < cfg.max_tokens {
+            let next = sampler.sample(&mut logits, &context)?;
+            generated.push(next);
+            context.push(next);
+            let stop = checker.on_token(next);
+            if let Some(StopKind::StopToken(_)) = stop {
+                reason = StopReason::StopToken;
+                break;
+            }
+            let delta = match tok {
+                Some(t) => decoder.push(t, next)?,
+                None => String::new(),
+            };
+            let (emit, by_string) = checker.push_text(&delta);
+            if !on_token(&TokenEvent { id: next, text: &emit }) {
+                reason = StopReason::Cancelled;
+                break;
+            }
+            if by_string.is_some() {
+                reason = StopReason::StopString;
+                break;
+            }
+            if stop.is_some() {
+                break; // max tokens
+            }
+            if self.cached.len() >= self.context_len() {
+                reason = StopReason::ContextFull;
+                break;
+            }
+            let pos = self.cached.len();
+            self.runner.forward(&[next], pos, false, &mut logits)?;
+            self.cached.push(next);
+        }
+        if reason != StopReason::StopString && reason != StopReason::Cancelled {
+            // Release text held back (an unfinished character or a possible stop-string prefix).
+            let tail = match tok {
+                Some(t) => decoder.finish(t)?,
+                None => String::new(),
+            };
+            let (mut emit, _) = checker.push_text(&tail);
+            emit.push_str(&checker.finish());
+            if let (false, Some(&last)) = (emit.is_empty(), generated.last()) {
+                on_token(&TokenEvent { id: last, text: &emit });
+            }
+        }
+        let text = checker.text().to_string();
+        timings.generated_tokens = generated.len();
+        timings.generate_s = t1.elapsed().as_secs_f64();
+        self.logits = logits;
+        Ok(Output {
+            prompt_ids: ids.to_vec(),
+            generated_ids: generated,
+            text,
+            stop_reason: reason,
+            timings,
+        })
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_prefix_counts_equal_leading_ids() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+    }
+}
