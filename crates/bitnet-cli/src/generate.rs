@@ -13,7 +13,8 @@ use std::path::PathBuf;
 /// Which model to load and how.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model: a Hugging Face directory (config.json + *.safetensors) or a GGUF file.
+    /// Model: a Hugging Face directory (config.json + *.safetensors) or a GGUF file
+    /// (default: the model shipped in models/default).
     #[arg(short, long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Use a synthetic model with random weights instead of a file: 2b4t, large or tiny.
@@ -59,7 +60,7 @@ impl ModelArgs {
         b = match (&self.model, &self.synthetic) {
             (Some(p), _) => b.model(p),
             (None, Some(s)) => b.synthetic(s),
-            (None, None) => bail!("no model given: pass -m PATH (an HF directory or a GGUF file)"),
+            (None, None) => b.model(default_model_dir()?),
         };
         let bar = progress_bar("loading");
         let engine = b.build_with_progress(|done, total| {
@@ -73,6 +74,20 @@ impl ModelArgs {
         }
         Ok(engine)
     }
+}
+
+/// The model shipped in the repository (`models/default`), found from this crate's source
+/// directory at build time: no download, no copy in the binary.
+fn default_model_dir() -> Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
+    if !dir.join("config.json").is_file() {
+        bail!(
+            "no model given and the shipped default model is not at {}: pass -m PATH \
+             (an HF directory or a GGUF file)",
+            dir.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// A layer-count progress bar on stderr, hidden when stderr is not a terminal.

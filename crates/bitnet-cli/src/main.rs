@@ -4,6 +4,7 @@ mod bench;
 mod convert;
 mod generate;
 mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Benchmark prompt processing and generation speed (llama-bench style).
     Bench(bench::BenchArgs),
+    /// Train a BitNet model (quantization-aware) on a text corpus into an HF directory.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -40,6 +43,7 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = r {
         // `bitnet inspect m | head` closing the pipe is not an error.
