@@ -8,22 +8,9 @@ use bitnet_core::{Device, DeviceRequest};
 use bitnet_inference::backend::LmHeadMode;
 use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
-use std::path::PathBuf;
 
-const FIXTURES: [&str; 5] = [
-    "online_f32_tied_gqa",
-    "online_bf16_untied_mha",
-    "offline_autobitlinear",
-    "offline_bitlinear",
-    "offline_autobitlinear_256",
-];
-
-fn fixture_dir(name: &str) -> PathBuf {
-    match std::env::var_os("BITNET_FIXTURES") {
-        Some(d) => PathBuf::from(d).join(name),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name),
-    }
-}
+mod common;
+use common::{check_logits, fixture_dir, reference, FIXTURES};
 
 fn have_cuda() -> bool {
     match bitnet_inference::backend::cuda::probe(0) {
@@ -33,27 +20,6 @@ fn have_cuda() -> bool {
             false
         }
     }
-}
-
-struct Reference {
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy_ids: Vec<u32>,
-}
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture_dir(name).join("reference.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-    };
-    let logits = v["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect();
-    Reference { input_ids: ids("input_ids"), logits, greedy_ids: ids("greedy_ids") }
 }
 
 fn engine(name: &str, head: LmHeadMode, chunk: usize) -> Engine {
@@ -66,30 +32,6 @@ fn engine(name: &str, head: LmHeadMode, chunk: usize) -> Engine {
         .unwrap();
     assert!(e.describe().starts_with("cuda:0"), "not on the GPU: {}", e.describe());
     e
-}
-
-fn top2(r: &[f32]) -> (usize, f32) {
-    let mut idx: Vec<usize> = (0..r.len()).collect();
-    idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
-    (idx[0], r[idx[0]] - r[idx[1]])
-}
-
-fn check_logits(name: &str, got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
-    assert_eq!(got.len(), want.len(), "{name}: rows");
-    let maxmag = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-2 * maxmag;
-    let mut worst = 0f32;
-    for (pos, (g, w)) in got.iter().zip(want).enumerate() {
-        let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(g.iter().all(|v| v.is_finite()), "{name} pos {pos}: non-finite logits");
-        worst = worst.max(err / maxmag);
-        assert!(err <= tol, "{name} pos {pos}: max abs error {err} > {tol}");
-        let (wtop, margin) = top2(w);
-        if margin > tol {
-            assert_eq!(top2(g).0, wtop, "{name} pos {pos}: top-1 differs (margin {margin})");
-        }
-    }
-    worst
 }
 
 #[test]

@@ -3,71 +3,27 @@
 //! exceeds that, and greedy generation reproducing the reference's continuation.
 //! Fixtures come from `tools/make_fixtures.py` (see tests/fixtures/README.md).
 
+use bitnet_core::{Device, DeviceRequest};
 use bitnet_inference::backend::LmHeadMode;
 use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
-use std::path::PathBuf;
 
-const FIXTURES: [&str; 5] = [
-    "online_f32_tied_gqa",
-    "online_bf16_untied_mha",
-    "offline_autobitlinear",
-    "offline_bitlinear",
-    "offline_autobitlinear_256",
-];
+mod common;
+use common::{check_logits, fixture_dir, reference, FIXTURES};
 
-fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
-}
-
-struct Reference {
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy_ids: Vec<u32>,
-}
-
-fn reference(name: &str) -> Reference {
-    let text = std::fs::read_to_string(fixture_dir(name).join("reference.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-    };
-    let logits = v["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect();
-    Reference { input_ids: ids("input_ids"), logits, greedy_ids: ids("greedy_ids") }
-}
-
+/// The CPU backend, pinned (cuda_parity.rs covers the GPU).
 fn engine(name: &str, head: LmHeadMode) -> Engine {
-    Engine::builder().model(fixture_dir(name)).threads(2).lm_head(head).build().unwrap()
+    Engine::builder()
+        .model(fixture_dir(name))
+        .device(cpu())
+        .threads(2)
+        .lm_head(head)
+        .build()
+        .unwrap()
 }
 
-fn top2(r: &[f32]) -> (usize, f32) {
-    let mut idx: Vec<usize> = (0..r.len()).collect();
-    idx.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
-    (idx[0], r[idx[0]] - r[idx[1]])
-}
-
-/// Checks logits against the reference; returns the worst error relative to max |logit|.
-fn check_logits(name: &str, got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
-    assert_eq!(got.len(), want.len(), "{name}: rows");
-    let maxmag = want.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-2 * maxmag;
-    let mut worst = 0f32;
-    for (pos, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.len(), w.len(), "{name}: vocab");
-        let err = g.iter().zip(w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        worst = worst.max(err / maxmag);
-        assert!(err <= tol, "{name} pos {pos}: max abs error {err} > {tol}");
-        let (wtop, margin) = top2(w);
-        if margin > tol {
-            assert_eq!(top2(g).0, wtop, "{name} pos {pos}: top-1 differs (margin {margin})");
-        }
-    }
-    worst
+fn cpu() -> DeviceRequest {
+    DeviceRequest::Exact(Device::Cpu)
 }
 
 #[test]
@@ -123,6 +79,7 @@ fn decode_with_kv_cache_equals_full_recompute() {
     let full = a.logits(&r.input_ids).unwrap();
     let mut b = Engine::builder()
         .model(fixture_dir(name))
+        .device(cpu())
         .threads(1)
         .prefill_chunk(1)
         .lm_head(LmHeadMode::F32)
@@ -138,7 +95,8 @@ fn decode_with_kv_cache_equals_full_recompute() {
 #[test]
 fn bad_requests_are_errors_not_panics() {
     let name = FIXTURES[0];
-    let mut e = Engine::builder().model(fixture_dir(name)).context_len(16).build().unwrap();
+    let mut e =
+        Engine::builder().model(fixture_dir(name)).device(cpu()).context_len(16).build().unwrap();
     let vocab = e.dims().vocab as u32;
     assert!(e.logits(&[0, vocab]).unwrap_err().to_string().contains("out of range"));
     let long: Vec<u32> = (0..17).collect();
