@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// Also time every backend operation and print where generation time goes.
     #[arg(long)]
     profile: bool,
+    /// Batched decode test at these batch sizes (comma-separated): each sequence gets its own
+    /// KV-cache slot and an `-p`-token prompt, then `-n` steps carry one row per sequence.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
 }
 
 struct Stat {
@@ -95,6 +99,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None
     };
     let tg_profile = engine.take_profile();
+    let batched = batched_decode(&mut engine, &a)?;
     let ternary = ternary_params(&engine);
     let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
     let bytes_per_token = ternary / 4 + head_bytes;
@@ -112,6 +117,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "tg": tg.as_ref().map(|v| stat(v).mean), "tg_sd": tg.as_ref().map(|v| stat(v).sd),
             "n_prompt": a.n_prompt, "n_gen": a.n_gen,
             "bytes_per_token": bytes_per_token, "peak_rss": rss,
+            "batched": batched.iter().map(|(b, g, m)| serde_json::json!({
+                "batch": b, "tg": stat(g).mean, "tg_sd": stat(g).sd,
+                "tg_no_argmax": stat(m).mean, "tg_no_argmax_sd": stat(m).sd,
+            })).collect::<Vec<_>>(),
         });
         println!("{j}");
         return Ok(());
@@ -137,6 +146,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
             s.mean * bytes_per_token as f64 / 1e9
         );
     }
+    if !batched.is_empty() {
+        println!(
+            "\nbatched decode (pp{} per sequence, tg{} steps; aggregate generated t/s):",
+            a.n_prompt.max(1),
+            a.n_gen
+        );
+        println!("| batch | t/s (greedy, host argmax) | t/s (logits row 0 only) |");
+        println!("| ---: | ---: | ---: |");
+        for (bs, g, m) in &batched {
+            let (g, m) = (stat(g), stat(m));
+            println!("| {bs} | {:.2} ± {:.2} | {:.2} ± {:.2} |", g.mean, g.sd, m.mean, m.sd);
+        }
+    }
     if let Some(r) = rss {
         println!("peak RSS: {:.1} MiB", r as f64 / (1 << 20) as f64);
     }
@@ -144,6 +166,36 @@ pub fn run(a: BenchArgs) -> Result<()> {
     print_profile("prompt processing", &pp_profile, runs * a.n_prompt as f64);
     print_profile("generation", &tg_profile, runs * a.n_gen as f64);
     Ok(())
+}
+
+/// Per batch size: aggregate tokens/s of each repetition, greedy and without host argmax.
+type Batched = Vec<(usize, Vec<f64>, Vec<f64>)>;
+
+fn batched_decode(engine: &mut Engine, a: &BenchArgs) -> Result<Batched> {
+    let vocab = engine.dims().vocab;
+    let prompt = a.n_prompt.max(1);
+    if !a.batch.is_empty() && a.n_gen == 0 {
+        bail!("--batch needs -n > 0 decode steps");
+    }
+    let mut out = Vec::new();
+    for &bs in &a.batch {
+        if bs == 0 {
+            bail!("--batch sizes must be at least 1");
+        }
+        let prompts: Vec<Vec<u32>> = (0..bs)
+            .map(|b| (0..prompt).map(|i| ((i * 7919 + b * 104_729 + 13) % vocab) as u32).collect())
+            .collect();
+        let mut runs = |greedy: bool| -> Result<Vec<f64>> {
+            engine.decode_batch(&prompts, a.n_gen, greedy)?; // warm-up
+            (0..a.reps.max(1))
+                .map(|_| Ok(engine.decode_batch(&prompts, a.n_gen, greedy)?.tokens_per_second()))
+                .collect()
+        };
+        let g = runs(true)?;
+        let m = runs(false)?;
+        out.push((bs, g, m));
+    }
+    Ok(out)
 }
 
 fn print_profile(what: &str, profile: &[(&'static str, f64, u64)], tokens: f64) {

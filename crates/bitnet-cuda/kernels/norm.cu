@@ -6,15 +6,18 @@
 // out[r] = w * (x[r] / rms(x[r])); if `q` is set, also the per-token int8 quantization of out[r]
 // exactly as bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
 // q = clamp(round_half_even(v * s), -128, 127), zero past `d` up to `kp`; scale s and Σq.
+// If `y` is set, x[r] += y[r] first (written back: the residual add fused in).
 // Grid: one block per row; each thread keeps its NORM_PER values in registers.
-extern "C" __global__ void rms_norm_q(const float* __restrict__ x, const float* __restrict__ w,
+extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ y,
+                                      const float* __restrict__ w,
                                       float* __restrict__ out, i8* __restrict__ q,
                                       float* __restrict__ qscale, int* __restrict__ qsum, int d,
                                       int kp, float eps) {
     __shared__ float red[32];
     __shared__ int redi[32];
     const int r = blockIdx.x, bd = blockDim.x, tid = threadIdx.x;
-    const float* xr = x + (size_t)r * d;
+    float* xr = x + (size_t)r * d;
+    const float* yr = y + (size_t)r * d;
     float* o = out + (size_t)r * d;
     float v[NORM_PER];
     float ss = 0.0f;
@@ -22,6 +25,10 @@ extern "C" __global__ void rms_norm_q(const float* __restrict__ x, const float* 
     for (int j = 0; j < NORM_PER; ++j) {
         const int i = tid + j * bd;
         v[j] = i < d ? xr[i] : 0.0f;
+        if (y != 0 && i < d) {
+            v[j] += yr[i];
+            xr[i] = v[j];
+        }
         ss += v[j] * v[j];
     }
     ss = block_sum(ss, red);

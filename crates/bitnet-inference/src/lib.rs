@@ -4,7 +4,7 @@
 //! - [`models`]: the BitNet transformer written once against the [`backend::Backend`] trait.
 //! - [`backend`]: the CPU backend (and CUDA where built).
 //! - [`tokenizer`], [`chat`], [`sampling`]: text in, tokens out.
-//! - [`Engine`] / [`EngineBuilder`]: the simple API.
+//! - [`Engine`] / [`EngineBuilder`]: the simple API; [`batch`]: several sequences decoded together.
 //!
 //! ```no_run
 //! use bitnet_inference::{Engine, GenerationConfig};
@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod batch;
 pub mod chat;
 pub mod config;
 pub mod convert;

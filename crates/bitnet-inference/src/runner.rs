@@ -19,6 +19,14 @@ pub trait Runner: Send {
     /// and writes logits of the last row, or of every row when `all` is set, into `out`
     /// (`rows x vocab`).
     fn forward(&mut self, ids: &[u32], start: usize, all: bool, out: &mut Vec<f32>) -> Result<()>;
+    /// Decodes several sequences together in a fresh multi-slot state (see
+    /// [`crate::Engine::decode_batch`]).
+    fn decode_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        steps: usize,
+        greedy: bool,
+    ) -> Result<crate::batch::BatchDecode>;
 }
 
 /// The [`Runner`] for a [`BitNetModel`] on backend `B`.
@@ -81,5 +89,13 @@ where
             self.model.logits_into(&self.state, &mut out[at..])?;
         }
         Ok(())
+    }
+    fn decode_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        steps: usize,
+        greedy: bool,
+    ) -> Result<crate::batch::BatchDecode> {
+        crate::batch::decode_batch(&self.model, self.state.max_rows(), prompts, steps, greedy)
     }
 }

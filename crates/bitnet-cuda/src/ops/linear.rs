@@ -120,10 +120,43 @@ pub fn rms_norm(
     out: &mut CudaSlice<f32>,
     q: Option<&mut QuantActs>,
 ) -> Result<()> {
-    need(w.len(), d, "rms_norm weight")?;
     need(x.len(), rows * d, "rms_norm input")?;
+    norm_launch(gpu, (dptr(gpu, x), 0), w, d, eps, rows, out, q)
+}
+
+/// `x[r] += y[r]`, then [`rms_norm`] of the new `x[r]` (the residual add fused into the norm).
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm(
+    gpu: &Gpu,
+    x: &mut CudaSlice<f32>,
+    y: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    d: usize,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+    q: Option<&mut QuantActs>,
+) -> Result<()> {
+    need(x.len(), rows * d, "add_rms_norm input")?;
+    need(y.len(), rows * d, "add_rms_norm residual")?;
+    norm_launch(gpu, (dptr(gpu, x), dptr(gpu, y)), w, d, eps, rows, out, q)
+}
+
+/// Launches `rms_norm_q` on input `xy.0` with residual `xy.1` (0: none); `x` length checked.
+#[allow(clippy::too_many_arguments)]
+fn norm_launch(
+    gpu: &Gpu,
+    xy: (u64, u64),
+    w: &CudaSlice<f32>,
+    d: usize,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+    q: Option<&mut QuantActs>,
+) -> Result<()> {
+    need(w.len(), d, "rms_norm weight")?;
     need(out.len(), rows * d, "rms_norm output")?;
-    let (xp, wp, op) = (dptr(gpu, x), dptr(gpu, w), dptr(gpu, out));
+    let ((xp, yp), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
     let (dd, mut kp) = (to_i32(d, "width")?, 0i32);
     let (mut qp, mut sp, mut mp) = (0u64, 0u64, 0u64);
     if let Some(q) = q {
@@ -138,9 +171,9 @@ pub fn rms_norm(
     }
     let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
     let dims = Dims { grid: (rows as u32, 1, 1), block };
-    // Kernel: rms_norm_q(x, w, out, q, qscale, qsum, d, kp, eps); lengths checked above, and
-    // block * NORM_PER >= d.
-    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, wp, op, qp, sp, mp, dd, kp, eps)
+    // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps); lengths checked by the
+    // callers and above (y, when set, as long as x), and block * NORM_PER >= d.
+    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps)
 }
 
 /// BitLinear quantization of `rows` rows of width `d` from `x` into `q`.

@@ -12,8 +12,8 @@ mod misc;
 
 pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
 pub use linear::{
-    lm_head_f32, lm_head_i8, quantize_act, rms_norm, ternary_matmul, DeviceTernary, LmF32, LmI8,
-    QuantActs,
+    add_rms_norm, lm_head_f32, lm_head_i8, quantize_act, rms_norm, ternary_matmul, DeviceTernary,
+    LmF32, LmI8, QuantActs,
 };
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
 

@@ -351,6 +351,31 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        w: &Self::Buf,
+        width: usize,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let d = w.len;
+        if d != width {
+            return Err(Error::shape(format!("add_rms_norm of width {width} with {d} weights")));
+        }
+        let kp = padded_cols(d);
+        if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            self.settle()?;
+            out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+        }
+        let (xd, q) = (x.touched(), out.q.as_mut());
+        ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, &mut out.data, q)?;
+        out.q_shape = Some((rows, d));
+        Ok(())
+    }
+
     fn bitlinear(
         &self,
         w: &Self::Linear,

@@ -123,6 +123,22 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// `x += y` over `rows` rows of `width` (the length of `w`), then [`Backend::rms_norm`] of
+    /// the new `x` into `out` (one kernel where the device fuses the residual add into the norm).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm(
+        &self,
+        x: &mut Self::Buf,
+        y: &Self::Buf,
+        w: &Self::Buf,
+        width: usize,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.add(x, y, rows * width)?;
+        self.rms_norm(x, w, eps, rows, out)
+    }
     /// BitLinear: per-token int8 activations times the ternary weight, scales applied.
     fn bitlinear(
         &self,

@@ -186,8 +186,12 @@ impl<B: Backend> BitNetModel<B> {
         let attn = AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
         b.embed(&self.embed, ids, &mut st.x)?;
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention block.
-            b.rms_norm(&st.x, &l.input_norm, d.eps, n, &mut st.xn)?;
+            // Attention block (the previous layer's residual add fused into its input norm).
+            if li == 0 {
+                b.rms_norm(&st.x, &l.input_norm, d.eps, n, &mut st.xn)?;
+            } else {
+                b.add_rms_norm(&mut st.x, &st.tmp, &l.input_norm, d.hidden, d.eps, n, &mut st.xn)?;
+            }
             b.bitlinear(&l.q, &st.xn, n, &mut st.q)?;
             b.bitlinear(&l.k, &st.xn, n, &mut st.k)?;
             b.bitlinear(&l.v, &st.xn, n, &mut st.v)?;
@@ -197,14 +201,15 @@ impl<B: Backend> BitNetModel<B> {
             b.attention(&st.q, &st.cache, li, rows, attn, &mut st.att)?;
             b.rms_norm(&st.att, &l.attn_sub_norm, d.eps, n, &mut st.xn)?;
             b.bitlinear(&l.o, &st.xn, n, &mut st.tmp)?;
-            b.add(&mut st.x, &st.tmp, n * d.hidden)?;
             // Feed-forward block.
-            b.rms_norm(&st.x, &l.post_norm, d.eps, n, &mut st.xn)?;
+            b.add_rms_norm(&mut st.x, &st.tmp, &l.post_norm, d.hidden, d.eps, n, &mut st.xn)?;
             b.bitlinear(&l.gate, &st.xn, n, &mut st.gate)?;
             b.bitlinear(&l.up, &st.xn, n, &mut st.up)?;
             b.relu2_mul(&mut st.gate, &st.up, n * d.intermediate)?;
             b.rms_norm(&st.gate, &l.ffn_sub_norm, d.eps, n, &mut st.up)?;
             b.bitlinear(&l.down, &st.up, n, &mut st.tmp)?;
+        }
+        if !self.layers.is_empty() {
             b.add(&mut st.x, &st.tmp, n * d.hidden)?;
         }
         match which {
