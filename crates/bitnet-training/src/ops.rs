@@ -167,14 +167,13 @@ mod tests {
 
     #[test]
     fn act_quant_rounds_half_to_even_like_bitnet_quant() {
-        // 0.5 * 127 = 63.5 rounds to 64 (even); candle's round() would give 64 too, so also
-        // check 1.5/127-style ties: 0.25 * 127 / 2 ... use values whose scaled form is k + 0.5.
+        // s_a = 63.5: 1.0 scales to 63.5, a tie, which rounds to the even 64.
         let x = Tensor::new(&[[1.0f32, -2.0, 0.5, 0.0]], &Device::Cpu).unwrap();
         let q = act_quant(&x).unwrap().to_vec2::<f32>().unwrap();
         let s = 63.5f32;
         let want = [64.0 / s, -127.0 / s, 32.0 / s, 0.0];
         assert_eq!(q[0], want);
-        // 2.5 and -2.5 (scaled) must round to 2 and -2.
+        // s_a = 1: ties 2.5 and -2.5 round to 2 and -2 (candle's round() would give 3 and -3).
         let x = Tensor::new(&[[127.0f32, 2.5, -2.5, 3.5]], &Device::Cpu).unwrap();
         let q = act_quant(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(q[0], [127.0, 2.0, -2.0, 4.0]);
