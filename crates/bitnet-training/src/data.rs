@@ -181,6 +181,21 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_corpus_is_its_txt_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("bitnet-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.txt"), "second").unwrap();
+        std::fs::write(dir.join("a.txt"), "first").unwrap();
+        std::fs::write(dir.join("notes.md"), "ignored").unwrap();
+        assert_eq!(read_corpus(&dir).unwrap(), "first\nsecond");
+        assert_eq!(read_corpus(&dir.join("a.txt")).unwrap(), "first");
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(read_corpus(&dir).is_err(), "an empty directory is an error");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
     fn tokenizer_round_trips_and_has_specials_first() {
         let text = "First Citizen:\nBefore we proceed any further, hear me speak.\n".repeat(20);
         let tok = train_tokenizer(&text, 300).unwrap();
