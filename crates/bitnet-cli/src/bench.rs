@@ -3,6 +3,7 @@
 use crate::generate::ModelArgs;
 use anyhow::{bail, Result};
 use bitnet_inference::backend::LmHeadMode;
+use bitnet_inference::sampling::argmax;
 use bitnet_inference::Engine;
 use clap::Args;
 use std::time::Instant;
@@ -91,7 +92,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut tok = ids[0];
             for pos in 0..a.n_gen {
                 let l = engine.forward_tokens(&[tok], pos, false)?;
-                tok = argmax(l) as u32;
+                tok = argmax(l).0;
             }
             Ok(())
         })?)
@@ -220,11 +221,4 @@ fn ternary_params(e: &Engine) -> usize {
     let d = e.dims();
     let (qd, kvd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     d.layers * (2 * d.hidden * qd + 2 * d.hidden * kvd + 3 * d.hidden * d.intermediate)
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
-        .0
 }

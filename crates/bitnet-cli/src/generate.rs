@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use bitnet_inference::backend::LmHeadMode;
 use bitnet_inference::chat::ChatMessage;
-use bitnet_inference::sampling::SamplingParams;
+use bitnet_inference::sampling::{argmax, SamplingParams};
 use bitnet_inference::{Engine, GenerationConfig, Output};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -328,10 +328,7 @@ pub fn run_logits(a: LogitsArgs) -> Result<()> {
         println!("{}", serde_json::json!({ "logits": rows }));
     } else {
         for (i, r) in rows.iter().enumerate() {
-            let (arg, max) =
-                r.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
+            let (arg, max) = argmax(r);
             let head: Vec<String> = r.iter().take(8).map(|v| format!("{v:.4}")).collect();
             println!("pos {i} id {}: argmax {arg} ({max:.4}) [{} ...]", a.ids[i], head.join(", "));
         }
