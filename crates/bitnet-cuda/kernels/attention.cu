@@ -109,6 +109,7 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q,
         const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int heads,   \
         int kvh, int hd,                                                                       \
         float scale, int splits) {                                                             \
+        PDL_ENTER();                                                                           \
         attention_body<ND>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh, hd,  \
                            scale, splits);                                                     \
     }
@@ -120,6 +121,7 @@ ATTN_KERNEL(8)
 // Merges the splits of attention: grid (heads, rows), block >= hd threads.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         int heads, int hd, int splits) {
+    PDL_ENTER();
     const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
     const float* pp = part + ((size_t)r * heads + h) * splits * (hd + 2);
     float M = NEG_INF;

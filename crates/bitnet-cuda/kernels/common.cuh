@@ -6,6 +6,24 @@ typedef signed char i8;
 
 #define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
+// Programmatic dependent launch (sm_90+): every kernel is launched allowed to start before the
+// previous one on the stream finishes. PDL_TRIGGER lets the next kernel launch now; PDL_WAIT
+// blocks until the previous kernel has finished and its writes are visible. Every kernel calls
+// PDL_WAIT before it reads activations or writes anything; only constant data (weights) may be
+// read before it.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+#define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#else
+#define PDL_TRIGGER()
+#define PDL_WAIT()
+#endif
+#define PDL_ENTER() \
+    do {            \
+        PDL_TRIGGER(); \
+        PDL_WAIT();    \
+    } while (0)
+
 // Two-bit codes (weight + 1) of four weights, one per byte lane.
 #define CODE_MASK 0x03030303u
 
@@ -24,6 +42,28 @@ struct IdsArg {
     int id[8];
     const int* dev;
 };
+
+// Where a ternary projection's output rows go: up to 3 stacked matrices (fused q/k/v or
+// gate/up), segment j covering padded weight rows off[j] .. off[j + 1] with n[j] real rows,
+// written to y[j] (tokens x n[j]) and scaled by s[j]. Mirrors `OutArg` in ops/linear.rs.
+struct OutArg {
+    float* y[3];
+    int n[3];
+    int off[3];
+    float s[3];
+    int segs;
+};
+
+// y = (Σ code·x − Σx) / sa · s_w for token m, padded weight row `row` (same float operations
+// as the CPU's BitLinear); rows in a segment's padding are dropped.
+__device__ __forceinline__ void store_row(const OutArg& o, int m, int row, int acc, int sx,
+                                          float sa) {
+    int j = 0;
+    if (o.segs > 1 && row >= o.off[1]) j = 1;
+    if (o.segs > 2 && row >= o.off[2]) j = 2;
+    const int local = row - o.off[j];
+    if (local < o.n[j]) o.y[j][(size_t)m * o.n[j] + local] = (float)(acc - sx) / sa * o.s[j];
+}
 
 __device__ __forceinline__ int row_slot(const RowsArg& r, int i) {
     return r.dev ? r.dev[2 * i] : r.slot[i];

@@ -3,6 +3,7 @@
 // out[r] = table[ids[r]] (f16 table); grid: one block per row.
 extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d) {
+    PDL_ENTER();
     const int r = blockIdx.x;
     const u16* src = table + (size_t)token_id(ids, r) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = h2f(src[i]);
@@ -11,6 +12,7 @@ extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid
 // out[r] = table[ids[r]] (f32 table).
 extern "C" __global__ void embed_f32(const float* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d) {
+    PDL_ENTER();
     const int r = blockIdx.x;
     const float* src = table + (size_t)token_id(ids, r) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];
@@ -20,6 +22,7 @@ extern "C" __global__ void embed_f32(const float* __restrict__ table, const __gr
 // (x_i, x_{i+half}) <- (x_i cos a - x_{i+half} sin a, x_{i+half} cos a + x_i sin a).
 extern "C" __global__ void rope(float* __restrict__ x, const float* __restrict__ inv_freq,
                                 const __grid_constant__ RowsArg rows, int heads, int hd) {
+    PDL_ENTER();
     const int r = blockIdx.x, h = blockIdx.y, half = hd >> 1;
     const float pos = (float)row_pos(rows, r);
     float* v = x + ((size_t)r * heads + h) * hd;
@@ -38,6 +41,7 @@ extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ 
                                     const float* __restrict__ k, const float* __restrict__ v,
                                     const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int kvh,
                                     int hd) {
+    PDL_ENTER();
     const int r = blockIdx.x;
     const int slot = row_slot(rows, r), pos = row_pos(rows, r);
     const int w = kvh * hd;
@@ -52,6 +56,7 @@ extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ 
 // gate = relu(gate)^2 * up.
 extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __restrict__ up,
                                      int len) {
+    PDL_ENTER();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
         const float r = fmaxf(gate[i], 0.0f);
         gate[i] = __fmul_rn(__fmul_rn(r, r), up[i]);
@@ -60,6 +65,7 @@ extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __re
 
 // x += y.
 extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, int len) {
+    PDL_ENTER();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
         x[i] += y[i];
 }
@@ -67,6 +73,7 @@ extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restric
 // dst = src over `len` values (a kernel rather than a memcpy, so deferred steps record it).
 extern "C" __global__ void copy_f32(float* __restrict__ dst, const float* __restrict__ src,
                                     int len) {
+    PDL_ENTER();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
         dst[i] = src[i];
 }

@@ -27,14 +27,14 @@ __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restr
     return acc;
 }
 
-// y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens.
+// y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens (see store_row).
 // Block: 128 threads = 8 rows x 16 k-slots; one 8-row tile per block (grid = tiles).
 // A warp reads 32 consecutive 16-byte chunks (4 k-chunks x 8 rows): 512 contiguous bytes.
 template <int M>
 __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                           const float* __restrict__ sa,
-                                          const int* __restrict__ sx, float s_w,
-                                          float* __restrict__ y, int n, int kc, int kp) {
+                                          const int* __restrict__ sx, const OutArg& o,
+                                          int kc, int kp) {
     const int tid = threadIdx.x, r = tid & 7, ks = tid >> 3;
     const int tile = blockIdx.x;
     const uint4* wt = W + (size_t)tile * kc * 8 + r;
@@ -42,12 +42,26 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m] = 0;
     constexpr int U = 4;
+    // Weights are constant: the first batch is in flight before waiting for the previous
+    // kernel (PDL), and each later batch loads while the current one is multiplied.
+    PDL_TRIGGER();
+    uint4 wn[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int c = ks + 16 * u;
+        wn[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+    }
+    PDL_WAIT();
     for (int c0 = ks; c0 < kc; c0 += 16 * U) {
         uint4 wv[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + 16 * u;
-            wv[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < U; ++u) wv[u] = wn[u];
+        if (c0 + 16 * U < kc) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int c = c0 + 16 * U + 16 * u;
+                wn[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+            }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -75,17 +89,16 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     if (tid < 8 * M) {
         const int m = tid >> 3, rr = tid & 7;
         const int s = red[0][m][rr] + red[1][m][rr] + red[2][m][rr] + red[3][m][rr];
-        const int row = tile * 8 + rr;
-        if (row < n) y[(size_t)m * n + row] = (float)(s - sx[m]) / sa[m] * s_w;
+        store_row(o, m, tile * 8 + rr, s, sx[m], sa[m]);
     }
 }
 
 #define GEMV_KERNEL(M)                                                                        \
     extern "C" __global__ void __launch_bounds__(128)                                         \
         gemv_m##M(const uint4* __restrict__ W, const i8* __restrict__ xq,                     \
-                  const float* __restrict__ sa, const int* __restrict__ sx, float s_w,        \
-                  float* __restrict__ y, int n, int kc, int kp) {                             \
-        gemv_body<M>(W, xq, sa, sx, s_w, y, n, kc, kp);                                       \
+                  const float* __restrict__ sa, const int* __restrict__ sx,                   \
+                  const __grid_constant__ OutArg o, int kc, int kp) {                         \
+        gemv_body<M>(W, xq, sa, sx, o, kc, kp);                                               \
     }
 GEMV_KERNEL(1)
 GEMV_KERNEL(2)

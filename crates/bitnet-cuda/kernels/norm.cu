@@ -13,6 +13,7 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
                                       float* __restrict__ out, i8* __restrict__ q,
                                       float* __restrict__ qscale, int* __restrict__ qsum, int d,
                                       int kp, float eps) {
+    PDL_ENTER();
     __shared__ float red[32];
     __shared__ int redi[32];
     const int r = blockIdx.x, bd = blockDim.x, tid = threadIdx.x;
@@ -70,6 +71,7 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
 extern "C" __global__ void quantize_act(const float* __restrict__ x, i8* __restrict__ q,
                                         float* __restrict__ qscale, int* __restrict__ qsum,
                                         int d, int kp) {
+    PDL_ENTER();
     __shared__ float red[32];
     __shared__ int redi[32];
     const int r = blockIdx.x;

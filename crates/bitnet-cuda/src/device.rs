@@ -2,8 +2,9 @@
 //! (compiled once per process and device).
 
 use crate::compile;
+use crate::ops::GEMM_ROWS;
 use bitnet_core::{Error, Result};
-use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -103,12 +104,13 @@ macro_rules! kernels {
 kernels! {
     gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
     gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
-    gemm: "gemm_mma",
+    gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv",
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
     attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
+    lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
 }
 
@@ -131,6 +133,8 @@ impl Kernels {
 /// The compiled program of one device, shared by every [`Gpu`] handle on it.
 struct Program {
     ctx: Arc<CudaContext>,
+    /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
+    pdl: bool,
     k: Kernels,
     info: DeviceInfo,
     compile_s: f64,
@@ -141,6 +145,7 @@ struct Program {
 /// run independently: each backend opens its own.
 pub struct Gpu {
     rec: Mutex<crate::graph::Recorder>,
+    split: Mutex<Option<SplitScratch>>,
     stream: Arc<CudaStream>,
     prog: Arc<Program>,
     pub(crate) k: KernelsRef,
@@ -183,7 +188,8 @@ impl Gpu {
         prog.ctx.bind_to_thread().map_err(|e| dev_err("binding the CUDA context", e))?;
         let stream = prog.ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
         let rec = Mutex::new(crate::graph::Recorder::default());
-        Ok(Arc::new(Gpu { rec, stream, k: KernelsRef(prog.clone()), prog }))
+        let split = Mutex::new(None);
+        Ok(Arc::new(Gpu { rec, split, stream, k: KernelsRef(prog.clone()), prog }))
     }
 }
 
@@ -201,7 +207,45 @@ impl Program {
             .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
             .map_err(|e| dev_err("loading the kernel module", e))?;
         let k = Kernels::load(&module)?;
-        Ok(Program { ctx, k, info, compile_s: t.elapsed().as_secs_f64() })
+        let pdl = info.cc.0 >= 9 && std::env::var("BITNET_CUDA_PDL").map_or(true, |v| v != "0");
+        Ok(Program { ctx, pdl, k, info, compile_s: t.elapsed().as_secs_f64() })
+    }
+}
+
+/// The split-K GEMM's int32 partial sums (`SPLIT_SLOTS x stride`) and zeroed tile counters
+/// (the kernel resets each counter it uses).
+struct SplitScratch {
+    ws: CudaSlice<i32>,
+    cnt: CudaSlice<i32>,
+    stride: usize,
+}
+
+impl Gpu {
+    /// Makes the split-K scratch hold rows up to `rows_padded` (grows it; call outside deferred
+    /// steps, e.g. when uploading weights).
+    pub(crate) fn ensure_split_scratch(&self, rows_padded: usize) -> Result<()> {
+        let mut s = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        if s.as_ref().is_some_and(|s| s.stride >= rows_padded) {
+            return Ok(());
+        }
+        let tokens = crate::ops::SPLIT_SLOTS;
+        let stride = rows_padded.div_ceil(GEMM_ROWS) * GEMM_ROWS;
+        let blocks = stride / GEMM_ROWS * tokens.div_ceil(16);
+        *s = Some(SplitScratch {
+            ws: crate::ops::zeros(self, tokens * stride)?,
+            cnt: crate::ops::zeros(self, blocks)?,
+            stride,
+        });
+        Ok(())
+    }
+    /// (partial sums, counters, stride) device addresses of the split-K scratch; stride 0 when
+    /// there is none yet.
+    pub(crate) fn split_scratch(&self) -> (u64, u64, usize) {
+        let s = self.split.lock().unwrap_or_else(|e| e.into_inner());
+        match s.as_ref() {
+            Some(s) => (crate::ops::dptr(self, &s.ws), crate::ops::dptr(self, &s.cnt), s.stride),
+            None => (0, 0, 0),
+        }
     }
 }
 
@@ -209,6 +253,10 @@ impl Gpu {
     /// The device description.
     pub fn info(&self) -> &DeviceInfo {
         &self.prog.info
+    }
+    /// True when kernels are launched with programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.prog.pdl
     }
     /// Seconds NVRTC and module loading took.
     pub fn compile_seconds(&self) -> f64 {

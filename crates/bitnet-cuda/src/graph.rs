@@ -73,16 +73,14 @@ impl Record {
         // the buffers they point to are kept alive by their owners until the stream passes them
         // (the owners flush before freeing or reallocating anything a deferred launch uses).
         unsafe {
-            cudarc::driver::result::launch_kernel(
+            crate::ops::launch_on(
+                gpu,
                 self.func as sys::CUfunction,
                 self.grid,
-                (self.block, 1, 1),
-                0,
-                gpu.stream().cu_stream(),
+                self.block,
                 &mut params,
             )
         }
-        .map_err(|e| dev_err("kernel launch", e))
     }
 }
 

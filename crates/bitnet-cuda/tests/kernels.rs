@@ -3,7 +3,7 @@
 
 use bitnet_core::ThreadPool;
 use bitnet_cuda::layout::PackedTernary;
-use bitnet_cuda::ops::{self, DeviceTernary, QuantActs};
+use bitnet_cuda::ops::{self, DeviceTernary, LmI8, LmKernel, QuantActs};
 use bitnet_cuda::Gpu;
 use bitnet_quant::bitlinear::{BitLinear, BitLinearScratch};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -59,7 +59,7 @@ fn ternary_matmul_equals_cpu_bitlinear_bit_for_bit() {
     let shapes = [(1, 64), (7, 130), (9, 128), (64, 200), (130, 2560), (640, 2560), (257, 6912)];
     for (rows, cols) in shapes {
         let w = rng.ternary(rows * cols);
-        for m in [1, 2, 3, 5, 8, 9, 31, 33, 128] {
+        for m in [1, 2, 3, 5, 8, 9, 16, 31, 33, 64, 65, 128, 129] {
             let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
             check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
         }
@@ -139,4 +139,93 @@ fn shape_errors_are_reported_before_launch() {
     // Nothing quantized yet, and the output is too small.
     assert!(ops::ternary_matmul(&g, &dw, &q, 1, &mut out).is_err());
     assert!(QuantActs::new(&g, 1, 100).is_err());
+}
+
+/// Both int8 lm_head kernels against an f64 host reference: rows not a multiple of the tile,
+/// widths not a multiple of 64, 1..130 tokens, an all-zero row and extreme row scales.
+#[test]
+fn int8_lm_head_kernels_match_the_host_reference() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(5);
+    for (vocab, d) in [(1, 64), (130, 100), (1000, 256), (257, 2560)] {
+        let mut q: Vec<i8> = (0..vocab * d).map(|_| (rng.next() % 255) as i8 - 127).collect();
+        q[..d].iter_mut().for_each(|v| *v = 0);
+        let s: Vec<f32> = (0..vocab).map(|i| [1e-3, 0.5, 1e-30, 3e20][i % 4]).collect();
+        let head = LmI8::upload(&g, &q, &s, vocab, d).unwrap();
+        for m in [1, 7, 9, 64, 65, 130] {
+            let x: Vec<f32> = (0..m * d).map(|_| rng.unit() * 4.0).collect();
+            let dx = ops::upload(&g, &x).unwrap();
+            for k in [LmKernel::Mma, LmKernel::Simt] {
+                let mut out = ops::upload(&g, &vec![f32::NAN; m * vocab]).unwrap();
+                ops::lm_head_i8_with(&g, &head, &dx, m, &mut out, k).unwrap();
+                let mut got = vec![0f32; m * vocab];
+                ops::download(&g, &out, &mut got).unwrap();
+                for t in 0..m {
+                    for v in 0..vocab {
+                        let (row, xr) = (&q[v * d..(v + 1) * d], &x[t * d..(t + 1) * d]);
+                        let dot: f64 = row.iter().zip(xr).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        let mag: f64 =
+                            row.iter().zip(xr).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                        let want = dot * s[v] as f64;
+                        // f16 activations: 2^-11 relative per product, at most.
+                        let tol = (mag * s[v] as f64) * 1e-3 + 1e-30;
+                        let have = got[t * vocab + v] as f64;
+                        assert!(
+                            (have - want).abs() <= tol,
+                            "{k:?} {vocab}x{d} m={m} [{t}][{v}]: {have} vs {want} (tol {tol})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stacked matrices (fused q/k/v, gate/up) give each part's output exactly as the part alone,
+/// through the GEMV, the GEMM and the split-K GEMM.
+#[test]
+fn stacked_matrices_equal_their_parts_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(6);
+    for (cols, parts) in
+        [(200, vec![7, 130, 64]), (2560, vec![640, 130]), (2560, vec![2560, 640, 640])]
+    {
+        let mats: Vec<(Vec<i8>, usize, f32)> = parts
+            .iter()
+            .enumerate()
+            .map(|(j, &r)| (rng.ternary(r * cols), r, [0.37, 2e-3, 11.0][j]))
+            .collect();
+        let upload = |(w, r, s): &(Vec<i8>, usize, f32)| {
+            DeviceTernary::upload(&g, &PackedTernary::pack(w, *r, cols).unwrap(), *s).unwrap()
+        };
+        let stacked = DeviceTernary::stack(&g, mats.iter().map(upload).collect()).unwrap();
+        assert_eq!(stacked.segment_rows(), parts);
+        for m in [1, 3, 8, 9, 64, 129] {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
+            let dx = ops::upload(&g, &x).unwrap();
+            let mut q = QuantActs::new(&g, m, stacked.padded_cols()).unwrap();
+            ops::quantize_act(&g, &dx, cols, m, &mut q).unwrap();
+            let mut outs: Vec<_> =
+                parts.iter().map(|&r| ops::upload(&g, &vec![f32::NAN; m * r]).unwrap()).collect();
+            let mut refs: Vec<_> = outs.iter_mut().collect();
+            ops::ternary_matmul_multi(&g, &stacked, &q, m, &mut refs).unwrap();
+            for (j, part) in mats.iter().enumerate() {
+                let alone = upload(part);
+                let mut want = ops::zeros::<f32>(&g, m * part.1).unwrap();
+                ops::ternary_matmul(&g, &alone, &q, m, &mut want).unwrap();
+                let (mut a, mut b) = (vec![0f32; m * part.1], vec![0f32; m * part.1]);
+                ops::download(&g, &outs[j], &mut a).unwrap();
+                ops::download(&g, &want, &mut b).unwrap();
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "cols {cols} parts {parts:?} m={m}: part {j} differs");
+            }
+        }
+    }
+    // Mismatched widths and too many parts are errors.
+    let w = |r: usize, c: usize| {
+        DeviceTernary::upload(&g, &PackedTernary::pack(&vec![0; r * c], r, c).unwrap(), 1.0)
+            .unwrap()
+    };
+    assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 256)]).is_err());
+    assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 128), w(8, 128), w(8, 128)]).is_err());
 }

@@ -10,7 +10,7 @@ use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
 use bitnet_cuda::cudarc::driver::{sys, CudaEvent, CudaSlice, DevicePtr, DevicePtrMut};
 use bitnet_cuda::layout::PackedTernary;
-use bitnet_cuda::ops::{self, DeviceTernary, QuantActs};
+use bitnet_cuda::ops::{self, DeviceTernary, LmI8, LmKernel, QuantActs};
 use bitnet_cuda::Gpu;
 use std::sync::Arc;
 
@@ -234,11 +234,13 @@ fn run() -> Result<()> {
     };
     println!("\n{iters} back-to-back calls captured in a CUDA graph (in brackets: launched one by one), weights");
     println!("rotated over > 4x L2. GB/s counts packed weight bytes (2 bits/weight); cuBLAS timed the same way.");
-    println!("| N x K | GEMV M=1 µs | GB/s | % copy | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=128 µs |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| N x K | GEMV M=1 µs | GB/s | % copy | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=16 µs | M=64 µs | M=128 µs |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (&(n, k), &(ms_anchor, blas_anchor)) in SHAPES.iter().zip(&ANCHORS) {
         let g1 = bench_ternary(&gpu, &t, n, k, 1, iters)?;
         let g8 = bench_ternary(&gpu, &t, n, k, 8, iters)?;
+        let g16 = bench_ternary(&gpu, &t, n, k, 16, iters.min(200))?;
+        let g64 = bench_ternary(&gpu, &t, n, k, 64, iters.min(200))?;
         let gm = bench_ternary(&gpu, &t, n, k, 128, iters.min(100))?;
         let cb = match &blas {
             Some(b) => Some(bench_cublas(&gpu, &t, b, n, k, iters)?),
@@ -246,7 +248,7 @@ fn run() -> Result<()> {
         };
         let cbs = cb.map_or("-".into(), |r| format!("{:.1} ({:.1})", r.us, r.us_launch));
         println!(
-            "| {n}x{k} | {:.2} ({:.2}) | {:.0} | {:.0}% | {} | {cbs} | {} | {:.2} | {:.2} |",
+            "| {n}x{k} | {:.2} ({:.2}) | {:.0} | {:.0}% | {} | {cbs} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             g1.us,
             g1.us_launch,
             g1.gbs,
@@ -254,8 +256,40 @@ fn run() -> Result<()> {
             opt(ms_anchor),
             opt(blas_anchor),
             g8.us,
+            g16.us,
+            g64.us,
             gm.us
         );
+    }
+    bench_lm_head(&gpu, &t, copy)
+}
+
+/// The 2B-4T int8 lm_head (128256 x 2560): both kernels at several token counts.
+fn bench_lm_head(gpu: &Arc<Gpu>, t: &Timer, copy: f64) -> Result<()> {
+    let (v, d) = (128_256, 2560);
+    let mut rng = Rng(99);
+    let q: Vec<i8> = (0..v * d).map(|_| (rng.next() % 255) as i8).collect();
+    let s: Vec<f32> = (0..v).map(|i| 1e-3 * (1 + i % 7) as f32).collect();
+    let head = LmI8::upload(gpu, &q, &s, v, d)?;
+    let x: Vec<f32> = (0..64 * d).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
+    let dx = ops::upload(gpu, &x)?;
+    let mut out = ops::zeros::<f32>(gpu, 64 * v)?;
+    println!("\nint8 lm_head {v}x{d} ({:.0} MB), 20 calls in a graph:", (v * d) as f64 / 1e6);
+    println!("| tokens | tensor cores µs | % copy | CUDA cores µs |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for m in [1, 8, 16, 64] {
+        let mut time = |k: LmKernel| -> Result<f64> {
+            let mut calls = || {
+                for _ in 0..20 {
+                    ops::lm_head_i8_with(gpu, &head, &dx, m, &mut out, k)?;
+                }
+                Ok(())
+            };
+            Ok(t.time_graph(&mut calls)? * 1e3 / 20.0)
+        };
+        let (a, b) = (time(LmKernel::Mma)?, time(LmKernel::Simt)?);
+        let pct = 100.0 * (v * d) as f64 / (a * 1e-6) / copy;
+        println!("| {m} | {a:.1} | {pct:.0}% | {b:.1} |");
     }
     Ok(())
 }

@@ -7,14 +7,29 @@ use crate::layout::{PackedTernary, CHUNK, TILE_ROWS};
 use bitnet_core::{Error, Result};
 use cudarc::driver::CudaSlice;
 
-/// A ternary weight in the GPU layout, with its scale.
+/// A ternary weight in the GPU layout: one matrix, or up to three stacked matrices that read
+/// the same input (fused q/k/v, gate/up), each with its own rows and scale.
 pub struct DeviceTernary {
-    rows: usize,
     cols: usize,
     kp: usize,
     rows_padded: usize,
-    scale: f32,
+    /// (rows, padded rows, scale) of each stacked matrix, in row order.
+    segs: Vec<(usize, usize, f32)>,
     data: CudaSlice<u32>,
+}
+
+/// Most matrices stacked in one [`DeviceTernary`] (`OutArg` in common.cuh).
+pub const MAX_SEGMENTS: usize = 3;
+
+/// Output segments of a projection, as the kernels read them (mirrors `common.cuh`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct OutArg {
+    y: [u64; MAX_SEGMENTS],
+    n: [i32; MAX_SEGMENTS],
+    off: [i32; MAX_SEGMENTS],
+    s: [f32; MAX_SEGMENTS],
+    segs: i32,
 }
 
 impl DeviceTernary {
@@ -24,18 +39,51 @@ impl DeviceTernary {
             return Err(Error::invalid(format!("weight scale {scale} is not finite")));
         }
         to_i32(w.padded_rows() * w.chunks(), "ternary chunks")?;
+        gpu.ensure_split_scratch(w.padded_rows())?;
         Ok(DeviceTernary {
-            rows: w.rows(),
             cols: w.cols(),
             kp: w.padded_cols(),
             rows_padded: w.padded_rows(),
-            scale,
+            segs: vec![(w.rows(), w.padded_rows(), scale)],
             data: upload(gpu, w.words())?,
         })
     }
-    /// Output features.
+    /// Stacks matrices with the same input width into one (device-to-device copies; the parts
+    /// are freed): one kernel then computes every part's output.
+    pub fn stack(gpu: &Gpu, parts: Vec<DeviceTernary>) -> Result<Self> {
+        let Some(first) = parts.first() else {
+            return Err(Error::invalid("stacking no matrices"));
+        };
+        let (cols, kp) = (first.cols, first.kp);
+        let segs: Vec<_> = parts.iter().flat_map(|p| p.segs.iter().copied()).collect();
+        if segs.len() > MAX_SEGMENTS || parts.iter().any(|p| p.kp != kp || p.cols != cols) {
+            return Err(Error::shape(format!(
+                "stacking {} matrices (at most {MAX_SEGMENTS}, all {cols} columns wide)",
+                segs.len()
+            )));
+        }
+        let rows_padded: usize = parts.iter().map(|p| p.rows_padded).sum();
+        to_i32(rows_padded * (kp / CHUNK), "ternary chunks")?;
+        gpu.ensure_split_scratch(rows_padded)?;
+        let mut data = zeros::<u32>(gpu, parts.iter().map(|p| p.data.len()).sum())?;
+        let mut at = 0;
+        for p in &parts {
+            let mut dst = data.slice_mut(at..at + p.data.len());
+            gpu.stream()
+                .memcpy_dtod(&p.data, &mut dst)
+                .map_err(|e| crate::device::dev_err("device-to-device copy", e))?;
+            at += p.data.len();
+        }
+        gpu.sync()?;
+        Ok(DeviceTernary { cols, kp, rows_padded, segs, data })
+    }
+    /// Output features (over every stacked matrix).
     pub fn rows(&self) -> usize {
-        self.rows
+        self.segs.iter().map(|s| s.0).sum()
+    }
+    /// Output features of each stacked matrix.
+    pub fn segment_rows(&self) -> Vec<usize> {
+        self.segs.iter().map(|s| s.0).collect()
     }
     /// Input features.
     pub fn cols(&self) -> usize {
@@ -45,9 +93,9 @@ impl DeviceTernary {
     pub fn padded_cols(&self) -> usize {
         self.kp
     }
-    /// The weight scale.
+    /// The weight scale (of the first stacked matrix).
     pub fn scale(&self) -> f32 {
-        self.scale
+        self.segs[0].2
     }
     /// Bytes the kernels read per call.
     pub fn bytes(&self) -> usize {
@@ -205,35 +253,85 @@ pub fn ternary_matmul(
     rows: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    ternary_matmul_multi(gpu, w, q, rows, &mut [out])
+}
+
+/// [`ternary_matmul`] of a stacked matrix: stacked matrix `j`'s rows go to `outs[j]`
+/// (`rows x` its rows).
+pub fn ternary_matmul_multi(
+    gpu: &Gpu,
+    w: &DeviceTernary,
+    q: &QuantActs,
+    rows: usize,
+    outs: &mut [&mut CudaSlice<f32>],
+) -> Result<()> {
     if q.kp != w.kp || rows > q.rows || rows == 0 {
         return Err(Error::shape(format!(
             "ternary matmul: weight stride {} vs activations {} ({} of {} rows quantized)",
             w.kp, q.kp, rows, q.rows
         )));
     }
-    need(out.len(), rows * w.rows, "ternary matmul output")?;
-    let (wp, xp, sa, sx, yp) = (
-        dptr(gpu, &w.data),
-        dptr(gpu, &q.q),
-        dptr(gpu, &q.scale),
-        dptr(gpu, &q.sum),
-        dptr(gpu, out),
-    );
-    let (s_w, n, kc, kp) = (w.scale, w.rows as i32, (w.kp / CHUNK) as i32, w.kp as i32);
+    if outs.len() != w.segs.len() {
+        return Err(Error::shape(format!(
+            "ternary matmul: {} outputs for {} stacked matrices",
+            outs.len(),
+            w.segs.len()
+        )));
+    }
+    let mut o = OutArg { segs: w.segs.len() as i32, ..Default::default() };
+    let mut off = 0;
+    for (j, (&(n, np, s), y)) in w.segs.iter().zip(outs.iter()).enumerate() {
+        need(y.len(), rows * n, "ternary matmul output")?;
+        (o.y[j], o.n[j], o.off[j], o.s[j]) = (dptr(gpu, &**y), n as i32, off as i32, s);
+        off += np;
+    }
+    let (wp, xp, sa, sx) =
+        (dptr(gpu, &w.data), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
+    let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);
     if let Some(f) = gpu.k.gemv(rows) {
         let dims = Dims { grid: ((w.rows_padded / TILE_ROWS) as u32, 1, 1), block: 128 };
-        // Kernel: gemv_mM(W, xq, sa, sx, s_w, y, n, kc, kp); W holds rows_padded x kc chunks,
-        // xq rows x kp, y rows x n (checked above).
-        return launch!(gpu, f, dims; wp, xp, sa, sx, s_w, yp, n, kc, kp);
+        // Kernel: gemv_mM(W, xq, sa, sx, o, kc, kp); W holds rows_padded x kc chunks, xq rows x
+        // kp, each o.y[j] rows x o.n[j] (checked above).
+        return launch!(gpu, f, dims; wp, xp, sa, sx, o, kc, kp);
     }
     let m_tok = to_i32(rows, "rows")?;
-    let dims =
-        Dims { grid: ((w.rows_padded / 64) as u32, rows.div_ceil(32) as u32, 1), block: 128 };
-    // Kernel: gemm_mma(W, xq, sa, sx, s_w, y, n, m_tok, kc, kp); same buffers as the GEMV.
-    launch!(gpu, &gpu.k.gemm, dims; wp, xp, sa, sx, s_w, yp, n, m_tok, kc, kp)
+    let (f, nt) = match rows {
+        0..=16 => (&gpu.k.gemm2, 2),
+        17..=32 => (&gpu.k.gemm4, 4),
+        _ => (&gpu.k.gemm8, 8),
+    };
+    let groups = rows.div_ceil(nt * 8);
+    let row_blocks = w.rows_padded.div_ceil(GEMM_ROWS);
+    let (ws, cnt, ws_stride) = gpu.split_scratch();
+    let kc_n = w.kp / CHUNK;
+    // Split K when one pass would leave SMs idle: aim at a few blocks per SM with at least two
+    // chunks per split, while every split's partial sums fit the scratch.
+    let slots = groups * nt * 8;
+    let most = if row_blocks * GEMM_ROWS <= ws_stride { SPLIT_SLOTS / slots } else { 1 };
+    let want = (split_blocks_per_sm() * gpu.info().sms as usize).div_ceil(row_blocks * groups);
+    let splits = want.clamp(1, (kc_n / 2).clamp(1, 16).min(most.max(1)));
+    let (ws_stride, rows_padded) = (ws_stride as i32, to_i32(w.rows_padded, "rows")?);
+    let dims = Dims { grid: (row_blocks as u32, groups as u32, splits as u32), block: 128 };
+    // Kernel: gemm_mma_tNT(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, cnt, ws_stride):
+    // same buffers as the GEMV (weight rows past rows_padded are not read); with splits > 1, ws
+    // holds SPLIT_SLOTS x ws_stride int32 (splits x slots <= SPLIT_SLOTS token rows, rows <
+    // row_blocks * GEMM_ROWS <= ws_stride) and cnt one zeroed counter per (row block, group)
+    // (sized for SPLIT_SLOTS / 16 groups).
+    launch!(gpu, f, dims; wp, xp, sa, sx, o, m_tok, kc, kp, rows_padded, ws, cnt, ws_stride)
 }
 
-/// The int8 lm_head: `rows x cols` int8 (rows zero-padded to 16 bytes) and one scale per row.
+/// Weight rows per GEMM block (`GEMM_ROWS` in gemm.cu).
+pub(crate) const GEMM_ROWS: usize = 128;
+
+/// Token rows (summed over splits) the split-K GEMM scratch holds.
+pub const SPLIT_SLOTS: usize = 512;
+
+/// Blocks per SM the split-K GEMM aims at (`BITNET_GEMM_BPS`, default 3).
+fn split_blocks_per_sm() -> usize {
+    std::env::var("BITNET_GEMM_BPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1)
+}
+
+/// The int8 lm_head: `rows x cols` int8 (rows zero-padded to 64 bytes) and one scale per row.
 pub struct LmI8 {
     rows: usize,
     cols: usize,
@@ -254,8 +352,8 @@ impl LmI8 {
         if values.len() != rows * cols || scales.len() != rows || rows == 0 || cols == 0 {
             return Err(Error::shape(format!("int8 lm_head of {rows} x {cols}")));
         }
-        to_i32(rows * cols, "lm_head size")?;
-        let dp = cols.div_ceil(16) * 16;
+        to_i32(rows * cols.div_ceil(64) * 64, "lm_head size")?;
+        let dp = cols.div_ceil(64) * 64;
         let data = if dp == cols {
             upload(gpu, values)?
         } else {
@@ -321,7 +419,18 @@ fn batches(rows: usize) -> impl Iterator<Item = (usize, usize)> {
 
 const LM_THREADS: u32 = 256;
 
-/// Logits of `rows` f32 rows `x` (`rows x cols`): `out[t][v] = (Σ q[v]·x[t]) * scale[v]`.
+/// Which kernel computes the int8 lm_head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LmKernel {
+    /// Tensor cores (f16 activations, f32 accumulation): the weights are read once per 64 rows.
+    Mma,
+    /// CUDA cores with f32 activations, at most 8 rows per pass (the weights are read again
+    /// for every 8 rows).
+    Simt,
+}
+
+/// Logits of `rows` f32 rows `x` (`rows x cols`): `out[t][v] = (Σ q[v]·x[t]) * scale[v]`, on
+/// tensor cores (`BITNET_CUDA_LM=simt` selects [`LmKernel::Simt`]).
 pub fn lm_head_i8(
     gpu: &Gpu,
     head: &LmI8,
@@ -329,11 +438,44 @@ pub fn lm_head_i8(
     rows: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    let simt = std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt");
+    lm_head_i8_with(gpu, head, x, rows, out, if simt { LmKernel::Simt } else { LmKernel::Mma })
+}
+
+/// [`lm_head_i8`] with an explicit kernel.
+pub fn lm_head_i8_with(
+    gpu: &Gpu,
+    head: &LmI8,
+    x: &CudaSlice<f32>,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+    kernel: LmKernel,
+) -> Result<()> {
     need(x.len(), rows * head.cols, "lm_head input")?;
     need(out.len(), rows * head.rows, "lm_head output")?;
     let (wp, sp, xp, op) =
         (dptr(gpu, &head.data), dptr(gpu, &head.scales), dptr(gpu, x), dptr(gpu, out));
-    let (vocab, dq, d) = (head.rows as i32, (head.dp / 16) as i32, head.cols as i32);
+    let (vocab, d) = (head.rows as i32, head.cols as i32);
+    if kernel == LmKernel::Mma {
+        let (dp, m_tok) = (head.dp as i32, to_i32(rows, "rows")?);
+        let dims = Dims { grid: (head.rows.div_ceil(128) as u32, 1, 1), block: 256 };
+        for t0 in (0..rows).step_by(64) {
+            let left = rows - t0;
+            let f = match left {
+                1..=8 => &gpu.k.lmm1,
+                9..=16 => &gpu.k.lmm2,
+                17..=32 => &gpu.k.lmm4,
+                _ => &gpu.k.lmm8,
+            };
+            let tok0 = t0 as i32;
+            // Kernel: lm_i8_mma_tNT(W, wscale, x, out, vocab, dp, d, m_tok, tok0): W holds
+            // vocab x dp bytes (dp a multiple of 64), x m_tok x d, out m_tok x vocab (checked);
+            // tokens past m_tok are neither read nor written.
+            launch!(gpu, f, dims; wp, sp, xp, op, vocab, dp, d, m_tok, tok0)?;
+        }
+        return Ok(());
+    }
+    let dq = (head.dp / 16) as i32;
     let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS };
     for (t0, m) in batches(rows) {
         let f = match m {

@@ -11,9 +11,11 @@ mod linear;
 mod misc;
 
 pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
+pub(crate) use linear::GEMM_ROWS;
 pub use linear::{
-    add_rms_norm, lm_head_f32, lm_head_i8, quantize_act, rms_norm, ternary_matmul, DeviceTernary,
-    LmF32, LmI8, QuantActs,
+    add_rms_norm, lm_head_f32, lm_head_i8, lm_head_i8_with, quantize_act, rms_norm, ternary_matmul,
+    ternary_matmul_multi, DeviceTernary, LmF32, LmI8, LmKernel, QuantActs, MAX_SEGMENTS,
+    SPLIT_SLOTS,
 };
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
 
@@ -179,15 +181,42 @@ pub(crate) unsafe fn launch_raw(
         }
     }
     gpu.bind()?;
-    cudarc::driver::result::launch_kernel(
-        f.cu_function(),
-        d.grid,
-        (d.block, 1, 1),
-        0,
-        gpu.stream().cu_stream(),
-        params,
-    )
-    .map_err(|e| dev_err("kernel launch", e))
+    launch_on(gpu, f.cu_function(), d.grid, d.block, params)
+}
+
+/// Launches `f` on `gpu`'s stream with the programmatic-dependent-launch attribute when the
+/// device supports it (every kernel waits for its predecessor with `PDL_WAIT`, common.cuh).
+///
+/// # Safety
+/// As [`launch_raw`]: `params` must match `f`'s signature and point to valid arguments.
+pub(crate) unsafe fn launch_on(
+    gpu: &Gpu,
+    f: cudarc::driver::sys::CUfunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    use cudarc::driver::sys;
+    // SAFETY: a zeroed attribute is a valid value of this plain C struct/union.
+    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: gpu.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(gpu.pdl()),
+    };
+    // SAFETY: `cfg` and `attr` live across the call; the caller vouches for `f` and `params`.
+    sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
+        .result()
+        .map_err(|e| dev_err("kernel launch", e))
 }
 
 /// `launch!(gpu, func, dims; a, b, c)`: launches with the local variables `a, b, c` as arguments.
