@@ -172,6 +172,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// Per batch size: aggregate tokens/s of each repetition, greedy and without host argmax.
 type Batched = Vec<(usize, Vec<f64>, Vec<f64>)>;
 
+/// Profile of the last batched run (decode steps only), printed per step.
+fn print_batched_profile(engine: &Engine, bs: usize, steps: usize) {
+    let p = engine.take_profile();
+    print_profile(&format!("batch-{bs} decode"), &p, steps as f64);
+}
+
 fn batched_decode(engine: &mut Engine, a: &BenchArgs) -> Result<Batched> {
     let vocab = engine.dims().vocab;
     let prompt = a.n_prompt.max(1);
@@ -194,6 +200,10 @@ fn batched_decode(engine: &mut Engine, a: &BenchArgs) -> Result<Batched> {
         };
         let g = runs(true)?;
         let m = runs(false)?;
+        if a.profile {
+            // The last run's decode steps (each call's prefill profile is discarded).
+            print_batched_profile(engine, bs, a.n_gen);
+        }
         out.push((bs, g, m));
     }
     Ok(out)
@@ -204,7 +214,7 @@ fn print_profile(what: &str, profile: &[(&'static str, f64, u64)], tokens: f64) 
         return;
     }
     let total: f64 = profile.iter().map(|p| p.1).sum();
-    println!("\nwhere {what} time goes ({tokens} tokens, warm-up included):");
+    println!("\nwhere {what} time goes ({tokens} tokens or steps, warm-up included):");
     println!("| operation | ms/token | share | calls/token |");
     println!("| --- | ---: | ---: | ---: |");
     for (name, secs, calls) in profile {

@@ -72,6 +72,8 @@ pub(crate) fn decode_batch<B: Backend>(
     }
     let mut tokens = vec![Vec::with_capacity(steps); batch];
     let mut logits = vec![0.0; batch * vocab];
+    // A profile taken after this call covers the decode steps only.
+    drop(model.backend().take_profile());
     let t = Instant::now();
     for step in 0..steps {
         rows.clear();

@@ -12,8 +12,9 @@
 //! token id and position come from two device words written just before the graph runs.
 
 mod host;
+mod profile;
 
-use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, RowPos};
+use super::{AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, RowPos};
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::{padded_cols, PackedTernary};
@@ -34,6 +35,7 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     scratch: Mutex<Scratch>,
+    profile: Option<profile::Profiler>,
 }
 
 /// Reused device buffers and small host staging vectors.
@@ -51,22 +53,27 @@ struct Scratch {
     step: Step,
 }
 
-/// Decode-step graphs: single-token steps after the first two are deferred and replayed as a CUDA
-/// graph; the token id and row read their values from `ids`/`rows` on the device.
+/// Decode-step graphs: steps of the same row count (at most [`STEP_ROWS`]) after the first two
+/// are deferred and replayed as a CUDA graph; token ids and rows are read from `ids`/`rows` on
+/// the device.
 struct Step {
     enabled: bool,
-    /// Consecutive single-token steps seen.
-    singles: usize,
-    /// Some while the current step is deferred: (token id, (slot, pos) once known).
-    cur: Option<(u32, Option<(usize, usize)>)>,
+    /// Row count of the last step, and how many consecutive steps had it.
+    last_n: usize,
+    repeats: usize,
+    /// Some while the current step is deferred: (token ids, (slot, pos) rows once known).
+    cur: Option<(Vec<i32>, Option<Vec<i32>>)>,
     ids: Option<CudaSlice<i32>>,
     rows: Option<CudaSlice<i32>>,
 }
 
+/// Most rows of a step replayed as a graph (batched decode up to this many sequences).
+const STEP_ROWS: usize = 256;
+
 impl Default for Step {
     fn default() -> Self {
         let enabled = std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Step { enabled, singles: 0, cur: None, ids: None, rows: None }
+        Step { enabled, last_n: 0, repeats: 0, cur: None, ids: None, rows: None }
     }
 }
 
@@ -104,6 +111,10 @@ pub struct CudaCache {
     v: CudaSlice<f32>,
 }
 
+fn i32_of(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::invalid(format!("{v} overflows the kernels' i32")))
+}
+
 fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -111,7 +122,29 @@ fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
 impl CudaBackend {
     /// Opens device `ordinal` (kernels are compiled on first use, once per process).
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { gpu: Gpu::open(ordinal)?, scratch: Mutex::new(Scratch::default()) })
+        let b = CudaBackend {
+            gpu: Gpu::open(ordinal)?,
+            scratch: Mutex::new(Scratch::default()),
+            profile: None,
+        };
+        Ok(if std::env::var("BITNET_PROFILE").ok().as_deref() == Some("1") {
+            b.with_profiling()
+        } else {
+            b
+        })
+    }
+    /// Times every operation on the GPU (see [`Backend::take_profile`]); turns decode graphs off
+    /// so that each kernel runs, and is timed, on its own.
+    pub fn with_profiling(mut self) -> Self {
+        self.profile = Some(profile::Profiler::default());
+        self.with_graphs(false)
+    }
+    /// Runs `f`, timed as operation `op` when profiling.
+    fn timed<T>(&self, op: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        match &self.profile {
+            Some(p) => p.time(&self.gpu, op, f),
+            None => f(),
+        }
     }
     /// The device.
     pub fn gpu(&self) -> &Arc<Gpu> {
@@ -132,56 +165,65 @@ impl CudaBackend {
 }
 
 impl Scratch {
-    /// Ends a deferred step: uploads its token id and row, then issues its launches (as a graph
-    /// when `graph`).
+    /// Ends a deferred step: uploads its token ids and rows, then issues its launches (as a
+    /// graph when `graph`).
     fn end_step(&mut self, gpu: &Gpu, graph: bool) -> Result<()> {
-        let Some((id, row)) = self.step.cur.take() else { return Ok(()) };
-        let (slot, pos) = row.unwrap_or((0, 0));
-        let conv =
-            |v: usize| i32::try_from(v).map_err(|_| Error::invalid("position overflows i32"));
-        if let (Some(i), Some(r)) = (self.step.ids.as_mut(), self.step.rows.as_mut()) {
-            ops::write(gpu, &[id as i32], i)?;
-            ops::write(gpu, &[conv(slot)?, conv(pos)?], r)?;
+        let Some((ids, rows)) = self.step.cur.take() else { return Ok(()) };
+        if let (Some(i), Some(r), Some(rows)) =
+            (self.step.ids.as_mut(), self.step.rows.as_mut(), rows.as_ref())
+        {
+            ops::write(gpu, &ids, i)?;
+            ops::write(gpu, rows, r)?;
         }
         gpu.flush(graph)
     }
 
-    /// Called by `embed`: deferral starts at the third consecutive single-token step.
+    /// Called by `embed`: deferral starts at the third consecutive step of the same row count.
     fn begin_step(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Option<IdsArg>> {
         self.end_step(gpu, false)?;
-        if ids.len() != 1 || !self.step.enabled {
-            self.step.singles = 0;
+        let n = ids.len();
+        if n != self.step.last_n {
+            (self.step.last_n, self.step.repeats) = (n, 0);
+        }
+        self.step.repeats += 1;
+        if !self.step.enabled || n > STEP_ROWS || self.step.repeats < 3 {
             return Ok(None);
         }
-        self.step.singles += 1;
-        if self.step.singles < 3 {
-            return Ok(None);
-        }
-        if self.step.ids.is_none() {
-            self.step.ids = Some(ops::zeros(gpu, 1)?);
-            self.step.rows = Some(ops::zeros(gpu, 2)?);
+        if self.step.ids.as_ref().is_none_or(|d| d.len() < n) {
+            let cap = n.next_power_of_two().max(8);
+            self.step.ids = Some(ops::zeros(gpu, cap)?);
+            self.step.rows = Some(ops::zeros(gpu, 2 * cap)?);
         }
         let dev = self.step.ids.as_ref().ok_or_else(|| Error::invalid("step ids"))?;
-        let arg = IdsArg::device(gpu, dev, 1)?;
-        self.step.cur = Some((ids[0], None));
+        let arg = IdsArg::device(gpu, dev, n)?;
+        let ids = ids.iter().map(|&i| i32_of(i as usize)).collect::<Result<Vec<_>>>()?;
+        self.step.cur = Some((ids, None));
         gpu.defer();
         Ok(Some(arg))
     }
 
     /// The rows argument inside a deferred step (None: not deferring, or the step ended).
     fn step_rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<Option<RowsArg>> {
-        let Some((_, cur)) = &mut self.step.cur else { return Ok(None) };
-        let this = rows.first().map(|r| (r.slot, r.pos));
-        match (rows.len(), *cur) {
-            (1, None) => *cur = this,
-            (1, Some(r)) if Some(r) == this => {}
-            _ => {
+        let Some((ids, cur)) = &mut self.step.cur else { return Ok(None) };
+        let mut this = Vec::with_capacity(2 * rows.len());
+        for r in rows {
+            this.push(i32_of(r.slot)?);
+            this.push(i32_of(r.pos)?);
+        }
+        match cur {
+            _ if rows.len() != ids.len() => {
+                self.end_step(gpu, false)?;
+                return Ok(None);
+            }
+            None => *cur = Some(this),
+            Some(r) if *r == this => {}
+            Some(_) => {
                 self.end_step(gpu, false)?;
                 return Ok(None);
             }
         }
         let dev = self.step.rows.as_ref().ok_or_else(|| Error::invalid("step rows"))?;
-        Ok(Some(RowsArg::device(gpu, dev, 1)?))
+        Ok(Some(RowsArg::device(gpu, dev, rows.len())?))
     }
 
     /// Stages `rows` and returns the kernels' row argument (by value up to 8 rows, else a device
@@ -258,6 +300,10 @@ impl Backend for CudaBackend {
     type LmHead = CudaLmHead;
     type Cache = CudaCache;
 
+    fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
+        self.profile.as_ref().map(|p| p.take()).unwrap_or_default()
+    }
+
     fn describe(&self) -> String {
         format!("{} (dp4a GEMV, int8 mma GEMM)", self.gpu.info())
     }
@@ -287,6 +333,15 @@ impl Backend for CudaBackend {
         self.settle()?;
         let packed = PackedTernary::pack(&w.to_ternary(), w.rows(), w.cols())?;
         Ok(CudaLinear(DeviceTernary::upload(&self.gpu, &packed, w.scale())?))
+    }
+    fn fuse(&self, parts: Vec<Self::Linear>) -> Result<Fused<Self::Linear>> {
+        let same_width = parts.windows(2).all(|p| p[0].0.cols() == p[1].0.cols());
+        if parts.len() < 2 || parts.len() > ops::MAX_SEGMENTS || !same_width {
+            return Ok(Err(parts));
+        }
+        self.settle()?;
+        let parts = parts.into_iter().map(|p| p.0).collect();
+        Ok(Ok(CudaLinear(DeviceTernary::stack(&self.gpu, parts)?)))
     }
     fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding> {
         self.settle()?;
@@ -323,13 +378,15 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
-        let mut s = lock(&self.scratch);
-        let a = match s.begin_step(&self.gpu, ids)? {
-            Some(a) => a,
-            None => s.ids(&self.gpu, ids)?,
-        };
-        drop(s);
-        ops::embed(&self.gpu, e, &a, ids, out.touched())
+        self.timed(0, || {
+            let mut s = lock(&self.scratch);
+            let a = match s.begin_step(&self.gpu, ids)? {
+                Some(a) => a,
+                None => s.ids(&self.gpu, ids)?,
+            };
+            drop(s);
+            ops::embed(&self.gpu, e, &a, ids, out.touched())
+        })
     }
 
     fn rms_norm(
@@ -340,15 +397,26 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let d = w.len;
-        let kp = padded_cols(d);
-        if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
-            self.settle()?;
-            out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
-        }
-        ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, &mut out.data, out.q.as_mut())?;
-        out.q_shape = Some((rows, d));
-        Ok(())
+        self.timed(1, || {
+            let d = w.len;
+            let kp = padded_cols(d);
+            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+                self.settle()?;
+                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+            }
+            ops::rms_norm(
+                &self.gpu,
+                &x.data,
+                &w.data,
+                d,
+                eps,
+                rows,
+                &mut out.data,
+                out.q.as_mut(),
+            )?;
+            out.q_shape = Some((rows, d));
+            Ok(())
+        })
     }
 
     fn add_rms_norm(
@@ -361,19 +429,23 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let d = w.len;
-        if d != width {
-            return Err(Error::shape(format!("add_rms_norm of width {width} with {d} weights")));
-        }
-        let kp = padded_cols(d);
-        if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
-            self.settle()?;
-            out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
-        }
-        let (xd, q) = (x.touched(), out.q.as_mut());
-        ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, &mut out.data, q)?;
-        out.q_shape = Some((rows, d));
-        Ok(())
+        self.timed(2, || {
+            let d = w.len;
+            if d != width {
+                return Err(Error::shape(format!(
+                    "add_rms_norm of width {width} with {d} weights"
+                )));
+            }
+            let kp = padded_cols(d);
+            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+                self.settle()?;
+                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+            }
+            let (xd, q) = (x.touched(), out.q.as_mut());
+            ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, &mut out.data, q)?;
+            out.q_shape = Some((rows, d));
+            Ok(())
+        })
     }
 
     fn bitlinear(
@@ -383,19 +455,31 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let w = &w.0;
-        let out = out.touched();
-        match (&x.q, x.q_shape) {
-            (Some(q), Some(shape)) if shape == (rows, w.cols()) => {
-                ops::ternary_matmul(&self.gpu, w, q, rows, out)
+        self.bitlinear_multi(w, x, rows, &mut [out])
+    }
+
+    fn bitlinear_multi(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        self.timed(3, || {
+            let w = &w.0;
+            let mut outs: Vec<&mut CudaSlice<f32>> = outs.iter_mut().map(|o| o.touched()).collect();
+            match (&x.q, x.q_shape) {
+                (Some(q), Some(shape)) if shape == (rows, w.cols()) => {
+                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, &mut outs)
+                }
+                _ => {
+                    let mut s = lock(&self.scratch);
+                    let q = s.quant(&self.gpu, rows, w.padded_cols())?;
+                    ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
+                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, &mut outs)
+                }
             }
-            _ => {
-                let mut s = lock(&self.scratch);
-                let q = s.quant(&self.gpu, rows, w.padded_cols())?;
-                ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
-                ops::ternary_matmul(&self.gpu, w, q, rows, out)
-            }
-        }
+        })
     }
 
     fn rope(
@@ -406,16 +490,18 @@ impl Backend for CudaBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        let mut s = lock(&self.scratch);
-        let a = s.rows(&self.gpu, rows)?;
-        let key = (theta.to_bits(), head_dim);
-        let f = match s.rope.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?)
-            }
-        };
-        ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
+        self.timed(4, || {
+            let mut s = lock(&self.scratch);
+            let a = s.rows(&self.gpu, rows)?;
+            let key = (theta.to_bits(), head_dim);
+            let f = match s.rope.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?)
+                }
+            };
+            ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
+        })
     }
 
     fn store_kv(
@@ -426,20 +512,22 @@ impl Backend for CudaBackend {
         v: &Self::Buf,
         rows: &[RowPos],
     ) -> Result<()> {
-        let mut s = lock(&self.scratch);
-        let a = s.rows(&self.gpu, rows)?;
-        let c = &mut *cache;
-        ops::store_kv(
-            &self.gpu,
-            &mut c.k,
-            &mut c.v,
-            &c.dims,
-            layer,
-            &k.data,
-            &v.data,
-            &a,
-            &s.rows_host,
-        )
+        self.timed(5, || {
+            let mut s = lock(&self.scratch);
+            let a = s.rows(&self.gpu, rows)?;
+            let c = &mut *cache;
+            ops::store_kv(
+                &self.gpu,
+                &mut c.k,
+                &mut c.v,
+                &c.dims,
+                layer,
+                &k.data,
+                &v.data,
+                &a,
+                &s.rows_host,
+            )
+        })
     }
 
     fn attention(
@@ -451,43 +539,45 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let AttnShape { heads, kv_heads, head_dim } = shape;
-        if kv_heads != cache.dims.kv_heads || head_dim != cache.dims.head_dim {
-            return Err(Error::invalid(format!(
-                "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
-                cache.dims.kv_heads, cache.dims.head_dim
-            )));
-        }
-        let mut s = lock(&self.scratch);
-        let a = s.rows(&self.gpu, rows)?;
-        let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
-        let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
-        let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
-        if s.part.as_ref().is_none_or(|p| p.len() < need) {
-            s.end_step(&self.gpu, false)?;
-            s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
-        }
-        let Scratch { part, rows_host, .. } = &mut *s;
-        let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
-        let c = cache;
-        ops::attention(
-            &self.gpu,
-            &q.data,
-            &c.k,
-            &c.v,
-            &c.dims,
-            layer,
-            &a,
-            rows_host,
-            heads,
-            splits,
-            part,
-            out.touched(),
-        )
+        self.timed(6, || {
+            let AttnShape { heads, kv_heads, head_dim } = shape;
+            if kv_heads != cache.dims.kv_heads || head_dim != cache.dims.head_dim {
+                return Err(Error::invalid(format!(
+                    "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
+                    cache.dims.kv_heads, cache.dims.head_dim
+                )));
+            }
+            let mut s = lock(&self.scratch);
+            let a = s.rows(&self.gpu, rows)?;
+            let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
+            let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
+            let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
+            if s.part.as_ref().is_none_or(|p| p.len() < need) {
+                s.end_step(&self.gpu, false)?;
+                s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
+            }
+            let Scratch { part, rows_host, .. } = &mut *s;
+            let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
+            let c = cache;
+            ops::attention(
+                &self.gpu,
+                &q.data,
+                &c.k,
+                &c.v,
+                &c.dims,
+                layer,
+                &a,
+                rows_host,
+                heads,
+                splits,
+                part,
+                out.touched(),
+            )
+        })
     }
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len)
+        self.timed(7, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
     }
 
     fn copy(
@@ -498,11 +588,11 @@ impl Backend for CudaBackend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len)
+        self.timed(8, || ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len))
     }
 
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
-        ops::add(&self.gpu, x.touched(), &y.data, len)
+        self.timed(8, || ops::add(&self.gpu, x.touched(), &y.data, len))
     }
 
     fn logits(
@@ -512,9 +602,9 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        match head {
+        self.timed(9, || match head {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
             CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
-        }
+        })
     }
 }

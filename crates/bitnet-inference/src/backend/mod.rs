@@ -76,6 +76,9 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
+/// A fused projection, or the parts given back (see [`Backend::fuse`]).
+pub type Fused<L> = std::result::Result<L, Vec<L>>;
+
 /// A device that can run the BitNet forward pass.
 pub trait Backend: Send + Sync {
     /// f32 activation buffer on the device.
@@ -105,6 +108,12 @@ pub trait Backend: Send + Sync {
 
     /// Prepares a ternary projection from the CPU's canonical layout.
     fn linear(&self, w: I2sMatrix) -> Result<Self::Linear>;
+    /// Stacks projections that read the same input (q/k/v, gate/up) into one, for backends
+    /// where one kernel over all of them is faster ([`Backend::bitlinear_multi`] then splits
+    /// the output); `Err(parts)` gives the parts back unchanged where it is not.
+    fn fuse(&self, parts: Vec<Self::Linear>) -> Result<Fused<Self::Linear>> {
+        Ok(Err(parts))
+    }
     /// Prepares an embedding table.
     fn embedding(&self, table: DenseMatrix) -> Result<Self::Embedding>;
     /// Prepares the vocabulary projection.
@@ -147,6 +156,17 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// BitLinear of a [`Backend::fuse`]d projection: part `j`'s output goes to `outs[j]`.
+    fn bitlinear_multi(
+        &self,
+        w: &Self::Linear,
+        x: &Self::Buf,
+        rows: usize,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        let _ = (w, x, rows, outs);
+        Err(Error::unsupported(format!("fused projections on {}", self.describe())))
+    }
     /// Rotary embedding (rotate-half convention) in place on `rows.len()` rows of
     /// `heads * head_dim` values.
     fn rope(

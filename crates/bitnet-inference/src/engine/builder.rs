@@ -96,7 +96,11 @@ impl EngineBuilder {
         let (runner, file, dir) = match sel.device {
             #[cfg(feature = "cuda")]
             bitnet_core::Device::Cuda(i) => {
-                self.load_runner(crate::backend::CudaBackend::new(i)?, progress)?
+                let mut backend = crate::backend::CudaBackend::new(i)?;
+                if self.profile {
+                    backend = backend.with_profiling();
+                }
+                self.load_runner(backend, progress)?
             }
             _ => {
                 let mut backend = CpuBackend::new(self.threads);

@@ -40,13 +40,39 @@ pub(crate) struct Layer<B: Backend> {
     pub post_norm: B::Buf,
     pub attn_sub_norm: B::Buf,
     pub ffn_sub_norm: B::Buf,
-    pub q: B::Linear,
-    pub k: B::Linear,
-    pub v: B::Linear,
+    /// q, k and v projections.
+    pub qkv: Proj<B>,
     pub o: B::Linear,
-    pub gate: B::Linear,
-    pub up: B::Linear,
+    /// gate and up projections.
+    pub gate_up: Proj<B>,
     pub down: B::Linear,
+}
+
+/// Projections that read the same input: one fused matrix where the backend fuses them
+/// ([`Backend::fuse`]), else the parts.
+pub(crate) enum Proj<B: Backend> {
+    Fused(B::Linear),
+    Parts(Vec<B::Linear>),
+}
+
+impl<B: Backend> Proj<B> {
+    /// Fuses `parts` when the backend gains from it.
+    pub(crate) fn new(b: &B, parts: Vec<B::Linear>) -> Result<Self> {
+        Ok(match b.fuse(parts)? {
+            Ok(f) => Proj::Fused(f),
+            Err(p) => Proj::Parts(p),
+        })
+    }
+
+    /// BitLinear of every part: part `j`'s output to `outs[j]`.
+    fn run(&self, b: &B, x: &B::Buf, rows: usize, outs: &mut [&mut B::Buf]) -> Result<()> {
+        match self {
+            Proj::Fused(w) => b.bitlinear_multi(w, x, rows, outs),
+            Proj::Parts(ws) => {
+                ws.iter().zip(outs.iter_mut()).try_for_each(|(w, o)| b.bitlinear(w, x, rows, o))
+            }
+        }
+    }
 }
 
 /// A loaded BitNet model on one backend.
@@ -192,9 +218,7 @@ impl<B: Backend> BitNetModel<B> {
             } else {
                 b.add_rms_norm(&mut st.x, &st.tmp, &l.input_norm, d.hidden, d.eps, n, &mut st.xn)?;
             }
-            b.bitlinear(&l.q, &st.xn, n, &mut st.q)?;
-            b.bitlinear(&l.k, &st.xn, n, &mut st.k)?;
-            b.bitlinear(&l.v, &st.xn, n, &mut st.v)?;
+            l.qkv.run(b, &st.xn, n, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             b.rope(&mut st.q, rows, d.heads, d.head_dim, d.rope_theta)?;
             b.rope(&mut st.k, rows, d.kv_heads, d.head_dim, d.rope_theta)?;
             b.store_kv(&mut st.cache, li, &st.k, &st.v, rows)?;
@@ -203,8 +227,7 @@ impl<B: Backend> BitNetModel<B> {
             b.bitlinear(&l.o, &st.xn, n, &mut st.tmp)?;
             // Feed-forward block.
             b.add_rms_norm(&mut st.x, &st.tmp, &l.post_norm, d.hidden, d.eps, n, &mut st.xn)?;
-            b.bitlinear(&l.gate, &st.xn, n, &mut st.gate)?;
-            b.bitlinear(&l.up, &st.xn, n, &mut st.up)?;
+            l.gate_up.run(b, &st.xn, n, &mut [&mut st.gate, &mut st.up])?;
             b.relu2_mul(&mut st.gate, &st.up, n * d.intermediate)?;
             b.rms_norm(&st.gate, &l.ffn_sub_norm, d.eps, n, &mut st.up)?;
             b.bitlinear(&l.down, &st.up, n, &mut st.tmp)?;

@@ -1,7 +1,7 @@
 //! Synthetic models: random ternary weights at the dimensions of real BitNet models, built in
 //! memory (no file), for `bitnet bench --synthetic` and tests.
 
-use super::bitnet::{BitNetModel, Dims, Layer};
+use super::bitnet::{BitNetModel, Dims, Layer, Proj};
 use crate::backend::{Backend, DenseMatrix, LmHeadMode};
 use bitnet_core::{DType, Error, Result, Tensor};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -83,12 +83,12 @@ pub fn build<B: Backend>(
             post_norm: backend.upload(&vec![1.0; h])?,
             attn_sub_norm: backend.upload(&vec![1.0; qd])?,
             ffn_sub_norm: backend.upload(&vec![1.0; f])?,
-            q: lin(qd, h, &mut rng)?,
-            k: lin(kvd, h, &mut rng)?,
-            v: lin(kvd, h, &mut rng)?,
+            qkv: Proj::new(
+                &backend,
+                vec![lin(qd, h, &mut rng)?, lin(kvd, h, &mut rng)?, lin(kvd, h, &mut rng)?],
+            )?,
             o: lin(h, qd, &mut rng)?,
-            gate: lin(f, h, &mut rng)?,
-            up: lin(f, h, &mut rng)?,
+            gate_up: Proj::new(&backend, vec![lin(f, h, &mut rng)?, lin(f, h, &mut rng)?])?,
             down: lin(h, f, &mut rng)?,
         });
     }

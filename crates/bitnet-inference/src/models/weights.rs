@@ -1,7 +1,7 @@
 //! Building a [`BitNetModel`] from loaded tensors: every projection format is repacked once
 //! into the CPU's canonical ternary layout (I2_S x86) and handed to the backend.
 
-use super::bitnet::{BitNetModel, Dims, Layer};
+use super::bitnet::{BitNetModel, Dims, Layer, Proj};
 use crate::backend::{Backend, DenseMatrix, LmHeadMode};
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
 use bitnet_quant::formats::{hf_packed, i2s::I2sMatrix, TernaryFormat};
@@ -168,12 +168,19 @@ pub fn build<B: Backend>(
                 qd,
             )?,
             ffn_sub_norm: vector(&backend, src, &format!("{p}.mlp.ffn_sub_norm.weight"), f)?,
-            q: lin("self_attn.q_proj", qd, h)?,
-            k: lin("self_attn.k_proj", kvd, h)?,
-            v: lin("self_attn.v_proj", kvd, h)?,
+            qkv: Proj::new(
+                &backend,
+                vec![
+                    lin("self_attn.q_proj", qd, h)?,
+                    lin("self_attn.k_proj", kvd, h)?,
+                    lin("self_attn.v_proj", kvd, h)?,
+                ],
+            )?,
             o: lin("self_attn.o_proj", h, qd)?,
-            gate: lin("mlp.gate_proj", f, h)?,
-            up: lin("mlp.up_proj", f, h)?,
+            gate_up: Proj::new(
+                &backend,
+                vec![lin("mlp.gate_proj", f, h)?, lin("mlp.up_proj", f, h)?],
+            )?,
             down: lin("mlp.down_proj", h, f)?,
         });
         progress(i + 1, d.layers);
