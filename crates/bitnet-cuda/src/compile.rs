@@ -5,7 +5,7 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CStr;
 
 /// Every kernel source, in order (`common.cuh` first: the others use its definitions).
-pub(crate) const SOURCES: [(&str, &str); 7] = [
+pub(crate) const SOURCES: [(&str, &str); 8] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
@@ -13,6 +13,7 @@ pub(crate) const SOURCES: [(&str, &str); 7] = [
     ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("lm_head.cu", include_str!("../kernels/lm_head.cu")),
+    ("sample.cu", include_str!("../kernels/sample.cu")),
 ];
 
 /// The whole program: every source concatenated.
@@ -124,6 +125,7 @@ mod tests {
             "attn_combine",
             "LM_KERNELS(8)",
             "embed_f16",
+            "sample_rows",
         ] {
             assert!(s.contains(k), "{k} missing");
         }

@@ -110,6 +110,7 @@ kernels! {
     attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
+    sample_rows: "sample_rows",
 }
 
 impl Kernels {

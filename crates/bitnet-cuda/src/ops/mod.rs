@@ -9,6 +9,7 @@ use std::ffi::c_void;
 mod attn;
 mod linear;
 mod misc;
+mod sample;
 
 pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
 pub use linear::{
@@ -16,6 +17,7 @@ pub use linear::{
     LmF32, LmI8, QuantActs,
 };
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
+pub use sample::{sample, SampleConfig, SampleScratch};
 
 /// Most rows passed by value in [`RowsArg`] / [`IdsArg`].
 pub const SMALL: usize = 8;
