@@ -12,6 +12,7 @@
 //! token id and position come from two device words written just before the graph runs.
 
 mod host;
+mod sample;
 
 use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, RowPos};
 use bitnet_core::{Error, Result};
@@ -49,6 +50,7 @@ struct Scratch {
     ids_host: Vec<i32>,
     ids_dev: Option<CudaSlice<i32>>,
     step: Step,
+    sample: sample::SampleState,
 }
 
 /// Decode-step graphs: single-token steps after the first two are deferred and replayed as a CUDA
@@ -516,5 +518,17 @@ impl Backend for CudaBackend {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
             CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
         }
+    }
+
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        p: &crate::sampling::SamplingParams,
+        uniforms: &[f64],
+        out: &mut [u32],
+    ) -> Result<()> {
+        self.sample_rows(logits, rows, vocab, p, uniforms, out)
     }
 }
