@@ -40,11 +40,13 @@ impl SampleConfig {
     }
 }
 
-/// Device buffers of [`sample`]: one weight row per row (only for non-greedy sampling), the
-/// uniforms and the ids. Grows on demand and is reused.
+/// Device buffers of [`sample`]: two candidate lists (weights and ids) of the padded vocabulary
+/// per row (only for non-greedy sampling), the uniforms and the chosen ids. Grows on demand and
+/// is reused.
 #[derive(Default)]
 pub struct SampleScratch {
     weights: Option<CudaSlice<f32>>,
+    cand_ids: Option<CudaSlice<i32>>,
     uniforms: Option<CudaSlice<f64>>,
     ids: Option<CudaSlice<i32>>,
 }
@@ -93,20 +95,25 @@ pub fn sample(
     }
     let grid = u32::try_from(rows).map_err(|_| Error::invalid("device sampling: too many rows"))?;
     let n = to_i32(vocab, "vocabulary")?;
-    to_i32(rows * vocab, "rows x vocabulary")?;
+    // Candidate lists are read 16 bytes at a time: rows of a multiple of 4 entries.
+    let stride = vocab.next_multiple_of(4);
+    to_i32(rows * 2 * stride, "rows x 2 x padded vocabulary")?;
+    let st = to_i32(stride, "padded vocabulary")?;
     grow(gpu, &mut scratch.ids, rows)?;
-    let (mut wp, mut up) = (0u64, 0u64);
+    let (mut wp, mut cp, mut up) = (0u64, 0u64, 0u64);
     if !cfg.greedy {
         need(uniforms.len(), rows, "sample uniforms")?;
         if let Some(&u) = uniforms[..rows].iter().find(|u| !(0.0..1.0).contains(*u)) {
             return Err(Error::invalid(format!("device sampling: uniform {u} is not in [0, 1)")));
         }
-        grow(gpu, &mut scratch.weights, rows * vocab)?;
+        grow(gpu, &mut scratch.weights, rows * 2 * stride)?;
+        grow(gpu, &mut scratch.cand_ids, rows * 2 * stride)?;
         grow(gpu, &mut scratch.uniforms, rows)?;
         let ubuf = scratch.uniforms.as_mut().ok_or_else(|| Error::invalid("uniforms"))?;
         super::write(gpu, &uniforms[..rows], ubuf)?;
         up = dptr(gpu, ubuf);
         wp = dptr(gpu, scratch.weights.as_ref().ok_or_else(|| Error::invalid("weights"))?);
+        cp = dptr(gpu, scratch.cand_ids.as_ref().ok_or_else(|| Error::invalid("ids"))?);
     }
     let ids = scratch.ids.as_mut().ok_or_else(|| Error::invalid("sample ids"))?;
     let (lp, ip) = (dptr(gpu, logits), dptr(gpu, ids));
@@ -115,9 +122,11 @@ pub fn sample(
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
     let (top_p, min_p) = (cfg.top_p, cfg.min_p);
     let dims = Dims { grid: (grid, 1, 1), block: THREADS };
-    // Kernel: sample_rows(logits, wbuf, uniforms, out, n, greedy, inv_t, top_k, top_p, min_p);
-    // logits hold rows * n values, out rows ids (checked); wbuf (rows * n) and uniforms (rows)
-    // are allocated and checked unless greedy, when the kernel returns before touching them.
-    launch!(gpu, &gpu.k.sample_rows, dims; lp, wp, up, ip, n, greedy, inv_t, top_k, top_p, min_p)?;
+    // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, n, stride, greedy, inv_t, top_k,
+    // top_p, min_p); logits hold rows * n values and out rows ids (checked); wbuf and ibuf
+    // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms
+    // (rows) are allocated unless greedy, when the kernel returns before touching them.
+    launch!(gpu, &gpu.k.sample_rows, dims;
+        lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)?;
     super::download(gpu, ids, &mut out[..rows])
 }
