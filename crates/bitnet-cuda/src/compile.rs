@@ -5,7 +5,7 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CStr;
 
 /// Every kernel source, in order (`common.cuh` first: the others use its definitions).
-pub(crate) const SOURCES: [(&str, &str); 7] = [
+pub(crate) const SOURCES: [(&str, &str); 8] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
@@ -13,6 +13,7 @@ pub(crate) const SOURCES: [(&str, &str); 7] = [
     ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("lm_head.cu", include_str!("../kernels/lm_head.cu")),
+    ("sample.cu", include_str!("../kernels/sample.cu")),
 ];
 
 /// The whole program: every source concatenated.
@@ -113,6 +114,17 @@ mod tests {
         }
     }
 
+    /// Every kernel is launched with programmatic dependent launch, so each must wait for its
+    /// predecessor (`PDL_WAIT`, or `PDL_ENTER`) before touching activations.
+    #[test]
+    fn every_kernel_source_waits_for_its_predecessor() {
+        for (name, src) in SOURCES {
+            let kernels = src.matches("__global__").count();
+            let waits = src.matches("PDL_WAIT()").count() + src.matches("PDL_ENTER()").count();
+            assert!(kernels == 0 || waits > 0, "{name}: {kernels} kernels, no PDL wait");
+        }
+    }
+
     #[test]
     fn every_source_is_embedded_and_common_comes_first() {
         let s = program_source();
@@ -124,6 +136,7 @@ mod tests {
             "attn_combine",
             "LM_KERNELS(8)",
             "embed_f16",
+            "sample_rows",
         ] {
             assert!(s.contains(k), "{k} missing");
         }

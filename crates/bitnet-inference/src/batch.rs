@@ -12,6 +12,7 @@
 
 use crate::backend::{Backend, RowPos};
 use crate::models::{BitNetModel, LogitsFor};
+use crate::sampling::SamplingParams;
 use crate::Engine;
 use bitnet_core::{Error, Result};
 use std::time::Instant;
@@ -22,7 +23,8 @@ pub struct BatchDecode {
     /// Tokens fed at each decode step, per sequence (`steps` each; the first is the argmax of
     /// the prompt's last logits).
     pub tokens: Vec<Vec<u32>>,
-    /// Logits of the last decode step, `batch x vocab` (only row 0 unless `greedy`).
+    /// Logits of the last decode step, `batch x vocab` (only row 0 unless `greedy`), downloaded
+    /// after the timed steps.
     pub last_logits: Vec<f32>,
     /// Seconds spent in the decode steps (prefill excluded).
     pub decode_s: f64,
@@ -56,8 +58,8 @@ pub(crate) fn decode_batch<B: Backend>(
         )));
     }
     let mut st = model.new_state(batch, longest + steps, batch.max(chunk.max(1)))?;
-    let mut logits = vec![0.0; vocab];
-    let mut next = Vec::with_capacity(batch);
+    let argmax = SamplingParams::greedy();
+    let mut next = vec![0; batch];
     let mut rows = Vec::with_capacity(st.max_rows());
     // Prefill each sequence in its own slot.
     for (slot, p) in prompts.iter().enumerate() {
@@ -67,11 +69,11 @@ pub(crate) fn decode_batch<B: Backend>(
             rows.extend((0..part.len()).map(|i| RowPos { slot, pos: base + i }));
             model.forward(&mut st, part, &rows, LogitsFor::Last)?;
         }
-        model.logits_into(&st, &mut logits)?;
-        next.push(argmax(&logits));
+        let b = model.backend();
+        b.sample(st.logits_buf(), 1, vocab, &argmax, &[], &mut next[slot..slot + 1])?;
     }
     let mut tokens = vec![Vec::with_capacity(steps); batch];
-    let mut logits = vec![0.0; batch * vocab];
+    let mut logits = vec![0.0; if greedy { batch * vocab } else { vocab }];
     // A profile taken after this call covers the decode steps only.
     drop(model.backend().take_profile());
     let t = Instant::now();
@@ -85,36 +87,26 @@ pub(crate) fn decode_batch<B: Backend>(
         }
         model.forward(&mut st, &next, &rows, LogitsFor::All)?;
         if greedy {
-            model.logits_into(&st, &mut logits)?;
-            for (n, row) in next.iter_mut().zip(logits.chunks(vocab)) {
-                *n = argmax(row);
-            }
+            // Argmax of every row on the device: only the ids come back.
+            model.backend().sample(st.logits_buf(), batch, vocab, &argmax, &[], &mut next)?;
         } else {
             // Waits for the step by reading row 0 only; every sequence keeps its token.
-            model.backend().download(st.logits_buf(), &mut logits[..vocab])?;
+            model.backend().download(st.logits_buf(), &mut logits)?;
         }
     }
     let decode_s = t.elapsed().as_secs_f64();
-    if !greedy {
-        logits.truncate(vocab);
+    if greedy {
+        model.logits_into(&st, &mut logits)?;
     }
     Ok(BatchDecode { tokens, last_logits: logits, decode_s })
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let best = v
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b });
-    best.0 as u32
 }
 
 impl Engine {
     /// Decodes `prompts.len()` sequences together: prefills each prompt into its own KV-cache
     /// slot (a fresh state of `prompts.len()` slots and `longest prompt + steps` positions;
     /// the engine's own cache is untouched), then runs `steps` forward calls of one row per
-    /// sequence. With `greedy`, each row's next token is the argmax of its logits (all logits
-    /// go to the host every step); without, only row 0's logits are read back and every
+    /// sequence. With `greedy`, each row's next token is the argmax of its logits, picked on the
+    /// backend (only the ids go to the host each step; see `Backend::sample`); without, only row 0's logits are read back and every
     /// sequence repeats its first token (measures the model alone).
     pub fn decode_batch(
         &mut self,

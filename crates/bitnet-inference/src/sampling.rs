@@ -158,6 +158,10 @@ impl Sampler {
     /// Picks the next token id. `logits` is modified in place (NaN → -inf, repetition penalty);
     /// `context` holds the ids already in the sequence (ids outside the vocabulary are ignored).
     /// Errors on an empty row and on a row with no finite or `+inf` logit.
+    ///
+    /// Same as [`Sampler::draw`] then [`Sampler::pick`] after the repetition penalty: one number
+    /// of the stream per call unless greedy, so device sampling with the same draws (see
+    /// `Backend::sample`) continues the same stream.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32]) -> Result<u32> {
         if logits.is_empty() {
             return Err(Error::invalid("cannot sample from an empty logits row"));
@@ -168,20 +172,47 @@ impl Sampler {
             }
         }
         self.apply_repetition_penalty(logits, context);
+        let u = self.draw();
+        self.pick(logits, u)
+    }
+
+    /// The uniform number in `[0, 1)` for the next pick: the next of the seeded stream, or `0`
+    /// without touching the stream when the parameters are greedy (greedy picks draw nothing).
+    pub fn draw(&mut self) -> f64 {
+        if self.params.is_greedy() {
+            0.0
+        } else {
+            self.rng.next_f64()
+        }
+    }
+
+    /// The token that the uniform `u` (in `[0, 1)`) selects from `logits` under these parameters,
+    /// without repetition penalty: the host reference of device sampling. NaN counts as `-inf`
+    /// (rewritten in place); the first `+inf` wins; greedy is the argmax (lowest index among
+    /// ties). Otherwise weights `exp((l - max) / T)`, top-k by logit, top-p, min-p, then the
+    /// candidates are walked with `r = u * mass` — in (weight desc, id asc) order when top-k or
+    /// top-p is on, in id order otherwise — and the first whose running mass exceeds `r` wins.
+    /// Errors on an empty row and on a row with no finite or `+inf` logit.
+    pub fn pick(&mut self, logits: &mut [f32], u: f64) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(Error::invalid("cannot sample from an empty logits row"));
+        }
+        for l in logits.iter_mut() {
+            if l.is_nan() {
+                *l = f32::NEG_INFINITY;
+            }
+        }
         if let Some(i) = logits.iter().position(|&l| l == f32::INFINITY) {
             return Ok(i as u32);
         }
         let (best, max) = argmax(logits);
         if max == f32::NEG_INFINITY {
-            return Err(Error::invalid(format!(
-                "all {} logits are -inf or NaN: nothing to sample",
-                logits.len()
-            )));
+            return Err(nothing_to_sample(logits.len()));
         }
         if self.params.is_greedy() {
             return Ok(best);
         }
-        Ok(self.sample_filtered(logits, max))
+        Ok(self.sample_filtered(logits, max, u))
     }
 
     /// HF/CTRL rule on each distinct context token: a positive logit is divided by the
@@ -215,8 +246,8 @@ impl Sampler {
         }
     }
 
-    /// Temperature, top-k, top-p, min-p, then a draw. `max` is the largest (finite) logit.
-    fn sample_filtered(&mut self, logits: &[f32], max: f32) -> u32 {
+    /// Temperature, top-k, top-p, min-p, then the draw `u`. `max` is the largest (finite) logit.
+    fn sample_filtered(&mut self, logits: &[f32], max: f32, u: f64) -> u32 {
         let inv_t = 1.0 / self.params.temperature;
         let k = self.params.top_k;
         if k > 0 && k < logits.len() {
@@ -249,7 +280,7 @@ impl Sampler {
             self.cand.retain(|c| c.1 >= min_p);
         }
         let total: f64 = self.cand.iter().map(|c| c.1 as f64).sum();
-        let mut r = self.rng.next_f64() * total;
+        let mut r = u * total;
         for c in &self.cand {
             r -= c.1 as f64;
             if r < 0.0 {
@@ -259,6 +290,11 @@ impl Sampler {
         // Rounding left a sliver of mass: it belongs to the last candidate.
         self.cand.last().map_or(0, |c| c.0)
     }
+}
+
+/// The error of a row with nothing to sample (every one of its `n` logits `-inf` or NaN).
+pub fn nothing_to_sample(n: usize) -> Error {
+    Error::invalid(format!("all {n} logits are -inf or NaN: nothing to sample"))
 }
 
 /// Index of the largest value (lowest index among ties) and that value; NaN never wins.

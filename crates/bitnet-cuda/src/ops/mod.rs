@@ -9,6 +9,7 @@ use std::ffi::c_void;
 mod attn;
 mod linear;
 mod misc;
+mod sample;
 
 pub use attn::{attention, attention_part_len, attention_splits, rope, store_kv, CacheDims};
 pub(crate) use linear::GEMM_ROWS;
@@ -18,6 +19,7 @@ pub use linear::{
     SPLIT_SLOTS,
 };
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
+pub use sample::{sample, SampleConfig, SampleScratch};
 
 /// Most rows passed by value in [`RowsArg`] / [`IdsArg`].
 pub const SMALL: usize = 8;

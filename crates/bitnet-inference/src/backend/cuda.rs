@@ -13,6 +13,7 @@
 
 mod host;
 mod profile;
+mod sample;
 
 use super::{AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, RowPos};
 use bitnet_core::{Error, Result};
@@ -51,6 +52,7 @@ struct Scratch {
     ids_host: Vec<i32>,
     ids_dev: Option<CudaSlice<i32>>,
     step: Step,
+    sample: sample::SampleState,
 }
 
 /// Decode-step graphs: steps of the same row count (at most [`STEP_ROWS`]) after the first two
@@ -606,5 +608,17 @@ impl Backend for CudaBackend {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
             CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
         })
+    }
+
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        p: &crate::sampling::SamplingParams,
+        uniforms: &[f64],
+        out: &mut [u32],
+    ) -> Result<()> {
+        self.sample_rows(logits, rows, vocab, p, uniforms, out)
     }
 }

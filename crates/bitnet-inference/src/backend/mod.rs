@@ -4,6 +4,7 @@
 //! (`cpu` here; CUDA in the `cuda` backend). Buffers hold f32 activations on the device and
 //! are sized once at load, so the decode path allocates nothing.
 
+use crate::sampling::{Sampler, SamplingParams};
 use bitnet_core::{DType, Error, Result, Tensor};
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -217,6 +218,57 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
+
+    /// One token id per row of `logits` (`rows x vocab`) into `out[..rows]`: the one
+    /// [`Sampler::pick`] picks with `uniforms[r]` (not read when `p` is greedy). Only the ids
+    /// need to reach the host. The repetition penalty is not applied here: a `p` with one is an
+    /// error (download the logits and use [`Sampler::sample`] instead). A row with no finite
+    /// and no `+inf` logit is an error. The default downloads the logits and picks on the host.
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        p: &SamplingParams,
+        uniforms: &[f64],
+        out: &mut [u32],
+    ) -> Result<()> {
+        let mut picker = sample_args(rows, vocab, p, uniforms, out)?;
+        let mut host = vec![0f32; rows * vocab];
+        self.download(logits, &mut host)?;
+        let greedy = p.is_greedy();
+        for (r, (row, o)) in host.chunks_mut(vocab).zip(out.iter_mut()).enumerate() {
+            *o = picker.pick(row, if greedy { 0.0 } else { uniforms[r] })?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks the arguments of [`Backend::sample`]; returns a host sampler for `p`.
+pub(crate) fn sample_args(
+    rows: usize,
+    vocab: usize,
+    p: &SamplingParams,
+    uniforms: &[f64],
+    out: &[u32],
+) -> Result<Sampler> {
+    if p.repetition_penalty != 1.0 {
+        return Err(Error::unsupported(
+            "a repetition penalty in backend sampling is not supported yet: apply it on the host \
+             (Sampler::sample on downloaded logits)",
+        ));
+    }
+    if vocab == 0 {
+        return Err(Error::invalid("cannot sample from an empty logits row"));
+    }
+    if out.len() < rows || (!p.is_greedy() && uniforms.len() < rows) {
+        return Err(Error::shape(format!(
+            "sampling {rows} rows into {} ids with {} uniforms",
+            out.len(),
+            uniforms.len()
+        )));
+    }
+    Sampler::new(p.clone())
 }
 
 /// Checks that a tensor is a float matrix; returns (rows, cols).

@@ -180,14 +180,27 @@ impl Engine {
         // Reuse the cached prefix (chat turns, repeated prompts); always recompute the last token.
         let reuse = common_prefix(&self.cached, ids).min(ids.len() - 1);
         self.cached.truncate(reuse);
+        let mut sampler = Sampler::new(cfg.sampling.clone())?;
+        let mut context: Vec<u32> = ids.to_vec();
         let t0 = Instant::now();
         let mut logits = std::mem::take(&mut self.logits);
-        self.runner.forward(&ids[reuse..], reuse, false, &mut logits)?;
+        let mut next = 0;
+        if cfg.max_tokens > 0 {
+            next = forward_pick(
+                &mut *self.runner,
+                &ids[reuse..],
+                reuse,
+                &mut sampler,
+                &context,
+                &mut logits,
+            )?;
+        } else {
+            self.runner.forward(&ids[reuse..], reuse, false, &mut logits)?;
+        }
         self.cached.extend_from_slice(&ids[reuse..]);
         timings.prompt_tokens = ids.len() - reuse;
         timings.prompt_s = t0.elapsed().as_secs_f64();
 
-        let mut sampler = Sampler::new(cfg.sampling.clone())?;
         let mut stop_ids = cfg.stop_tokens.clone();
         if !cfg.ignore_eos {
             stop_ids.extend_from_slice(&self.eos);
@@ -202,9 +215,7 @@ impl Engine {
         let mut generated = Vec::new();
         let mut reason = StopReason::MaxTokens;
         let t1 = Instant::now();
-        let mut context: Vec<u32> = ids.to_vec();
         while generated.len() < cfg.max_tokens {
-            let next = sampler.sample(&mut logits, &context)?;
             generated.push(next);
             context.push(next);
             let stop = checker.on_token(next);
@@ -232,9 +243,10 @@ impl Engine {
                 reason = StopReason::ContextFull;
                 break;
             }
-            let pos = self.cached.len();
-            self.runner.forward(&[next], pos, false, &mut logits)?;
-            self.cached.push(next);
+            let (pos, fed) = (self.cached.len(), next);
+            next =
+                forward_pick(&mut *self.runner, &[fed], pos, &mut sampler, &context, &mut logits)?;
+            self.cached.push(fed);
         }
         if reason != StopReason::StopString && reason != StopReason::Cancelled {
             // Release text held back (an unfinished character or a possible stop-string prefix).
@@ -260,6 +272,26 @@ impl Engine {
             timings,
         })
     }
+}
+
+/// Runs `ids` at positions `start..` and picks the next token: on the backend when the sampler
+/// has no repetition penalty (only the id reaches the host), else on the host from the
+/// downloaded logits (`logits`, with `context` for the penalty). Both consume the sampler's
+/// stream alike, so a seed gives the same tokens either way.
+fn forward_pick(
+    runner: &mut dyn Runner,
+    ids: &[u32],
+    start: usize,
+    sampler: &mut Sampler,
+    context: &[u32],
+    logits: &mut Vec<f32>,
+) -> Result<u32> {
+    if sampler.params().repetition_penalty == 1.0 {
+        let u = sampler.draw();
+        return runner.forward_sample(ids, start, sampler.params(), u);
+    }
+    runner.forward(ids, start, false, logits)?;
+    sampler.sample(logits, context)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

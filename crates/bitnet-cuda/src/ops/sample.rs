@@ -1,0 +1,132 @@
+//! Token sampling on the device (`sample.cu`): one id per row of logits, so that only `rows`
+//! ids travel to the host instead of `rows x vocab` logits.
+
+use super::{dptr, launch, need, to_i32, zeros, Dims};
+use crate::device::Gpu;
+use bitnet_core::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// Threads per row (`SAMPLE_THREADS` in sample.cu, its `__launch_bounds__`).
+const THREADS: u32 = 1024;
+
+/// How to pick a token (the host sampler's parameters, without the repetition penalty, which
+/// stays on the host).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleConfig {
+    /// Argmax (lowest index among ties); the other fields are then ignored.
+    pub greedy: bool,
+    /// Softmax temperature (> 0 unless `greedy`).
+    pub temperature: f32,
+    /// Keep the `top_k` largest logits; 0 = off.
+    pub top_k: usize,
+    /// Nucleus mass in (0, 1]; 1 = off.
+    pub top_p: f32,
+    /// Minimum weight relative to the top token, in [0, 1]; 0 = off.
+    pub min_p: f32,
+}
+
+impl SampleConfig {
+    fn check(&self) -> Result<()> {
+        if self.greedy {
+            return Ok(());
+        }
+        let (t, p, m) = (self.temperature, self.top_p, self.min_p);
+        if !(t.is_finite() && t > 0.0 && p > 0.0 && p <= 1.0 && (0.0..=1.0).contains(&m)) {
+            return Err(Error::invalid(format!(
+                "device sampling: temperature {t}, top_p {p}, min_p {m} out of range"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Device buffers of [`sample`]: two candidate lists (weights and ids) of the padded vocabulary
+/// per row (only for non-greedy sampling), the uniforms and the chosen ids. Grows on demand and
+/// is reused.
+#[derive(Default)]
+pub struct SampleScratch {
+    weights: Option<CudaSlice<f32>>,
+    cand_ids: Option<CudaSlice<i32>>,
+    uniforms: Option<CudaSlice<f64>>,
+    ids: Option<CudaSlice<i32>>,
+}
+
+impl SampleScratch {
+    /// Empty scratch (allocated by the first [`sample`] call).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn grow<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    slot: &mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<()> {
+    if slot.as_ref().is_none_or(|s| s.len() < len) {
+        *slot = Some(zeros(gpu, len)?);
+    }
+    Ok(())
+}
+
+/// One token id per row of `logits` (`rows x vocab`, row-major) into `out[..rows]`, drawn with
+/// `uniforms[r]` in `[0, 1)` (ignored when greedy). `out[r] = -1` when row `r` has no finite and
+/// no `+inf` logit (nothing to sample). Waits for the stream (the ids are downloaded); like
+/// [`download`](super::download), call it outside deferred recording ([`Gpu::flush`] first).
+#[allow(clippy::too_many_arguments)]
+pub fn sample(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    cfg: &SampleConfig,
+    uniforms: &[f64],
+    scratch: &mut SampleScratch,
+    out: &mut [i32],
+) -> Result<()> {
+    cfg.check()?;
+    if vocab == 0 {
+        return Err(Error::invalid("device sampling: empty logits rows"));
+    }
+    need(logits.len(), rows * vocab, "sample logits")?;
+    need(out.len(), rows, "sample output")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let grid = u32::try_from(rows).map_err(|_| Error::invalid("device sampling: too many rows"))?;
+    let n = to_i32(vocab, "vocabulary")?;
+    // Candidate lists are read 16 bytes at a time: rows of a multiple of 4 entries.
+    let stride = vocab.next_multiple_of(4);
+    to_i32(rows * 2 * stride, "rows x 2 x padded vocabulary")?;
+    let st = to_i32(stride, "padded vocabulary")?;
+    grow(gpu, &mut scratch.ids, rows)?;
+    let (mut wp, mut cp, mut up) = (0u64, 0u64, 0u64);
+    if !cfg.greedy {
+        need(uniforms.len(), rows, "sample uniforms")?;
+        if let Some(&u) = uniforms[..rows].iter().find(|u| !(0.0..1.0).contains(*u)) {
+            return Err(Error::invalid(format!("device sampling: uniform {u} is not in [0, 1)")));
+        }
+        grow(gpu, &mut scratch.weights, rows * 2 * stride)?;
+        grow(gpu, &mut scratch.cand_ids, rows * 2 * stride)?;
+        grow(gpu, &mut scratch.uniforms, rows)?;
+        let ubuf = scratch.uniforms.as_mut().ok_or_else(|| Error::invalid("uniforms"))?;
+        super::write(gpu, &uniforms[..rows], ubuf)?;
+        up = dptr(gpu, ubuf);
+        wp = dptr(gpu, scratch.weights.as_ref().ok_or_else(|| Error::invalid("weights"))?);
+        cp = dptr(gpu, scratch.cand_ids.as_ref().ok_or_else(|| Error::invalid("ids"))?);
+    }
+    let ids = scratch.ids.as_mut().ok_or_else(|| Error::invalid("sample ids"))?;
+    let (lp, ip) = (dptr(gpu, logits), dptr(gpu, ids));
+    let greedy = i32::from(cfg.greedy);
+    let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
+    let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
+    let (top_p, min_p) = (cfg.top_p, cfg.min_p);
+    let dims = Dims { grid: (grid, 1, 1), block: THREADS };
+    // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, n, stride, greedy, inv_t, top_k,
+    // top_p, min_p); logits hold rows * n values and out rows ids (checked); wbuf and ibuf
+    // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms
+    // (rows) are allocated unless greedy, when the kernel returns before touching them.
+    launch!(gpu, &gpu.k.sample_rows, dims;
+        lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)?;
+    super::download(gpu, ids, &mut out[..rows])
+}

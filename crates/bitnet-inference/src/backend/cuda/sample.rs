@@ -1,0 +1,61 @@
+//! [`Backend::sample`](crate::backend::Backend::sample) on the GPU: the `sample_rows` kernel
+//! picks one id per row, and only the ids are downloaded.
+
+use super::{CudaBackend, CudaBuf};
+use crate::sampling::{nothing_to_sample, SamplingParams};
+use bitnet_core::{Error, Result};
+use bitnet_cuda::ops::{self, SampleConfig, SampleScratch};
+
+/// Device buffers and the host copy of the ids, reused across calls.
+#[derive(Default)]
+pub(super) struct SampleState {
+    dev: SampleScratch,
+    ids: Vec<i32>,
+}
+
+impl CudaBackend {
+    /// See [`Backend::sample`](crate::backend::Backend::sample).
+    pub(super) fn sample_rows(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        p: &SamplingParams,
+        uniforms: &[f64],
+        out: &mut [u32],
+    ) -> Result<()> {
+        crate::backend::sample_args(rows, vocab, p, uniforms, out)?;
+        if logits.len < rows * vocab {
+            return Err(Error::shape(format!(
+                "sampling {rows} x {vocab} logits from a buffer of {}",
+                logits.len
+            )));
+        }
+        let cfg = SampleConfig {
+            greedy: p.is_greedy(),
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+        };
+        let mut s = super::lock(&self.scratch);
+        // The kernel must follow the step's launches, which may still be deferred.
+        s.end_step(&self.gpu, true)?;
+        let st = &mut s.sample;
+        st.ids.resize(rows, 0);
+        ops::sample(
+            &self.gpu,
+            &logits.data,
+            rows,
+            vocab,
+            &cfg,
+            uniforms,
+            &mut st.dev,
+            &mut st.ids,
+        )?;
+        for (o, &id) in out.iter_mut().zip(&st.ids) {
+            *o = u32::try_from(id).map_err(|_| nothing_to_sample(vocab))?;
+        }
+        Ok(())
+    }
+}
