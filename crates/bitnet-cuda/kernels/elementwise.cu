@@ -35,6 +35,42 @@ extern "C" __global__ void rope(float* __restrict__ x, const float* __restrict__
     }
 }
 
+// rope on q (heads) and k (kvh heads) in place, then k and v into the cache of `layer`, in one
+// launch: grid (rows, heads + kvh); block y < heads ropes q head y, the others k head y - heads
+// and store it with its v head (the same float operations as rope + store_kv).
+extern "C" __global__ void rope_store(float* __restrict__ q, float* __restrict__ k,
+                                      const float* __restrict__ v,
+                                      const float* __restrict__ inv_freq,
+                                      float* __restrict__ kc, float* __restrict__ vc,
+                                      const __grid_constant__ RowsArg rows, int heads, int kvh,
+                                      int hd, int layer, int slots, int max_seq) {
+    PDL_ENTER();
+    const int r = blockIdx.x, h = blockIdx.y, half = hd >> 1;
+    const int p = row_pos(rows, r);
+    const float pos = (float)p;
+    const bool is_k = h >= heads;
+    const int kh = h - heads;
+    float* x = is_k ? k + ((size_t)r * kvh + kh) * hd : q + ((size_t)r * heads + h) * hd;
+    size_t dst = 0;
+    if (is_k) dst = ((((size_t)layer * slots + row_slot(rows, r)) * kvh + kh) * max_seq + p) * hd;
+    const float* vr = v + ((size_t)r * kvh + kh) * hd;
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+        float sn, cs;
+        sincosf(__fmul_rn(pos, inv_freq[j]), &sn, &cs);
+        const float x1 = x[j], x2 = x[j + half];
+        const float y1 = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+        const float y2 = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        x[j] = y1;
+        x[j + half] = y2;
+        if (is_k) {
+            kc[dst + j] = y1;
+            kc[dst + j + half] = y2;
+            vc[dst + j] = vr[j];
+            vc[dst + j + half] = vr[j + half];
+        }
+    }
+}
+
 // Copies each row's keys and values (kvh * hd values) into the cache of `layer`:
 // cache[layer][slot][head][pos][hd]. Grid: rows.
 extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ vc,

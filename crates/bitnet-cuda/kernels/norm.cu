@@ -6,13 +6,14 @@
 // out[r] = w * (x[r] / rms(x[r])); if `q` is set, also the per-token int8 quantization of out[r]
 // exactly as bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
 // q = clamp(round_half_even(v * s), -128, 127), zero past `d` up to `kp`; scale s and Σq.
-// If `y` is set, x[r] += y[r] first (written back: the residual add fused in).
+// If `y` is set, x[r] += y[r] first (written back: the residual add fused in); with `act`, the
+// norm's input is relu(x[r])^2 * y[r] instead (ReLU² times up fused in; x is not written).
 // Grid: one block per row; each thread keeps its NORM_PER values in registers.
 extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ y,
                                       const float* __restrict__ w,
                                       float* __restrict__ out, i8* __restrict__ q,
                                       float* __restrict__ qscale, int* __restrict__ qsum, int d,
-                                      int kp, float eps) {
+                                      int kp, float eps, int act) {
     PDL_ENTER();
     __shared__ float red[32];
     __shared__ int redi[32];
@@ -26,7 +27,10 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
     for (int j = 0; j < NORM_PER; ++j) {
         const int i = tid + j * bd;
         v[j] = i < d ? xr[i] : 0.0f;
-        if (y != 0 && i < d) {
+        if (act && i < d) {
+            const float g = fmaxf(v[j], 0.0f);
+            v[j] = __fmul_rn(__fmul_rn(g, g), yr[i]);
+        } else if (y != 0 && i < d) {
             v[j] += yr[i];
             xr[i] = v[j];
         }

@@ -106,7 +106,7 @@ kernels! {
     gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
     gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
-    embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv",
+    embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
     attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",

@@ -144,6 +144,27 @@ fn run<B: Backend>(
         b.attention(&qv, &cache, 1, &rows, attn, &mut att).unwrap();
         outs.push(("attention", get(b, &att, rows.len() * qd)));
     }
+    // RoPE on q and k plus the KV store in one call, then attention over what it stored.
+    let rows: Vec<RowPos> = (0..n).map(|i| RowPos { slot: 0, pos: 3 + 11 * i }).collect();
+    let mut qf = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
+    let mut kf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
+    let vf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
+    b.rope_store_kv(&mut qf, &mut kf, &vf, &mut cache, 0, &rows, attn, 10_000.0).unwrap();
+    outs.push(("rope_store_q", get(b, &qf, n * qd)));
+    outs.push(("rope_store_k", get(b, &kf, n * kvd)));
+    b.attention(&qf, &cache, 0, &rows, attn, &mut att).unwrap();
+    outs.push(("attention", get(b, &att, n * qd)));
+    // ReLU² times up fused into the norm (and quantized for a BitLinear after it).
+    let wd = b.upload(&rng.vec(d, 1.0).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>()).unwrap();
+    let (gate_vals, up) = (rng.vec(n * d, 2.0), b.upload(&rng.vec(n * d, 2.0)).unwrap());
+    for rows in [1, 12] {
+        // The CPU leaves relu(gate)² * up in `gate`, the GPU leaves it as it was: fresh each time.
+        let mut gt = b.upload(&gate_vals).unwrap();
+        b.relu2_rms_norm(&mut gt, &up, &wd, d, 1e-5, rows, &mut xn).unwrap();
+        outs.push(("relu2_rms_norm", get(b, &xn, rows * d)));
+        b.bitlinear(&lin, &xn, rows, &mut q).unwrap();
+        outs.push(("bitlinear_fused", get(b, &q, rows * qd)));
+    }
     // Element-wise ops.
     let mut g = b.upload(&rng.vec(1000, 3.0)).unwrap();
     let u = b.upload(&rng.vec(1000, 3.0)).unwrap();

@@ -57,6 +57,46 @@ pub fn rope(
     launch!(gpu, &gpu.k.rope, dims; xp, fp, r, h, d)
 }
 
+/// [`rope`] on `q` (`heads`) and `k` (`c.kv_heads`), then [`store_kv`] of `k` and `v`, in one
+/// launch (the same float operations).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_store(
+    gpu: &Gpu,
+    q: &mut CudaSlice<f32>,
+    k: &mut CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    inv_freq: &CudaSlice<f32>,
+    kc: &mut CudaSlice<f32>,
+    vc: &mut CudaSlice<f32>,
+    c: &CacheDims,
+    layer: usize,
+    rows: &RowsArg,
+    host_rows: &[(usize, usize)],
+    heads: usize,
+) -> Result<()> {
+    let hd = c.head_dim;
+    if hd == 0 || !hd.is_multiple_of(2) {
+        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
+    }
+    check_rows(host_rows, c)?;
+    if layer >= c.layers || host_rows.len() != rows.len() {
+        return Err(Error::invalid(format!("rope_store: layer {layer} of {}", c.layers)));
+    }
+    need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
+    need(q.len(), rows.len() * heads * hd, "rope_store q")?;
+    need(k.len().min(v.len()), rows.len() * c.kv_heads * hd, "rope_store k/v")?;
+    need(inv_freq.len(), hd / 2, "rope frequencies")?;
+    let (qp, kp, vp, fp) = (dptr(gpu, q), dptr(gpu, k), dptr(gpu, v), dptr(gpu, inv_freq));
+    let (kcp, vcp, r) = (dptr(gpu, kc), dptr(gpu, vc), *rows);
+    let (h, kh, d) = (to_i32(heads, "heads")?, to_i32(c.kv_heads, "kv_heads")?, to_i32(hd, "hd")?);
+    let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
+    let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
+    let dims = Dims { grid: (rows.len() as u32, (heads + c.kv_heads) as u32, 1), block };
+    // Kernel: rope_store(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
+    // max_seq); buffers sized above, every row inside the cache (checked).
+    launch!(gpu, &gpu.k.rope_store, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
+}
+
 fn check_rows(rows: &[(usize, usize)], c: &CacheDims) -> Result<()> {
     if let Some(&(s, p)) = rows.iter().find(|&&(s, p)| s >= c.slots || p >= c.max_seq) {
         return Err(Error::invalid(format!(

@@ -127,9 +127,13 @@ impl QuantActs {
             kp,
         })
     }
-    /// True if `rows` rows of stride `kp` fit.
+    /// True if `rows` rows of stride `kp` (a multiple of 128) fit; the stride follows the last
+    /// quantization, so one buffer serves inputs of several widths.
     pub fn fits(&self, rows: usize, kp: usize) -> bool {
-        kp == self.kp && rows <= self.scale.len() && rows * kp <= self.q.len()
+        kp.is_multiple_of(crate::layout::K_ALIGN)
+            && kp > 0
+            && rows <= self.scale.len()
+            && rows * kp <= self.q.len()
     }
     /// Rows written by the last quantization.
     pub fn rows(&self) -> usize {
@@ -169,7 +173,26 @@ pub fn rms_norm(
     q: Option<&mut QuantActs>,
 ) -> Result<()> {
     need(x.len(), rows * d, "rms_norm input")?;
-    norm_launch(gpu, (dptr(gpu, x), 0), w, d, eps, rows, out, q)
+    norm_launch(gpu, (dptr(gpu, x), 0, 0), w, d, eps, rows, out, q)
+}
+
+/// [`rms_norm`] of `relu(gate)² * up` (the FFN's activation fused into its sub-norm; `gate` is
+/// not written).
+#[allow(clippy::too_many_arguments)]
+pub fn relu2_rms_norm(
+    gpu: &Gpu,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    w: &CudaSlice<f32>,
+    d: usize,
+    eps: f32,
+    rows: usize,
+    out: &mut CudaSlice<f32>,
+    q: Option<&mut QuantActs>,
+) -> Result<()> {
+    need(gate.len(), rows * d, "relu2_rms_norm gate")?;
+    need(up.len(), rows * d, "relu2_rms_norm up")?;
+    norm_launch(gpu, (dptr(gpu, gate), dptr(gpu, up), 1), w, d, eps, rows, out, q)
 }
 
 /// `x[r] += y[r]`, then [`rms_norm`] of the new `x[r]` (the residual add fused into the norm).
@@ -187,14 +210,15 @@ pub fn add_rms_norm(
 ) -> Result<()> {
     need(x.len(), rows * d, "add_rms_norm input")?;
     need(y.len(), rows * d, "add_rms_norm residual")?;
-    norm_launch(gpu, (dptr(gpu, x), dptr(gpu, y)), w, d, eps, rows, out, q)
+    norm_launch(gpu, (dptr(gpu, x), dptr(gpu, y), 0), w, d, eps, rows, out, q)
 }
 
-/// Launches `rms_norm_q` on input `xy.0` with residual `xy.1` (0: none); `x` length checked.
+/// Launches `rms_norm_q` on input `xy.0` with residual `xy.1` (0: none), or with `xy.2 = 1` on
+/// relu(`xy.0`)² * `xy.1`; lengths of both checked by the callers.
 #[allow(clippy::too_many_arguments)]
 fn norm_launch(
     gpu: &Gpu,
-    xy: (u64, u64),
+    xy: (u64, u64, i32),
     w: &CudaSlice<f32>,
     d: usize,
     eps: f32,
@@ -204,13 +228,15 @@ fn norm_launch(
 ) -> Result<()> {
     need(w.len(), d, "rms_norm weight")?;
     need(out.len(), rows * d, "rms_norm output")?;
-    let ((xp, yp), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
+    let ((xp, yp, act), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
     let (dd, mut kp) = (to_i32(d, "width")?, 0i32);
     let (mut qp, mut sp, mut mp) = (0u64, 0u64, 0u64);
     if let Some(q) = q {
-        if !q.fits(rows, crate::layout::padded_cols(d)) {
+        let stride = crate::layout::padded_cols(d);
+        if !q.fits(rows, stride) {
             return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
         }
+        q.kp = stride;
         (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
         q.rows = rows;
     }
@@ -219,9 +245,9 @@ fn norm_launch(
     }
     let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
     let dims = Dims { grid: (rows as u32, 1, 1), block };
-    // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps); lengths checked by the
-    // callers and above (y, when set, as long as x), and block * NORM_PER >= d.
-    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps)
+    // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps, act); lengths checked by
+    // the callers and above (y, when set, as long as x), and block * NORM_PER >= d.
+    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps, act)
 }
 
 /// BitLinear quantization of `rows` rows of width `d` from `x` into `q`.
@@ -236,6 +262,7 @@ pub fn quantize_act(
     if !q.fits(rows, crate::layout::padded_cols(d)) {
         return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
     }
+    q.kp = crate::layout::padded_cols(d);
     let (xp, qp, sp, mp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let (dd, kp) = (to_i32(d, "width")?, q.kp as i32);
     q.rows = rows;

@@ -532,6 +532,50 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn rope_store_kv(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        cache: &mut Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        theta: f32,
+    ) -> Result<()> {
+        if shape.kv_heads != cache.dims.kv_heads || shape.head_dim != cache.dims.head_dim {
+            return Err(Error::invalid(format!(
+                "rope_store_kv of {} kv heads of {} with a cache of {} x {}",
+                shape.kv_heads, shape.head_dim, cache.dims.kv_heads, cache.dims.head_dim
+            )));
+        }
+        self.timed(4, || {
+            let mut s = lock(&self.scratch);
+            let a = s.rows(&self.gpu, rows)?;
+            let key = (theta.to_bits(), shape.head_dim);
+            if let std::collections::hash_map::Entry::Vacant(e) = s.rope.entry(key) {
+                e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, shape.head_dim))?);
+            }
+            let Scratch { rope, rows_host, .. } = &mut *s;
+            let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
+            let c = &mut *cache;
+            ops::rope_store(
+                &self.gpu,
+                q.touched(),
+                k.touched(),
+                &v.data,
+                f,
+                &mut c.k,
+                &mut c.v,
+                &c.dims,
+                layer,
+                &a,
+                rows_host,
+                shape.heads,
+            )
+        })
+    }
+
     fn attention(
         &self,
         q: &Self::Buf,
@@ -575,6 +619,44 @@ impl Backend for CudaBackend {
                 part,
                 out.touched(),
             )
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relu2_rms_norm(
+        &self,
+        gate: &mut Self::Buf,
+        up: &Self::Buf,
+        w: &Self::Buf,
+        width: usize,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        let d = w.len;
+        if d != width {
+            return Err(Error::shape(format!("relu2_rms_norm of width {width} with {d} weights")));
+        }
+        self.timed(7, || {
+            let kp = padded_cols(d);
+            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+                self.settle()?;
+                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+            }
+            let (g, u) = (&gate.data, &up.data);
+            ops::relu2_rms_norm(
+                &self.gpu,
+                g,
+                u,
+                &w.data,
+                d,
+                eps,
+                rows,
+                &mut out.data,
+                out.q.as_mut(),
+            )?;
+            out.q_shape = Some((rows, d));
+            Ok(())
         })
     }
 

@@ -187,6 +187,24 @@ pub trait Backend: Send + Sync {
         v: &Self::Buf,
         rows: &[RowPos],
     ) -> Result<()>;
+    /// [`Backend::rope`] on `q` and `k`, then [`Backend::store_kv`] of `k` and `v` (one kernel
+    /// where the backend fuses them).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_store_kv(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        cache: &mut Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        theta: f32,
+    ) -> Result<()> {
+        self.rope(q, rows, shape.heads, shape.head_dim, theta)?;
+        self.rope(k, rows, shape.kv_heads, shape.head_dim, theta)?;
+        self.store_kv(cache, layer, k, v, rows)
+    }
     /// Causal attention: each row attends to positions `0..=pos` of its slot.
     fn attention(
         &self,
@@ -199,6 +217,22 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `gate = relu(gate)^2 * up` over the first `len` values.
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// [`Backend::relu2_mul`] over `rows` rows of `w.len()`, then [`Backend::rms_norm`] of the
+    /// result into `out` (one kernel where the backend fuses them; `gate` may be left as it was).
+    #[allow(clippy::too_many_arguments)]
+    fn relu2_rms_norm(
+        &self,
+        gate: &mut Self::Buf,
+        up: &Self::Buf,
+        w: &Self::Buf,
+        width: usize,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.relu2_mul(gate, up, rows * width)?;
+        self.rms_norm(gate, w, eps, rows, out)
+    }
     /// `dst[dst_off..dst_off + len] = src[src_off..src_off + len]`.
     fn copy(
         &self,

@@ -170,7 +170,7 @@ impl<B: Backend> BitNetModel<B> {
             max_seq,
             slots,
             x: b.alloc(max_rows * d.hidden)?,
-            xn: b.alloc(max_rows * d.hidden.max(qd))?,
+            xn: b.alloc(max_rows * d.hidden.max(qd).max(d.intermediate))?,
             q: b.alloc(max_rows * qd)?,
             k: b.alloc(max_rows * kvd)?,
             v: b.alloc(max_rows * kvd)?,
@@ -219,18 +219,17 @@ impl<B: Backend> BitNetModel<B> {
                 b.add_rms_norm(&mut st.x, &st.tmp, &l.input_norm, d.hidden, d.eps, n, &mut st.xn)?;
             }
             l.qkv.run(b, &st.xn, n, &mut [&mut st.q, &mut st.k, &mut st.v])?;
-            b.rope(&mut st.q, rows, d.heads, d.head_dim, d.rope_theta)?;
-            b.rope(&mut st.k, rows, d.kv_heads, d.head_dim, d.rope_theta)?;
-            b.store_kv(&mut st.cache, li, &st.k, &st.v, rows)?;
+            let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
+            b.rope_store_kv(q, k, v, cache, li, rows, attn, d.rope_theta)?;
             b.attention(&st.q, &st.cache, li, rows, attn, &mut st.att)?;
             b.rms_norm(&st.att, &l.attn_sub_norm, d.eps, n, &mut st.xn)?;
             b.bitlinear(&l.o, &st.xn, n, &mut st.tmp)?;
             // Feed-forward block.
             b.add_rms_norm(&mut st.x, &st.tmp, &l.post_norm, d.hidden, d.eps, n, &mut st.xn)?;
             l.gate_up.run(b, &st.xn, n, &mut [&mut st.gate, &mut st.up])?;
-            b.relu2_mul(&mut st.gate, &st.up, n * d.intermediate)?;
-            b.rms_norm(&st.gate, &l.ffn_sub_norm, d.eps, n, &mut st.up)?;
-            b.bitlinear(&l.down, &st.up, n, &mut st.tmp)?;
+            let (gate, up, xn) = (&mut st.gate, &st.up, &mut st.xn);
+            b.relu2_rms_norm(gate, up, &l.ffn_sub_norm, d.intermediate, d.eps, n, xn)?;
+            b.bitlinear(&l.down, &st.xn, n, &mut st.tmp)?;
         }
         if !self.layers.is_empty() {
             b.add(&mut st.x, &st.tmp, n * d.hidden)?;

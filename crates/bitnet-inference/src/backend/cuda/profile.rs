@@ -13,10 +13,10 @@ pub(super) const OPS: [&str; 10] = [
     "rms_norm",
     "add_rms_norm",
     "bitlinear",
-    "rope",
+    "rope(+store_kv)",
     "store_kv",
     "attention",
-    "relu2_mul",
+    "relu2_mul(+norm)",
     "add/copy",
     "lm_head",
 ];
