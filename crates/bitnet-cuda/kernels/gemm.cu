@@ -12,8 +12,8 @@
 // ring: later stages load while the current one is multiplied. Staged token rows are padded
 // to GEMM_CH * 64 + 16 bytes (conflict-free fragment reads).
 // Split K (gridDim.z > 1): each block stores its int32 partial sums in `ws` at its split's
-// slice, and the last block of a tile (counted in `cnt`) adds the slices in split order
-// (integer sums: exact), applies the epilogue and resets the counter for the next call.
+// slice, and gemm_reduce (one thread per output) adds the slices (integer sums: exact) and
+// applies the epilogue.
 // Weight rows are padded to a multiple of 64 by the layout; rows of the block past `rows_padded`
 // read as zero.
 
@@ -74,11 +74,9 @@ __device__ __forceinline__ void gemm_body(const uint4* __restrict__ W, const i8*
                                           const float* __restrict__ sa,
                                           const int* __restrict__ sx, const OutArg& o,
                                           int m_tok, int kc, int kp, int rows_padded,
-                                          int* __restrict__ ws, int* __restrict__ cnt,
-                                          int ws_stride) {
+                                          int* __restrict__ ws, int ws_stride) {
     __shared__ __align__(16) i8 xs[GEMM_STAGES][NT * 8 * GEMM_XS];
     __shared__ __align__(16) uint4 wsm[GEMM_STAGES][GEMM_CH * GEMM_ROWS];
-    __shared__ int last;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int row0b = blockIdx.x * GEMM_ROWS, row0 = row0b + warp * 32;
     const int tok0 = blockIdx.y * NT * 8;
@@ -148,8 +146,7 @@ __device__ __forceinline__ void gemm_body(const uint4* __restrict__ W, const i8*
         }
     }
     if (splits > 1) {
-        // Partial sums into this split's slice ws[z][tok][row]; the last block of the tile
-        // adds the slices in split order.
+        // Partial sums into this split's slice ws[z][tok][row]; gemm_reduce adds the slices.
         const int slots = gridDim.y * NT * 8;
         int* mine = ws + (size_t)blockIdx.z * slots * ws_stride;
 #pragma unroll
@@ -160,36 +157,9 @@ __device__ __forceinline__ void gemm_body(const uint4* __restrict__ W, const i8*
                 for (int i = 0; i < 4; ++i) {
                     const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
                     const int row = row0 + 16 * mt + g + (i >= 2 ? 8 : 0);
-                    __stcg(mine + (size_t)tok * ws_stride + row, acc[mt][nt][i]);
+                    if (tok < m_tok) mine[(size_t)tok * ws_stride + row] = acc[mt][nt][i];
                 }
-        __threadfence();
-        __syncthreads();
-        int* counter = cnt + blockIdx.y * gridDim.x + blockIdx.x;
-        if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
-        __syncthreads();
-        if (!last) return;
-        __threadfence();
-        // Split-major: each round's loads are independent (in flight together).
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
-        for (int z = 0; z < splits; ++z) {
-            const int* slice = ws + (size_t)z * slots * ws_stride;
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const int tok = tok0 + nt * 8 + 2 * t + (i & 1);
-                        const int row = row0 + 16 * mt + g + (i >= 2 ? 8 : 0);
-                        acc[mt][nt][i] += __ldcg(slice + (size_t)tok * ws_stride + row);
-                    }
-        }
-        if (threadIdx.x == 0) *counter = 0;
+        return;
     }
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
@@ -208,10 +178,24 @@ __device__ __forceinline__ void gemm_body(const uint4* __restrict__ W, const i8*
         gemm_mma_t##NT(const uint4* __restrict__ W, const i8* __restrict__ xq,                \
                        const float* __restrict__ sa, const int* __restrict__ sx,              \
                        const __grid_constant__ OutArg o, int m_tok, int kc, int kp,           \
-                       int rows_padded, int* __restrict__ ws, int* __restrict__ cnt,          \
-                       int ws_stride) {                                                       \
-        gemm_body<NT>(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, cnt, ws_stride);      \
+                       int rows_padded, int* __restrict__ ws, int ws_stride) {                \
+        gemm_body<NT>(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, ws_stride);           \
     }
 GEMM_KERNEL(2)
 GEMM_KERNEL(4)
 GEMM_KERNEL(8)
+
+// Finishes a split-K GEMM: out(tok, row) = Σ_z ws[z][tok][row], then the epilogue. One thread
+// per (token, padded row); grid covers m_tok x rows_padded.
+extern "C" __global__ void gemm_reduce(const int* __restrict__ ws, const float* __restrict__ sa,
+                                       const int* __restrict__ sx,
+                                       const __grid_constant__ OutArg o, int m_tok,
+                                       int rows_padded, int slots, int ws_stride, int splits) {
+    PDL_ENTER();
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)m_tok * rows_padded) return;
+    const int tok = (int)(idx / rows_padded), row = (int)(idx % rows_padded);
+    int sum = 0;
+    for (int z = 0; z < splits; ++z) sum += ws[((size_t)z * slots + tok) * ws_stride + row];
+    store_row(o, tok, row, sum, sx[tok], sa[tok]);
+}

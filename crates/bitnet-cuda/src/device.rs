@@ -104,7 +104,7 @@ macro_rules! kernels {
 kernels! {
     gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
     gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
-    gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8",
+    gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8", gemm_reduce: "gemm_reduce",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
@@ -213,11 +213,9 @@ impl Program {
     }
 }
 
-/// The split-K GEMM's int32 partial sums (`SPLIT_SLOTS x stride`) and zeroed tile counters
-/// (the kernel resets each counter it uses).
+/// The split-K GEMM's int32 partial sums (`SPLIT_SLOTS x stride`).
 struct SplitScratch {
     ws: CudaSlice<i32>,
-    cnt: CudaSlice<i32>,
     stride: usize,
 }
 
@@ -231,21 +229,15 @@ impl Gpu {
         }
         let tokens = crate::ops::SPLIT_SLOTS;
         let stride = rows_padded.div_ceil(GEMM_ROWS) * GEMM_ROWS;
-        let blocks = stride / GEMM_ROWS * tokens.div_ceil(16);
-        *s = Some(SplitScratch {
-            ws: crate::ops::zeros(self, tokens * stride)?,
-            cnt: crate::ops::zeros(self, blocks)?,
-            stride,
-        });
+        *s = Some(SplitScratch { ws: crate::ops::zeros(self, tokens * stride)?, stride });
         Ok(())
     }
-    /// (partial sums, counters, stride) device addresses of the split-K scratch; stride 0 when
-    /// there is none yet.
-    pub(crate) fn split_scratch(&self) -> (u64, u64, usize) {
+    /// (partial sums, stride) of the split-K scratch; stride 0 when there is none yet.
+    pub(crate) fn split_scratch(&self) -> (u64, usize) {
         let s = self.split.lock().unwrap_or_else(|e| e.into_inner());
         match s.as_ref() {
-            Some(s) => (crate::ops::dptr(self, &s.ws), crate::ops::dptr(self, &s.cnt), s.stride),
-            None => (0, 0, 0),
+            Some(s) => (crate::ops::dptr(self, &s.ws), s.stride),
+            None => (0, 0),
         }
     }
 }

@@ -329,7 +329,7 @@ pub fn ternary_matmul_multi(
     };
     let groups = rows.div_ceil(nt * 8);
     let row_blocks = w.rows_padded.div_ceil(GEMM_ROWS);
-    let (ws, cnt, ws_stride) = gpu.split_scratch();
+    let (ws, ws_stride) = gpu.split_scratch();
     let kc_n = w.kp / CHUNK;
     // Split K when one pass would leave SMs idle: aim at a few blocks per SM with at least two
     // chunks per split, while every split's partial sums fit the scratch.
@@ -339,12 +339,19 @@ pub fn ternary_matmul_multi(
     let splits = want.clamp(1, (kc_n / 2).clamp(1, 16).min(most.max(1)));
     let (ws_stride, rows_padded) = (ws_stride as i32, to_i32(w.rows_padded, "rows")?);
     let dims = Dims { grid: (row_blocks as u32, groups as u32, splits as u32), block: 128 };
-    // Kernel: gemm_mma_tNT(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, cnt, ws_stride):
-    // same buffers as the GEMV (weight rows past rows_padded are not read); with splits > 1, ws
+    // Kernel: gemm_mma_tNT(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, ws_stride): same
+    // buffers as the GEMV (weight rows past rows_padded are not read); with splits > 1, ws
     // holds SPLIT_SLOTS x ws_stride int32 (splits x slots <= SPLIT_SLOTS token rows, rows <
-    // row_blocks * GEMM_ROWS <= ws_stride) and cnt one zeroed counter per (row block, group)
-    // (sized for SPLIT_SLOTS / 16 groups).
-    launch!(gpu, f, dims; wp, xp, sa, sx, o, m_tok, kc, kp, rows_padded, ws, cnt, ws_stride)
+    // row_blocks * GEMM_ROWS <= ws_stride) and the kernel writes partial sums there instead.
+    launch!(gpu, f, dims; wp, xp, sa, sx, o, m_tok, kc, kp, rows_padded, ws, ws_stride)?;
+    if splits == 1 {
+        return Ok(());
+    }
+    let (slots, sp) = (slots as i32, splits as i32);
+    let dims = Dims { grid: ((rows * w.rows_padded).div_ceil(256) as u32, 1, 1), block: 256 };
+    // Kernel: gemm_reduce(ws, sa, sx, o, m_tok, rows_padded, slots, ws_stride, splits): reads
+    // the slices the GEMM just wrote (same bounds), writes o as the GEMV would.
+    launch!(gpu, &gpu.k.gemm_reduce, dims; ws, sa, sx, o, m_tok, rows_padded, slots, ws_stride, sp)
 }
 
 /// Weight rows per GEMM block (`GEMM_ROWS` in gemm.cu).
