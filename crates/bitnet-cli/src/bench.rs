@@ -153,7 +153,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.n_prompt.max(1),
             a.n_gen
         );
-        println!("| batch | t/s (greedy, host argmax) | t/s (logits row 0 only) |");
+        println!("| batch | t/s (greedy, argmax on the backend) | t/s (logits row 0 only) |");
         println!("| ---: | ---: | ---: |");
         for (bs, g, m) in &batched {
             let (g, m) = (stat(g), stat(m));
