@@ -28,77 +28,90 @@ __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restr
 }
 
 // y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens (see store_row).
-// Block: 128 threads = 8 rows x 16 k-slots; one 8-row tile per block (grid = tiles).
-// A warp reads 32 consecutive 16-byte chunks (4 k-chunks x 8 rows): 512 contiguous bytes.
+// Block: G groups of 128 threads (G = blockDim.x / 128, 1 or 2) on one 8-row tile at a time:
+// thread (row r = tid % 8, k-slot tid / 8 + 16 g) takes chunks k-slot, + 16 G, ... (long rows
+// get more threads); tiles blockIdx.x, + gridDim.x, ... A warp reads 32 consecutive 16-byte
+// chunks (4 k-chunks x 8 rows): 512 contiguous bytes. Weights stream ahead of the multiply: the
+// next batch of this tile, or the first batch of the block's next tile, is in flight meanwhile.
+
+// Batch starting at chunk c0 (chunks c0, c0 + cs, ...) of the tile whose row base is wt.
+template <int U>
+__device__ __forceinline__ void gemv_fetch(uint4 (&w)[U], const uint4* wt, int c0, int cs,
+                                           int kc) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const int c = c0 + cs * u;
+        w[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
+    }
+}
+
 template <int M>
 __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                           const float* __restrict__ sa,
                                           const int* __restrict__ sx, const OutArg& o,
-                                          int kc, int kp) {
-    const int tid = threadIdx.x, r = tid & 7, ks = tid >> 3;
-    const int tile = blockIdx.x;
-    const uint4* wt = W + (size_t)tile * kc * 8 + r;
-    int acc[M];
-#pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0;
+                                          int kc, int kp, int tiles) {
+    __shared__ int red[16][M][8];
+    const int tid = threadIdx.x, r = tid & 7, lane = tid & 31, warp = tid >> 5;
+    const int groups = blockDim.x >> 7, cs = 16 * groups;
+    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
     constexpr int U = 4;
     // Weights are constant: the first batch is in flight before waiting for the previous
-    // kernel (PDL), and each later batch loads while the current one is multiplied.
+    // kernel (PDL).
     PDL_TRIGGER();
     uint4 wn[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const int c = ks + 16 * u;
-        wn[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
-    }
+    if (blockIdx.x < tiles) gemv_fetch<U>(wn, W + (size_t)blockIdx.x * kc * 8 + r, ks, cs, kc);
     PDL_WAIT();
-    for (int c0 = ks; c0 < kc; c0 += 16 * U) {
-        uint4 wv[U];
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        const uint4* wt = W + (size_t)tile * kc * 8 + r;
+        int acc[M];
 #pragma unroll
-        for (int u = 0; u < U; ++u) wv[u] = wn[u];
-        if (c0 + 16 * U < kc) {
+        for (int m = 0; m < M; ++m) acc[m] = 0;
+        for (int c0 = ks; c0 < kc; c0 += cs * U) {
+            uint4 wv[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) wv[u] = wn[u];
+            if (c0 + cs * U < kc) {
+                gemv_fetch<U>(wn, wt, c0 + cs * U, cs, kc);
+            } else if (tile + gridDim.x < tiles) {
+                gemv_fetch<U>(wn, W + (size_t)(tile + gridDim.x) * kc * 8 + r, ks, cs, kc);
+            }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const int c = c0 + 16 * U + 16 * u;
-                wn[u] = c < kc ? ld_stream(wt + (size_t)c * 8) : make_uint4(0, 0, 0, 0);
-            }
-        }
+                const int c = c0 + cs * u;
+                if (c < kc) {
+                    u32 d[16];
+                    decode_chunk(wv[u], d);
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int c = c0 + 16 * u;
-            if (c < kc) {
-                u32 d[16];
-                decode_chunk(wv[u], d);
-#pragma unroll
-                for (int m = 0; m < M; ++m) {
-                    const int4* a = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
-                    acc[m] = dot_chunk(d, a, acc[m]);
+                    for (int m = 0; m < M; ++m) {
+                        const int4* a = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
+                        acc[m] = dot_chunk(d, a, acc[m]);
+                    }
                 }
             }
         }
-    }
-    __shared__ int red[4][M][8];
-    const int lane = tid & 31, warp = tid >> 5;
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-        acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 8);
-        acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 16);
-        if (lane < 8) red[warp][m][lane] = acc[m];
-    }
-    __syncthreads();
-    if (tid < 8 * M) {
-        const int m = tid >> 3, rr = tid & 7;
-        const int s = red[0][m][rr] + red[1][m][rr] + red[2][m][rr] + red[3][m][rr];
-        store_row(o, m, tile * 8 + rr, s, sx[m], sa[m]);
+        for (int m = 0; m < M; ++m) {
+            acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 8);
+            acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 16);
+            if (lane < 8) red[warp][m][lane] = acc[m];
+        }
+        __syncthreads();
+        if (tid < 8 * M) {
+            const int m = tid >> 3, rr = tid & 7;
+            int s = 0;
+            for (int w = 0; w < 4 * groups; ++w) s += red[w][m][rr];
+            store_row(o, m, tile * 8 + rr, s, sx[m], sa[m]);
+        }
+        __syncthreads();  // red is rewritten by the next tile
     }
 }
 
 #define GEMV_KERNEL(M)                                                                        \
-    extern "C" __global__ void __launch_bounds__(128)                                         \
+    extern "C" __global__ void __launch_bounds__(256, (M) == 1 ? 4 : 2)                       \
         gemv_m##M(const uint4* __restrict__ W, const i8* __restrict__ xq,                     \
                   const float* __restrict__ sa, const int* __restrict__ sx,                   \
-                  const __grid_constant__ OutArg o, int kc, int kp) {                         \
-        gemv_body<M>(W, xq, sa, sx, o, kc, kp);                                               \
+                  const __grid_constant__ OutArg o, int kc, int kp, int tiles) {              \
+        gemv_body<M>(W, xq, sa, sx, o, kc, kp, tiles);                                        \
     }
 GEMV_KERNEL(1)
 GEMV_KERNEL(2)

@@ -316,10 +316,14 @@ pub fn ternary_matmul_multi(
         (dptr(gpu, &w.data), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);
     if let Some(f) = gpu.k.gemv(rows) {
-        let dims = Dims { grid: ((w.rows_padded / TILE_ROWS) as u32, 1, 1), block: 128 };
-        // Kernel: gemv_mM(W, xq, sa, sx, o, kc, kp); W holds rows_padded x kc chunks, xq rows x
-        // kp, each o.y[j] rows x o.n[j] (checked above).
-        return launch!(gpu, f, dims; wp, xp, sa, sx, o, kc, kp);
+        let tiles = w.rows_padded / TILE_ROWS;
+        let (bps, groups) = gemv_shape(tiles, rows, gpu.info().sms as usize);
+        let grid = if bps == 0 { tiles } else { tiles.min(bps * gpu.info().sms as usize) };
+        let dims = Dims { grid: (grid as u32, 1, 1), block: 128 * groups as u32 };
+        let tiles = to_i32(tiles, "tiles")?;
+        // Kernel: gemv_mM(W, xq, sa, sx, o, kc, kp, tiles); W holds tiles x 8 rows x kc chunks,
+        // xq rows x kp, each o.y[j] rows x o.n[j] (checked above).
+        return launch!(gpu, f, dims; wp, xp, sa, sx, o, kc, kp, tiles);
     }
     let m_tok = to_i32(rows, "rows")?;
     let (f, nt) = match rows {
@@ -359,6 +363,21 @@ pub(crate) const GEMM_ROWS: usize = 128;
 
 /// Token rows (summed over splits) the split-K GEMM scratch holds.
 pub const SPLIT_SLOTS: usize = 512;
+
+/// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one block
+/// per tile; groups of 128 threads per tile, 1 or 2). Defaults (H100 measurements, NOTES.md):
+/// one token: at most 8 blocks per SM, and two groups while every block of two groups stays
+/// resident (at most 4 x SMs tiles: short matrices and long rows gain from the extra loads in
+/// flight); more tokens (more arithmetic per weight): one block of one group per tile.
+/// `BITNET_GEMV_BPS` and `BITNET_GEMV_GROUPS` override them.
+fn gemv_shape(tiles: usize, rows: usize, sms: usize) -> (usize, usize) {
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    let (bps, groups) = match rows {
+        1 => (8, if tiles <= 4 * sms { 2 } else { 1 }),
+        _ => (0, 1),
+    };
+    (env("BITNET_GEMV_BPS").unwrap_or(bps), env("BITNET_GEMV_GROUPS").unwrap_or(groups).clamp(1, 2))
+}
 
 /// Blocks per SM the split-K GEMM aims at (`BITNET_GEMM_BPS`, default 3).
 fn split_blocks_per_sm() -> usize {
