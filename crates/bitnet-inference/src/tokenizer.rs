@@ -155,8 +155,9 @@ impl Tokenizer {
                 .map(|(_, s)| AddedToken::from(s.clone(), special).normalized(false))
                 .collect()
         };
-        inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
-        inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+        let add_err = |e: tokenizers::Error| Error::format("GGUF", format!("vocabulary: {e}"));
+        inner.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(add_err)?;
+        inner.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(add_err)?;
         for (name, id) in [("bos", input.bos), ("eos", input.eos)] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
                 return Err(Error::format(
