@@ -63,8 +63,12 @@ struct Step {
     /// Row count of the last step, and how many consecutive steps had it.
     last_n: usize,
     repeats: usize,
-    /// Some while the current step is deferred: (token ids, (slot, pos) rows once known).
-    cur: Option<(Vec<i32>, Option<Vec<i32>>)>,
+    /// True while the current step is deferred; its token ids, and its (slot, pos) pairs once
+    /// `rows_known` (host buffers reused every step: decoding allocates nothing per token).
+    active: bool,
+    cur_ids: Vec<i32>,
+    cur_rows: Vec<i32>,
+    rows_known: bool,
     ids: Option<CudaSlice<i32>>,
     rows: Option<CudaSlice<i32>>,
 }
@@ -75,7 +79,17 @@ const STEP_ROWS: usize = 256;
 impl Default for Step {
     fn default() -> Self {
         let enabled = std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Step { enabled, last_n: 0, repeats: 0, cur: None, ids: None, rows: None }
+        Step {
+            enabled,
+            last_n: 0,
+            repeats: 0,
+            active: false,
+            cur_ids: Vec::new(),
+            cur_rows: Vec::new(),
+            rows_known: false,
+            ids: None,
+            rows: None,
+        }
     }
 }
 
@@ -160,6 +174,24 @@ impl CudaBackend {
         }
         self
     }
+    /// Runs the norm kernel `f` into `out` (`rows` rows of width `d`), with `out`'s int8 copy
+    /// sized to fit first; that copy then holds these rows (see [`CudaBuf`]).
+    fn norm_into(
+        &self,
+        out: &mut CudaBuf,
+        rows: usize,
+        d: usize,
+        f: impl FnOnce(&mut CudaSlice<f32>, Option<&mut QuantActs>) -> Result<()>,
+    ) -> Result<()> {
+        let kp = padded_cols(d);
+        if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
+            self.settle()?;
+            out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
+        }
+        f(&mut out.data, out.q.as_mut())?;
+        out.q_shape = Some((rows, d));
+        Ok(())
+    }
     /// Issues any deferred launches one by one (before anything that must not be reordered).
     fn settle(&self) -> Result<()> {
         lock(&self.scratch).end_step(&self.gpu, false)
@@ -170,12 +202,14 @@ impl Scratch {
     /// Ends a deferred step: uploads its token ids and rows, then issues its launches (as a
     /// graph when `graph`).
     fn end_step(&mut self, gpu: &Gpu, graph: bool) -> Result<()> {
-        let Some((ids, rows)) = self.step.cur.take() else { return Ok(()) };
-        if let (Some(i), Some(r), Some(rows)) =
-            (self.step.ids.as_mut(), self.step.rows.as_mut(), rows.as_ref())
-        {
-            ops::write(gpu, &ids, i)?;
-            ops::write(gpu, rows, r)?;
+        let st = &mut self.step;
+        if !st.active {
+            return Ok(());
+        }
+        st.active = false;
+        if let (Some(i), Some(r), true) = (st.ids.as_mut(), st.rows.as_mut(), st.rows_known) {
+            ops::write(gpu, &st.cur_ids, i)?;
+            ops::write(gpu, &st.cur_rows, r)?;
         }
         gpu.flush(graph)
     }
@@ -198,31 +232,40 @@ impl Scratch {
         }
         let dev = self.step.ids.as_ref().ok_or_else(|| Error::invalid("step ids"))?;
         let arg = IdsArg::device(gpu, dev, n)?;
-        let ids = ids.iter().map(|&i| i32_of(i as usize)).collect::<Result<Vec<_>>>()?;
-        self.step.cur = Some((ids, None));
+        self.step.cur_ids.clear();
+        for &i in ids {
+            self.step.cur_ids.push(i32_of(i as usize)?);
+        }
+        (self.step.active, self.step.rows_known) = (true, false);
         gpu.defer();
         Ok(Some(arg))
     }
 
     /// The rows argument inside a deferred step (None: not deferring, or the step ended).
     fn step_rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<Option<RowsArg>> {
-        let Some((ids, cur)) = &mut self.step.cur else { return Ok(None) };
-        let mut this = Vec::with_capacity(2 * rows.len());
-        for r in rows {
-            this.push(i32_of(r.slot)?);
-            this.push(i32_of(r.pos)?);
+        let st = &mut self.step;
+        if !st.active {
+            return Ok(None);
         }
-        match cur {
-            _ if rows.len() != ids.len() => {
-                self.end_step(gpu, false)?;
-                return Ok(None);
+        let same = |st: &Step| -> Result<bool> {
+            for (pair, r) in st.cur_rows.chunks_exact(2).zip(rows) {
+                if pair != [i32_of(r.slot)?, i32_of(r.pos)?] {
+                    return Ok(false);
+                }
             }
-            None => *cur = Some(this),
-            Some(r) if *r == this => {}
-            Some(_) => {
-                self.end_step(gpu, false)?;
-                return Ok(None);
+            Ok(true)
+        };
+        if rows.len() != st.cur_ids.len() || (st.rows_known && !same(st)?) {
+            self.end_step(gpu, false)?;
+            return Ok(None);
+        }
+        if !st.rows_known {
+            st.cur_rows.clear();
+            for r in rows {
+                st.cur_rows.push(i32_of(r.slot)?);
+                st.cur_rows.push(i32_of(r.pos)?);
             }
+            st.rows_known = true;
         }
         let dev = self.step.rows.as_ref().ok_or_else(|| Error::invalid("step rows"))?;
         Ok(Some(RowsArg::device(gpu, dev, rows.len())?))
@@ -284,6 +327,16 @@ impl Scratch {
         let dev = self.ids_dev.as_mut().ok_or_else(|| Error::invalid("id table"))?;
         ops::write(gpu, &self.ids_host, dev)?;
         IdsArg::device(gpu, dev, ids.len())
+    }
+
+    /// The RoPE inverse frequencies of (`theta`, `hd`), uploaded on first use.
+    fn inv_freq(&mut self, gpu: &Gpu, theta: f32, hd: usize) -> Result<&CudaSlice<f32>> {
+        Ok(match self.rope.entry((theta.to_bits(), hd)) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(ops::upload(gpu, &host::inv_freq(theta, hd))?)
+            }
+        })
     }
 
     fn quant(&mut self, gpu: &Gpu, rows: usize, kp: usize) -> Result<&mut QuantActs> {
@@ -401,23 +454,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.timed(1, || {
             let d = w.len;
-            let kp = padded_cols(d);
-            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
-                self.settle()?;
-                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
-            }
-            ops::rms_norm(
-                &self.gpu,
-                &x.data,
-                &w.data,
-                d,
-                eps,
-                rows,
-                &mut out.data,
-                out.q.as_mut(),
-            )?;
-            out.q_shape = Some((rows, d));
-            Ok(())
+            self.norm_into(out, rows, d, |o, q| {
+                ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, o, q)
+            })
         })
     }
 
@@ -438,15 +477,10 @@ impl Backend for CudaBackend {
                     "add_rms_norm of width {width} with {d} weights"
                 )));
             }
-            let kp = padded_cols(d);
-            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
-                self.settle()?;
-                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
-            }
-            let (xd, q) = (x.touched(), out.q.as_mut());
-            ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, &mut out.data, q)?;
-            out.q_shape = Some((rows, d));
-            Ok(())
+            let xd = x.touched();
+            self.norm_into(out, rows, d, |o, q| {
+                ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, o, q)
+            })
         })
     }
 
@@ -495,13 +529,7 @@ impl Backend for CudaBackend {
         self.timed(4, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
-            let key = (theta.to_bits(), head_dim);
-            let f = match s.rope.entry(key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, head_dim))?)
-                }
-            };
+            let f = s.inv_freq(&self.gpu, theta, head_dim)?;
             ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
         })
     }
@@ -552,11 +580,9 @@ impl Backend for CudaBackend {
         self.timed(4, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
-            let key = (theta.to_bits(), shape.head_dim);
-            if let std::collections::hash_map::Entry::Vacant(e) = s.rope.entry(key) {
-                e.insert(ops::upload(&self.gpu, &host::inv_freq(theta, shape.head_dim))?);
-            }
+            s.inv_freq(&self.gpu, theta, shape.head_dim)?;
             let Scratch { rope, rows_host, .. } = &mut *s;
+            let key = (theta.to_bits(), shape.head_dim);
             let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
             let c = &mut *cache;
             ops::rope_store(
@@ -638,25 +664,10 @@ impl Backend for CudaBackend {
             return Err(Error::shape(format!("relu2_rms_norm of width {width} with {d} weights")));
         }
         self.timed(7, || {
-            let kp = padded_cols(d);
-            if !out.q.as_ref().is_some_and(|q| q.fits(rows, kp)) {
-                self.settle()?;
-                out.q = Some(QuantActs::new(&self.gpu, (out.len / d.max(1)).max(rows), kp)?);
-            }
             let (g, u) = (&gate.data, &up.data);
-            ops::relu2_rms_norm(
-                &self.gpu,
-                g,
-                u,
-                &w.data,
-                d,
-                eps,
-                rows,
-                &mut out.data,
-                out.q.as_mut(),
-            )?;
-            out.q_shape = Some((rows, d));
-            Ok(())
+            self.norm_into(out, rows, d, |o, q| {
+                ops::relu2_rms_norm(&self.gpu, g, u, &w.data, d, eps, rows, o, q)
+            })
         })
     }
 
