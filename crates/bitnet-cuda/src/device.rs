@@ -136,6 +136,8 @@ struct Program {
     ctx: Arc<CudaContext>,
     /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
     pdl: bool,
+    /// Launch-shape overrides from the environment.
+    knobs: crate::ops::Knobs,
     k: Kernels,
     info: DeviceInfo,
     compile_s: f64,
@@ -209,7 +211,8 @@ impl Program {
             .map_err(|e| dev_err("loading the kernel module", e))?;
         let k = Kernels::load(&module)?;
         let pdl = info.cc.0 >= 9 && std::env::var("BITNET_CUDA_PDL").map_or(true, |v| v != "0");
-        Ok(Program { ctx, pdl, k, info, compile_s: t.elapsed().as_secs_f64() })
+        let knobs = crate::ops::Knobs::from_env();
+        Ok(Program { ctx, pdl, knobs, k, info, compile_s: t.elapsed().as_secs_f64() })
     }
 }
 
@@ -246,6 +249,10 @@ impl Gpu {
     /// The device description.
     pub fn info(&self) -> &DeviceInfo {
         &self.prog.info
+    }
+    /// Launch-shape overrides (read from the environment when the program was built).
+    pub(crate) fn knobs(&self) -> &crate::ops::Knobs {
+        &self.prog.knobs
     }
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {

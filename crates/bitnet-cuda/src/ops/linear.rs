@@ -317,7 +317,7 @@ pub fn ternary_matmul_multi(
     let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);
     if let Some(f) = gpu.k.gemv(rows) {
         let tiles = w.rows_padded / TILE_ROWS;
-        let (bps, groups) = gemv_shape(tiles, rows, gpu.info().sms as usize);
+        let (bps, groups) = gpu.knobs().gemv_shape(tiles, rows, gpu.info().sms as usize);
         let grid = if bps == 0 { tiles } else { tiles.min(bps * gpu.info().sms as usize) };
         let dims = Dims { grid: (grid as u32, 1, 1), block: 128 * groups as u32 };
         let tiles = to_i32(tiles, "tiles")?;
@@ -339,7 +339,8 @@ pub fn ternary_matmul_multi(
     // chunks per split, while every split's partial sums fit the scratch.
     let slots = groups * nt * 8;
     let most = if row_blocks * GEMM_ROWS <= ws_stride { SPLIT_SLOTS / slots } else { 1 };
-    let want = (split_blocks_per_sm() * gpu.info().sms as usize).div_ceil(row_blocks * groups);
+    let want =
+        (gpu.knobs().split_blocks_per_sm() * gpu.info().sms as usize).div_ceil(row_blocks * groups);
     let splits = want.clamp(1, (kc_n / 2).clamp(1, 16).min(most.max(1)));
     let (ws_stride, rows_padded) = (ws_stride as i32, to_i32(w.rows_padded, "rows")?);
     let dims = Dims { grid: (row_blocks as u32, groups as u32, splits as u32), block: 128 };
@@ -364,24 +365,49 @@ pub(crate) const GEMM_ROWS: usize = 128;
 /// Token rows (summed over splits) the split-K GEMM scratch holds.
 pub const SPLIT_SLOTS: usize = 512;
 
-/// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one block
-/// per tile; groups of 128 threads per tile, 1 or 2). Defaults (H100 measurements, NOTES.md):
-/// one token: at most 8 blocks per SM, and two groups while every block of two groups stays
-/// resident (at most 4 x SMs tiles: short matrices and long rows gain from the extra loads in
-/// flight); more tokens (more arithmetic per weight): one block of one group per tile.
-/// `BITNET_GEMV_BPS` and `BITNET_GEMV_GROUPS` override them.
-fn gemv_shape(tiles: usize, rows: usize, sms: usize) -> (usize, usize) {
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-    let (bps, groups) = match rows {
-        1 => (8, if tiles <= 4 * sms { 2 } else { 1 }),
-        _ => (0, 1),
-    };
-    (env("BITNET_GEMV_BPS").unwrap_or(bps), env("BITNET_GEMV_GROUPS").unwrap_or(groups).clamp(1, 2))
+/// Launch-shape overrides for comparisons, read from the environment once per process (when
+/// the device's program is built), not on every launch.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Knobs {
+    /// `BITNET_GEMV_BPS`: GEMV blocks per SM (0 = one block per tile).
+    gemv_bps: Option<usize>,
+    /// `BITNET_GEMV_GROUPS`: GEMV thread groups per tile (1 or 2).
+    gemv_groups: Option<usize>,
+    /// `BITNET_GEMM_BPS`: blocks per SM the split-K GEMM aims at (default 3).
+    gemm_bps: Option<usize>,
+    /// `BITNET_CUDA_LM=simt`: the int8 lm_head on CUDA cores.
+    lm_simt: bool,
 }
 
-/// Blocks per SM the split-K GEMM aims at (`BITNET_GEMM_BPS`, default 3).
-fn split_blocks_per_sm() -> usize {
-    std::env::var("BITNET_GEMM_BPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1)
+impl Knobs {
+    pub(crate) fn from_env() -> Self {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        Knobs {
+            gemv_bps: num("BITNET_GEMV_BPS"),
+            gemv_groups: num("BITNET_GEMV_GROUPS"),
+            gemm_bps: num("BITNET_GEMM_BPS"),
+            lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
+        }
+    }
+
+    /// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one
+    /// block per tile; groups of 128 threads per tile, 1 or 2). Defaults (H100 measurements,
+    /// NOTES.md): one token: at most 8 blocks per SM, and two groups while every block of two
+    /// groups stays resident (at most 4 x SMs tiles: short matrices and long rows gain from the
+    /// extra loads in flight); more tokens (more arithmetic per weight): one block of one
+    /// group per tile.
+    fn gemv_shape(&self, tiles: usize, rows: usize, sms: usize) -> (usize, usize) {
+        let (bps, groups) = match rows {
+            1 => (8, if tiles <= 4 * sms { 2 } else { 1 }),
+            _ => (0, 1),
+        };
+        (self.gemv_bps.unwrap_or(bps), self.gemv_groups.unwrap_or(groups).clamp(1, 2))
+    }
+
+    /// Blocks per SM the split-K GEMM aims at.
+    fn split_blocks_per_sm(&self) -> usize {
+        self.gemm_bps.unwrap_or(3).max(1)
+    }
 }
 
 /// The int8 lm_head: `rows x cols` int8 (rows zero-padded to 64 bytes) and one scale per row.
@@ -491,8 +517,8 @@ pub fn lm_head_i8(
     rows: usize,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
-    let simt = std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt");
-    lm_head_i8_with(gpu, head, x, rows, out, if simt { LmKernel::Simt } else { LmKernel::Mma })
+    let kernel = if gpu.knobs().lm_simt { LmKernel::Simt } else { LmKernel::Mma };
+    lm_head_i8_with(gpu, head, x, rows, out, kernel)
 }
 
 /// [`lm_head_i8`] with an explicit kernel.
