@@ -111,6 +111,11 @@ mod tests {
             if std::env::var_os("BITNET_NVRTC_LOG").is_some() {
                 eprintln!("{arch}:\n{log}");
             }
+            // For disassembly elsewhere (`cuobjdump -sass`).
+            if let Some(dir) = std::env::var_os("BITNET_CUBIN_DIR") {
+                std::fs::write(std::path::Path::new(&dir).join(format!("{arch}.cubin")), &cubin)
+                    .unwrap();
+            }
         }
     }
 

@@ -56,13 +56,37 @@ fn check_bitlinear(g: &Gpu, w: &[i8], rows: usize, cols: usize, s_w: f32, x: &[f
 fn ternary_matmul_equals_cpu_bitlinear_bit_for_bit() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(1);
-    let shapes = [(1, 64), (7, 130), (9, 128), (64, 200), (130, 2560), (640, 2560), (257, 6912)];
+    // 2000 and 5000 rows: more tiles than GEMV blocks at one token (several tiles per block).
+    let shapes = [
+        (1, 64),
+        (7, 130),
+        (9, 128),
+        (64, 200),
+        (130, 2560),
+        (640, 2560),
+        (257, 6912),
+        (2000, 256),
+        (5000, 512),
+    ];
     for (rows, cols) in shapes {
         let w = rng.ternary(rows * cols);
         for m in [1, 2, 3, 5, 8, 9, 16, 31, 33, 64, 65, 128, 129] {
             let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
             check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
         }
+    }
+}
+
+#[test]
+fn ternary_matmul_with_many_tiles_per_block() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(5);
+    // 8752 tiles of 8 rows: every GEMV block loops over several tiles.
+    let (rows, cols) = (70_000, 256);
+    let w = rng.ternary(rows * cols);
+    for m in [1, 3, 8] {
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
+        check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
     }
 }
 

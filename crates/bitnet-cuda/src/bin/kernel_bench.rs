@@ -4,7 +4,7 @@
 //! weight copies (> 4x the L2) that nothing stays cache-resident, and reports µs per call, GB/s
 //! over the packed weight bytes, and the percentage of the measured device copy bandwidth; then
 //! the same for cuBLAS bf16 (`cublasGemmEx`, N x K times a K-vector), the 8-token GEMV and the
-//! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I]`.
+//! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I] [--rows N (only shapes of N rows)]`.
 
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
@@ -216,6 +216,7 @@ fn run() -> Result<()> {
         }
     };
     let iters = arg("--iters", 500)?.max(1);
+    let only = arg("--rows", 0)?;
     let gpu = Gpu::open(arg("--device", 0)?)?;
     println!(
         "device: {} ({:.1} GiB, L2 {} MiB); kernels compiled in {:.2} s",
@@ -242,6 +243,9 @@ fn run() -> Result<()> {
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (&(n, k), &(ms_anchor, blas_anchor)) in SHAPES.iter().zip(&ANCHORS) {
+        if only != 0 && n != only {
+            continue;
+        }
         let g1 = bench_ternary(&gpu, &t, (n, k, 1), iters, true)?;
         let same = bench_ternary(&gpu, &t, (n, k, 1), iters, false)?;
         let g8 = bench_ternary(&gpu, &t, (n, k, 8), iters, true)?;

@@ -272,7 +272,7 @@ pub fn quantize_act(
 }
 
 /// `out[t] = (q[t] · W) * s_w / s_a[t]` for the first `rows` quantized rows: the dp4a GEMV for up
-/// to 8 rows, the int8 tensor-core GEMM above.
+/// to 2 rows (`BITNET_GEMV_MAX_M`, at most 8), the int8 tensor-core GEMM above.
 pub fn ternary_matmul(
     gpu: &Gpu,
     w: &DeviceTernary,
@@ -315,7 +315,7 @@ pub fn ternary_matmul_multi(
     let (wp, xp, sa, sx) =
         (dptr(gpu, &w.data), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);
-    if let Some(f) = gpu.k.gemv(rows) {
+    if let Some(f) = gpu.k.gemv(rows).filter(|_| rows <= gpu.knobs().gemv_max_rows()) {
         let tiles = w.rows_padded / TILE_ROWS;
         let (bps, groups) = gpu.knobs().gemv_shape(tiles, rows, gpu.info().sms as usize);
         let grid = if bps == 0 { tiles } else { tiles.min(bps * gpu.info().sms as usize) };
@@ -377,6 +377,8 @@ pub(crate) struct Knobs {
     gemm_bps: Option<usize>,
     /// `BITNET_CUDA_LM=simt`: the int8 lm_head on CUDA cores.
     lm_simt: bool,
+    /// `BITNET_GEMV_MAX_M`: most tokens the GEMV takes (more go to the tensor-core GEMM).
+    gemv_max: Option<usize>,
 }
 
 impl Knobs {
@@ -387,7 +389,15 @@ impl Knobs {
             gemv_groups: num("BITNET_GEMV_GROUPS"),
             gemm_bps: num("BITNET_GEMM_BPS"),
             lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
+            gemv_max: num("BITNET_GEMV_MAX_M"),
         }
+    }
+
+    /// Most tokens a projection runs on the GEMV (1..=8). Default 2 (H100, NOTES.md): from 3
+    /// tokens on, the tensor-core GEMM is faster (M = 8 at 13824x2560: 9.8 µs against 18.4;
+    /// batch-8 decode 3,931 tok/s against 3,056).
+    fn gemv_max_rows(&self) -> usize {
+        self.gemv_max.unwrap_or(2).clamp(1, super::SMALL)
     }
 
     /// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one
