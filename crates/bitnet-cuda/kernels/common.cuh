@@ -24,6 +24,16 @@ typedef signed char i8;
         PDL_WAIT();    \
     } while (0)
 
+// `p` laundered through an opaque move: loads through the result stay after this point. Take
+// it right after PDL_WAIT for data the previous kernel wrote and that is read through the
+// read-only path (`const __restrict__`, __ldg): the compiler treats such data as constant for
+// the whole kernel and may otherwise hoist its loads above the wait.
+template <typename T>
+__device__ __forceinline__ T* after_wait(T* p) {
+    asm volatile("mov.b64 %0, %0;" : "+l"(p));
+    return p;
+}
+
 // Two-bit codes (weight + 1) of four weights, one per byte lane.
 #define CODE_MASK 0x03030303u
 

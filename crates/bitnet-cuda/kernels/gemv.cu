@@ -15,10 +15,12 @@ __device__ __forceinline__ void decode_chunk(const uint4 w, u32 (&d)[16]) {
     }
 }
 
+// Activations from global memory (read-only path) or, when SMEM, from shared memory.
+template <bool SMEM>
 __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restrict__ a, int acc) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const int4 av = __ldg(a + j);
+        const int4 av = SMEM ? a[j] : __ldg(a + j);
         acc = __dp4a((int)d[4 * j + 0], av.x, acc);
         acc = __dp4a((int)d[4 * j + 1], av.y, acc);
         acc = __dp4a((int)d[4 * j + 2], av.z, acc);
@@ -28,11 +30,6 @@ __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restr
 }
 
 // y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens (see store_row).
-// Block: G groups of 128 threads (G = blockDim.x / 128, 1 or 2) on one 8-row tile at a time:
-// thread (row r = tid % 8, k-slot tid / 8 + 16 g) takes chunks k-slot, + 16 G, ... (long rows
-// get more threads); tiles blockIdx.x, + gridDim.x, ... A warp reads 32 consecutive 16-byte
-// chunks (4 k-chunks x 8 rows): 512 contiguous bytes. Weights stream ahead of the multiply: the
-// next batch of this tile, or the first batch of the block's next tile, is in flight meanwhile.
 
 // Batch starting at chunk c0 (chunks c0, c0 + cs, ...) of the tile whose row base is wt.
 template <int U>
@@ -45,23 +42,31 @@ __device__ __forceinline__ void gemv_fetch(uint4 (&w)[U], const uint4* wt, int c
     }
 }
 
-template <int M>
-__device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
-                                          const float* __restrict__ sa,
-                                          const int* __restrict__ sx, const OutArg& o,
-                                          int kc, int kp, int tiles) {
-    __shared__ int red[16][M][8];
-    const int tid = threadIdx.x, r = tid & 7, lane = tid & 31, warp = tid >> 5;
-    const int groups = blockDim.x >> 7, cs = 16 * groups;
-    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
+// Barrier of the `n` threads running one GEMV block: the whole CUDA block (id 0), or one of
+// several independent GEMV blocks inside a CUDA block (named barrier id > 0, see gemv_norm.cu).
+__device__ __forceinline__ void gemv_sync(int id, int n) {
+    if (id == 0) {
+        __syncthreads();
+    } else {
+        asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+    }
+}
+
+// The tile loop of one GEMV block of 128 * groups threads (thread `tid` of it): tiles vb,
+// vb + nvb, ... of W; activations xq (global, or shared memory when SMEM) with scales sa and
+// sums sx (token m's sum is sx[m * sx_parts ..] summed over sx_parts parts), first weight batch
+// `wn` already fetched. `red` holds 4 * groups warps' partial sums; `bar` / the block's thread
+// count name its barrier (gemv_sync).
+template <int M, bool SMEM>
+__device__ __forceinline__ void gemv_tiles(const uint4* __restrict__ W, const i8* xq,
+                                           const float* sa, const int* sx, int sx_parts,
+                                           const OutArg& o, int kc, int kp, int tiles, int vb,
+                                           int nvb, int tid, int groups, uint4 (&wn)[4],
+                                           int (*red)[M][8], int bar) {
     constexpr int U = 4;
-    // Weights are constant: the first batch is in flight before waiting for the previous
-    // kernel (PDL).
-    PDL_TRIGGER();
-    uint4 wn[U];
-    if (blockIdx.x < tiles) gemv_fetch<U>(wn, W + (size_t)blockIdx.x * kc * 8 + r, ks, cs, kc);
-    PDL_WAIT();
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int r = tid & 7, lane = tid & 31, warp = tid >> 5, cs = 16 * groups;
+    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
+    for (int tile = vb; tile < tiles; tile += nvb) {
         const uint4* wt = W + (size_t)tile * kc * 8 + r;
         int acc[M];
 #pragma unroll
@@ -72,8 +77,8 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
             for (int u = 0; u < U; ++u) wv[u] = wn[u];
             if (c0 + cs * U < kc) {
                 gemv_fetch<U>(wn, wt, c0 + cs * U, cs, kc);
-            } else if (tile + gridDim.x < tiles) {
-                gemv_fetch<U>(wn, W + (size_t)(tile + gridDim.x) * kc * 8 + r, ks, cs, kc);
+            } else if (tile + nvb < tiles) {
+                gemv_fetch<U>(wn, W + (size_t)(tile + nvb) * kc * 8 + r, ks, cs, kc);
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
@@ -84,7 +89,7 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
 #pragma unroll
                     for (int m = 0; m < M; ++m) {
                         const int4* a = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
-                        acc[m] = dot_chunk(d, a, acc[m]);
+                        acc[m] = dot_chunk<SMEM>(d, a, acc[m]);
                     }
                 }
             }
@@ -95,15 +100,41 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
             acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 16);
             if (lane < 8) red[warp][m][lane] = acc[m];
         }
-        __syncthreads();
+        gemv_sync(bar, 128 * groups);
         if (tid < 8 * M) {
             const int m = tid >> 3, rr = tid & 7;
             int s = 0;
             for (int w = 0; w < 4 * groups; ++w) s += red[w][m][rr];
-            store_row(o, m, tile * 8 + rr, s, sx[m], sa[m]);
+            int sxm = 0;
+            for (int p = 0; p < sx_parts; ++p) sxm += sx[m * sx_parts + p];
+            store_row(o, m, tile * 8 + rr, s, sxm, sa[m]);
         }
-        __syncthreads();  // red is rewritten by the next tile
+        gemv_sync(bar, 128 * groups);  // red is rewritten by the next tile
     }
+}
+
+// Block: G groups of 128 threads (G = blockDim.x / 128, 1 or 2) on one 8-row tile at a time:
+// thread (row r = tid % 8, k-slot tid / 8 + 16 g) takes chunks k-slot, + 16 G, ... (long rows
+// get more threads); tiles blockIdx.x, + gridDim.x, ... A warp reads 32 consecutive 16-byte
+// chunks (4 k-chunks x 8 rows): 512 contiguous bytes. Weights stream ahead of the multiply: the
+// next batch of this tile, or the first batch of the block's next tile, is in flight meanwhile.
+template <int M>
+__device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
+                                          const float* __restrict__ sa,
+                                          const int* __restrict__ sx, const OutArg& o,
+                                          int kc, int kp, int tiles) {
+    __shared__ int red[16][M][8];
+    const int tid = threadIdx.x, groups = blockDim.x >> 7;
+    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
+    // Weights are constant: the first batch is in flight before waiting for the previous
+    // kernel (PDL).
+    PDL_TRIGGER();
+    uint4 wn[4];
+    if (blockIdx.x < tiles)
+        gemv_fetch<4>(wn, W + (size_t)blockIdx.x * kc * 8 + (tid & 7), ks, 16 * groups, kc);
+    PDL_WAIT();
+    gemv_tiles<M, false>(W, after_wait(xq), after_wait(sa), after_wait(sx), 1, o, kc, kp, tiles, blockIdx.x, gridDim.x, tid, groups,
+                         wn, red, 0);
 }
 
 #define GEMV_KERNEL(M)                                                                        \

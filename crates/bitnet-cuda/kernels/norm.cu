@@ -3,12 +3,58 @@
 // Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER.
 #define NORM_PER 8
 
-// out[r] = w * (x[r] / rms(x[r])); if `q` is set, also the per-token int8 quantization of out[r]
-// exactly as bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
-// q = clamp(round_half_even(v * s), -128, 127), zero past `d` up to `kp`; scale s and Σq.
-// If `y` is set, x[r] += y[r] first (written back: the residual add fused in); with `act`, the
-// norm's input is relu(x[r])^2 * y[r] instead (ReLU² times up fused in; x is not written).
-// Grid: one block per row; each thread keeps its NORM_PER values in registers.
+// The value a norm reads at i < d: x, x + y (residual add, y set), or relu(x)^2 * y (act).
+__device__ __forceinline__ float norm_input(const float* x, const float* y, int act, int i) {
+    const float v = x[i];
+    if (act) {
+        const float g = fmaxf(v, 0.0f);
+        return __fmul_rn(__fmul_rn(g, g), y[i]);
+    }
+    return y != 0 ? v + y[i] : v;
+}
+
+// RMSNorm of one row spread over the block, PER values per thread (i = tid + j * blockDim.x,
+// zero past d) with Σv² of this thread's values in `ss`: v becomes w * (v / rms).
+template <int PER>
+__device__ __forceinline__ void norm_apply(float (&v)[PER], float ss, const float* __restrict__ w,
+                                           int d, float eps, float* red) {
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < d) v[j] = __fmul_rn(w[i], __fmul_rn(v[j], inv));
+    }
+}
+
+// BitLinear quantization of a row held as in norm_apply, exactly as
+// bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
+// q = clamp(round_half_even(v * s), -128, 127). Returns s; `sum` gets Σq (block-wide).
+template <int PER>
+__device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER], int d,
+                                             float* red, int* redi, int& sum) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j)
+        if (threadIdx.x + j * blockDim.x < d) amax = fmaxf(amax, fabsf(v[j]));
+    amax = block_max(amax, red);
+    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    int part = 0;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        q[j] = 0;
+        if (threadIdx.x + j * blockDim.x < d) {
+            q[j] = (int)fminf(fmaxf(rintf(__fmul_rn(v[j], s)), -128.0f), 127.0f);
+            part += q[j];
+        }
+    }
+    sum = block_sum_i(part, redi);
+    return s;
+}
+
+// out[r] = w * (x[r] / rms(x[r])) (input as norm_input; with a residual y, x[r] += y[r] is
+// written back); if `q` is set, also the row's int8 quantization (quant_apply), zero past `d`
+// up to `kp`, with its scale and Σq. Grid: one block per row, NORM_PER values per thread.
 extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __restrict__ y,
                                       const float* __restrict__ w,
                                       float* __restrict__ out, i8* __restrict__ q,
@@ -19,52 +65,29 @@ extern "C" __global__ void rms_norm_q(float* __restrict__ x, const float* __rest
     __shared__ int redi[32];
     const int r = blockIdx.x, bd = blockDim.x, tid = threadIdx.x;
     float* xr = x + (size_t)r * d;
-    const float* yr = y + (size_t)r * d;
+    const float* yr = y != 0 ? y + (size_t)r * d : y;
     float* o = out + (size_t)r * d;
     float v[NORM_PER];
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < NORM_PER; ++j) {
         const int i = tid + j * bd;
-        v[j] = i < d ? xr[i] : 0.0f;
-        if (act && i < d) {
-            const float g = fmaxf(v[j], 0.0f);
-            v[j] = __fmul_rn(__fmul_rn(g, g), yr[i]);
-        } else if (y != 0 && i < d) {
-            v[j] += yr[i];
-            xr[i] = v[j];
-        }
+        v[j] = i < d ? norm_input(xr, yr, act, i) : 0.0f;
+        if (y != 0 && !act && i < d) xr[i] = v[j];
         ss += v[j] * v[j];
     }
-    ss = block_sum(ss, red);
-    const float inv = 1.0f / sqrtf(ss / (float)d + eps);
-    float amax = 0.0f;
+    norm_apply<NORM_PER>(v, ss, w, d, eps, red);
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j) {
-        const int i = tid + j * bd;
-        if (i < d) {
-            const float t = __fmul_rn(w[i], __fmul_rn(v[j], inv));
-            v[j] = t;
-            o[i] = t;
-            amax = fmaxf(amax, fabsf(t));
-        }
-    }
+    for (int j = 0; j < NORM_PER; ++j)
+        if (tid + j * bd < d) o[tid + j * bd] = v[j];
     if (q == 0) return;
-    amax = block_max(amax, red);
-    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    int qv[NORM_PER], sum;
+    const float s = quant_apply<NORM_PER>(v, qv, d, red, redi, sum);
     i8* qr = q + (size_t)r * kp;
-    int sum = 0;
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j) {
-        const int i = tid + j * bd;
-        if (i < d) {
-            const int qv = (int)fminf(fmaxf(rintf(__fmul_rn(v[j], s)), -128.0f), 127.0f);
-            qr[i] = (i8)qv;
-            sum += qv;
-        }
-    }
+    for (int j = 0; j < NORM_PER; ++j)
+        if (tid + j * bd < d) qr[tid + j * bd] = (i8)qv[j];
     for (int i = d + tid; i < kp; i += bd) qr[i] = 0;
-    sum = block_sum_i(sum, redi);
     if (tid == 0) {
         qscale[r] = s;
         qsum[r] = sum;

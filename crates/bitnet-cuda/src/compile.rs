@@ -5,10 +5,11 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CStr;
 
 /// Every kernel source, in order (`common.cuh` first: the others use its definitions).
-pub(crate) const SOURCES: [(&str, &str); 8] = [
+pub(crate) const SOURCES: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
+    ("gemv_norm.cu", include_str!("../kernels/gemv_norm.cu")),
     ("gemm.cu", include_str!("../kernels/gemm.cu")),
     ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
@@ -136,6 +137,7 @@ mod tests {
         assert!(s.find("struct RowsArg").unwrap() < s.find("rms_norm_q").unwrap());
         for k in [
             "GEMV_KERNEL(8)",
+            "gemv_norm_m1_g1",
             "gemm_mma",
             "ATTN_KERNEL(8)",
             "attn_combine",

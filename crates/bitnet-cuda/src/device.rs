@@ -103,7 +103,7 @@ macro_rules! kernels {
 
 kernels! {
     gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
-    gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8",
+    gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8", gemv_norm2: "gemv_norm_m1_g2", gemv_norm1: "gemv_norm_m1_g1",
     gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8", gemm_reduce: "gemm_reduce",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",
@@ -253,6 +253,11 @@ impl Gpu {
     /// Launch-shape overrides (read from the environment when the program was built).
     pub(crate) fn knobs(&self) -> &crate::ops::Knobs {
         &self.prog.knobs
+    }
+    /// True when one token's RMSNorm runs inside the GEMV that reads it
+    /// ([`crate::ops::norm_ternary_gemv`]; off with `BITNET_CUDA_FUSE_NORM=0`).
+    pub fn fuse_norms(&self) -> bool {
+        self.prog.knobs.fuse_norms()
     }
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {

@@ -253,3 +253,127 @@ fn stacked_matrices_equal_their_parts_bit_for_bit() {
     assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 256)]).is_err());
     assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 128), w(8, 128), w(8, 128)]).is_err());
 }
+
+/// The norm fused into the GEMV (one token): its f32 output matches the norm kernel's, its
+/// int8 copy is the CPU quantization of that output, its projection equals the GEMV on that
+/// copy bit for bit (so every block used the same activations), and a residual is written back
+/// exactly once.
+#[test]
+fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(7);
+    let ticket = ops::Ticket::new(&g).unwrap();
+    // (input width, stacked parts, mode: 0 plain, 1 residual, 2 relu²; input scale)
+    let cases: [(usize, &[usize], u8, f32); 7] = [
+        (2560, &[2560, 640, 640], 1, 3.0),
+        (2560, &[2560], 0, 1.0),
+        (2560, &[6912, 6912], 1, 0.5),
+        (6912, &[2560], 2, 2.0),
+        (200, &[9, 130], 0, 1.0),
+        (8192, &[64], 2, 1.0),
+        (2560, &[640], 0, 0.0), // all-zero input
+    ];
+    for (d, parts, mode, scale) in cases {
+        let what = format!("d={d} parts={parts:?} mode={mode}");
+        let x: Vec<f32> = (0..d).map(|_| rng.unit() * scale).collect();
+        let y: Vec<f32> = (0..d).map(|_| rng.unit()).collect();
+        let nw: Vec<f32> = (0..d).map(|_| 1.0 + 0.2 * rng.unit()).collect();
+        let mats: Vec<DeviceTernary> = parts
+            .iter()
+            .map(|&r| {
+                let p = PackedTernary::pack(&rng.ternary(r * d), r, d).unwrap();
+                DeviceTernary::upload(&g, &p, 0.37).unwrap()
+            })
+            .collect();
+        let w = DeviceTernary::stack(&g, mats).unwrap();
+        let kp = w.padded_cols();
+        let (mut dx, dy, dnw) = (
+            ops::upload(&g, &x).unwrap(),
+            ops::upload(&g, &y).unwrap(),
+            ops::upload(&g, &nw).unwrap(),
+        );
+        let mut xn = ops::zeros::<f32>(&g, d).unwrap();
+        let mut q = QuantActs::new(&g, 1, kp).unwrap();
+        let mut outs: Vec<_> =
+            parts.iter().map(|&r| ops::upload(&g, &vec![f32::NAN; r]).unwrap()).collect();
+        for rep in 0..2 {
+            let src = match mode {
+                0 => ops::NormSrc::Plain(&dx),
+                1 => ops::NormSrc::Residual(&mut dx, &dy),
+                _ => ops::NormSrc::Relu2(&dx, &dy),
+            };
+            let mut refs: Vec<_> = outs.iter_mut().collect();
+            ops::norm_ternary_gemv(&g, src, &dnw, 1e-5, &mut xn, &mut q, &ticket, &w, &mut refs)
+                .unwrap();
+            // The residual sum is written back once (twice after the second run).
+            let mut gx = vec![0f32; d];
+            ops::download(&g, &dx, &mut gx).unwrap();
+            let mut want_x = x.clone();
+            if mode == 1 {
+                for _ in 0..=rep {
+                    want_x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                }
+            }
+            assert!(gx.iter().zip(&want_x).all(|(a, b)| a.to_bits() == b.to_bits()), "{what}: x");
+            // The norm kernel on the same input (the new x for a residual).
+            let input: Vec<f32> = match mode {
+                2 => x.iter().zip(&y).map(|(a, b)| a.max(0.0) * a.max(0.0) * b).collect(),
+                _ => want_x.clone(),
+            };
+            let mut ref_out = ops::zeros::<f32>(&g, d).unwrap();
+            ops::rms_norm(
+                &g,
+                &ops::upload(&g, &input).unwrap(),
+                &dnw,
+                d,
+                1e-5,
+                1,
+                &mut ref_out,
+                None,
+            )
+            .unwrap();
+            let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+            ops::download(&g, &xn, &mut a).unwrap();
+            ops::download(&g, &ref_out, &mut b).unwrap();
+            for i in 0..d {
+                assert!((a[i] - b[i]).abs() <= 1e-5 * b[i].abs().max(1.0), "{what}: xn[{i}]");
+            }
+            let (qv, sc, sums) = q.download(&g, 1).unwrap();
+            let mut wq = vec![0i8; kp];
+            let cpu = bitnet_quant::quantize::quantize_row(&a, &mut wq).unwrap();
+            assert_eq!(qv, wq, "{what}: int8 copy");
+            assert_eq!((sc[0], sums[0]), (cpu.scale, cpu.sum), "{what}: scale, sum");
+            // The projection equals the GEMV on that int8 copy.
+            let mut want: Vec<_> =
+                parts.iter().map(|&r| ops::zeros::<f32>(&g, r).unwrap()).collect();
+            let mut wrefs: Vec<_> = want.iter_mut().collect();
+            ops::ternary_matmul_multi(&g, &w, &q, 1, &mut wrefs).unwrap();
+            for (j, &r) in parts.iter().enumerate() {
+                let (mut a, mut b) = (vec![0f32; r], vec![0f32; r]);
+                ops::download(&g, &outs[j], &mut a).unwrap();
+                ops::download(&g, &want[j], &mut b).unwrap();
+                let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{what} rep {rep}: part {j} differs from the GEMV");
+            }
+        }
+    }
+    // Wider than the kernel takes: an error, not a launch.
+    let d = 8320;
+    let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
+    let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
+    let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());
+    let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
+    let mut out = ops::zeros::<f32>(&g, 8).unwrap();
+    let r = ops::norm_ternary_gemv(
+        &g,
+        ops::NormSrc::Plain(&dx),
+        &dx,
+        1e-5,
+        &mut xn,
+        &mut q,
+        &ticket,
+        &w,
+        &mut [&mut out],
+    );
+    assert!(r.is_err());
+}

@@ -5,7 +5,8 @@
 
 use bitnet_core::{DType, Tensor};
 use bitnet_inference::backend::{
-    AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, LmHeadMode, RowPos,
+    AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, LmHeadMode, NormInput,
+    NormSpec, RowPos,
 };
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -164,6 +165,25 @@ fn run<B: Backend>(
         outs.push(("relu2_rms_norm", get(b, &xn, rows * d)));
         b.bitlinear(&lin, &xn, rows, &mut q).unwrap();
         outs.push(("bitlinear_fused", get(b, &q, rows * qd)));
+    }
+    // The norm and the projection in one call (one kernel on the GPU for one row), for each
+    // kind of norm input.
+    let mut xr = b.upload(&get(b, &x, n * d)).unwrap();
+    for rows in [1, 12] {
+        for kind in 0..3 {
+            let mut gt = b.upload(&gate_vals).unwrap();
+            let input = match kind {
+                0 => NormInput::Plain(&x),
+                1 => NormInput::Residual(&mut xr, &res),
+                _ => NormInput::Relu2(&mut gt, &up),
+            };
+            let weight = if kind == 2 { &wd } else { &w };
+            let norm = NormSpec { input, weight, width: d, eps: 1e-5 };
+            b.norm_linear(norm, rows, &mut xn, &lin, &mut [&mut q]).unwrap();
+            outs.push(("norm_linear_xn", get(b, &xn, rows * d)));
+            outs.push(("bitlinear_fused", get(b, &q, rows * qd)));
+        }
+        outs.push(("add_rms_norm_x", get(b, &xr, n * d)));
     }
     // Element-wise ops.
     let mut g = b.upload(&rng.vec(1000, 3.0)).unwrap();

@@ -272,7 +272,76 @@ fn run() -> Result<()> {
             gm.us
         );
     }
+    bench_norm_gemv(&gpu, &t, iters)?;
     bench_lm_head(&gpu, &t, copy)
+}
+
+/// One token's RMSNorm then GEMV, as two kernels and as the fused kernel, for the 2B-4T
+/// projections (each with the norm input it has in a decode step); weights rotated.
+fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
+    println!(
+        "
+RMSNorm + GEMV at one token, {iters} pairs in a graph (µs per pair, weights rotated):"
+    );
+    println!("| N x K | norm input | norm kernel + GEMV | fused |");
+    println!("| --- | --- | ---: | ---: |");
+    let ticket = ops::Ticket::new(gpu)?;
+    for (n, k, mode) in [(3840, 2560, 1), (2560, 2560, 0), (13824, 2560, 1), (2560, 6912, 2)] {
+        let mut rng = Rng(n as u64 + 3 * k as u64);
+        let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
+        let packed = PackedTernary::pack(&w, n, k)?;
+        let copies = copies_for(packed.words().len() * 4, gpu.info().l2_bytes);
+        let ws: Vec<DeviceTernary> = (0..copies)
+            .map(|_| DeviceTernary::upload(gpu, &packed, 0.02))
+            .collect::<Result<_>>()?;
+        let vals = |rng: &mut Rng| -> Vec<f32> {
+            (0..k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect()
+        };
+        let (mut x, y) = (ops::upload(gpu, &vals(&mut rng))?, ops::upload(gpu, &vals(&mut rng))?);
+        let nw = ops::upload(gpu, &vec![1.0f32; k])?;
+        let mut xn = ops::zeros::<f32>(gpu, k)?;
+        let mut q = QuantActs::new(gpu, 1, packed.padded_cols())?;
+        let mut out = ops::zeros::<f32>(gpu, n)?;
+        let mut two = || {
+            for i in 0..iters {
+                let o = Some(&mut q);
+                match mode {
+                    0 => ops::rms_norm(gpu, &x, &nw, k, 1e-5, 1, &mut xn, o)?,
+                    1 => ops::add_rms_norm(gpu, &mut x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
+                    _ => ops::relu2_rms_norm(gpu, &x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
+                }
+                ops::ternary_matmul(gpu, &ws[i % copies], &q, 1, &mut out)?;
+            }
+            Ok(())
+        };
+        let a = t.time_graph(&mut two)? * 1e3 / iters as f64;
+        let mut fused = || {
+            for i in 0..iters {
+                let src = match mode {
+                    0 => ops::NormSrc::Plain(&x),
+                    1 => ops::NormSrc::Residual(&mut x, &y),
+                    _ => ops::NormSrc::Relu2(&x, &y),
+                };
+                let w = &ws[i % copies];
+                ops::norm_ternary_gemv(
+                    gpu,
+                    src,
+                    &nw,
+                    1e-5,
+                    &mut xn,
+                    &mut q,
+                    &ticket,
+                    w,
+                    &mut [&mut out],
+                )?;
+            }
+            Ok(())
+        };
+        let b = t.time_graph(&mut fused)? * 1e3 / iters as f64;
+        let what = ["plain", "residual add", "relu² x up"][mode];
+        println!("| {n}x{k} | {what} | {a:.2} | {b:.2} |");
+    }
+    Ok(())
 }
 
 /// The 2B-4T int8 lm_head (128256 x 2560): both kernels at several token counts.

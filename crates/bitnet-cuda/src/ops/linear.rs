@@ -11,11 +11,11 @@ use cudarc::driver::CudaSlice;
 /// the same input (fused q/k/v, gate/up), each with its own rows and scale.
 pub struct DeviceTernary {
     cols: usize,
-    kp: usize,
-    rows_padded: usize,
+    pub(super) kp: usize,
+    pub(super) rows_padded: usize,
     /// (rows, padded rows, scale) of each stacked matrix, in row order.
     segs: Vec<(usize, usize, f32)>,
-    data: CudaSlice<u32>,
+    pub(super) data: CudaSlice<u32>,
 }
 
 /// Most matrices stacked in one [`DeviceTernary`] (`OutArg` in common.cuh).
@@ -24,7 +24,7 @@ pub const MAX_SEGMENTS: usize = 3;
 /// Output segments of a projection, as the kernels read them (mirrors `common.cuh`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct OutArg {
+pub(super) struct OutArg {
     y: [u64; MAX_SEGMENTS],
     n: [i32; MAX_SEGMENTS],
     off: [i32; MAX_SEGMENTS],
@@ -106,11 +106,11 @@ impl DeviceTernary {
 /// Per-token int8 activations (BitLinear quantization): `rows x kp` values, each row's scale
 /// `s = 127 / max|x|` and `Σq`.
 pub struct QuantActs {
-    q: CudaSlice<i8>,
-    scale: CudaSlice<f32>,
-    sum: CudaSlice<i32>,
-    rows: usize,
-    kp: usize,
+    pub(super) q: CudaSlice<i8>,
+    pub(super) scale: CudaSlice<f32>,
+    pub(super) sum: CudaSlice<i32>,
+    pub(super) rows: usize,
+    pub(super) kp: usize,
 }
 
 impl QuantActs {
@@ -298,20 +298,7 @@ pub fn ternary_matmul_multi(
             w.kp, q.kp, rows, q.rows
         )));
     }
-    if outs.len() != w.segs.len() {
-        return Err(Error::shape(format!(
-            "ternary matmul: {} outputs for {} stacked matrices",
-            outs.len(),
-            w.segs.len()
-        )));
-    }
-    let mut o = OutArg { segs: w.segs.len() as i32, ..Default::default() };
-    let mut off = 0;
-    for (j, (&(n, np, s), y)) in w.segs.iter().zip(outs.iter()).enumerate() {
-        need(y.len(), rows * n, "ternary matmul output")?;
-        (o.y[j], o.n[j], o.off[j], o.s[j]) = (dptr(gpu, &**y), n as i32, off as i32, s);
-        off += np;
-    }
+    let o = out_arg(gpu, w, rows, outs)?;
     let (wp, xp, sa, sx) =
         (dptr(gpu, &w.data), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);
@@ -359,66 +346,36 @@ pub fn ternary_matmul_multi(
     launch!(gpu, &gpu.k.gemm_reduce, dims; ws, sa, sx, o, m_tok, rows_padded, slots, ws_stride, sp)
 }
 
+/// The kernels' output argument for `rows` tokens of `w` into `outs` (one per stacked matrix,
+/// lengths checked).
+pub(super) fn out_arg(
+    gpu: &Gpu,
+    w: &DeviceTernary,
+    rows: usize,
+    outs: &mut [&mut CudaSlice<f32>],
+) -> Result<OutArg> {
+    if outs.len() != w.segs.len() {
+        return Err(Error::shape(format!(
+            "ternary matmul: {} outputs for {} stacked matrices",
+            outs.len(),
+            w.segs.len()
+        )));
+    }
+    let mut o = OutArg { segs: w.segs.len() as i32, ..Default::default() };
+    let mut off = 0;
+    for (j, (&(n, np, s), y)) in w.segs.iter().zip(outs.iter()).enumerate() {
+        need(y.len(), rows * n, "ternary matmul output")?;
+        (o.y[j], o.n[j], o.off[j], o.s[j]) = (dptr(gpu, &**y), n as i32, off as i32, s);
+        off += np;
+    }
+    Ok(o)
+}
+
 /// Weight rows per GEMM block (`GEMM_ROWS` in gemm.cu).
 pub(crate) const GEMM_ROWS: usize = 128;
 
 /// Token rows (summed over splits) the split-K GEMM scratch holds.
 pub const SPLIT_SLOTS: usize = 512;
-
-/// Launch-shape overrides for comparisons, read from the environment once per process (when
-/// the device's program is built), not on every launch.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Knobs {
-    /// `BITNET_GEMV_BPS`: GEMV blocks per SM (0 = one block per tile).
-    gemv_bps: Option<usize>,
-    /// `BITNET_GEMV_GROUPS`: GEMV thread groups per tile (1 or 2).
-    gemv_groups: Option<usize>,
-    /// `BITNET_GEMM_BPS`: blocks per SM the split-K GEMM aims at (default 3).
-    gemm_bps: Option<usize>,
-    /// `BITNET_CUDA_LM=simt`: the int8 lm_head on CUDA cores.
-    lm_simt: bool,
-    /// `BITNET_GEMV_MAX_M`: most tokens the GEMV takes (more go to the tensor-core GEMM).
-    gemv_max: Option<usize>,
-}
-
-impl Knobs {
-    pub(crate) fn from_env() -> Self {
-        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
-        Knobs {
-            gemv_bps: num("BITNET_GEMV_BPS"),
-            gemv_groups: num("BITNET_GEMV_GROUPS"),
-            gemm_bps: num("BITNET_GEMM_BPS"),
-            lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
-            gemv_max: num("BITNET_GEMV_MAX_M"),
-        }
-    }
-
-    /// Most tokens a projection runs on the GEMV (1..=8). Default 2 (H100, NOTES.md): from 3
-    /// tokens on, the tensor-core GEMM is faster (M = 8 at 13824x2560: 9.8 µs against 18.4;
-    /// batch-8 decode 3,931 tok/s against 3,056).
-    fn gemv_max_rows(&self) -> usize {
-        self.gemv_max.unwrap_or(2).clamp(1, super::SMALL)
-    }
-
-    /// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one
-    /// block per tile; groups of 128 threads per tile, 1 or 2). Defaults (H100 measurements,
-    /// NOTES.md): one token: at most 8 blocks per SM, and two groups while every block of two
-    /// groups stays resident (at most 4 x SMs tiles: short matrices and long rows gain from the
-    /// extra loads in flight); more tokens (more arithmetic per weight): one block of one
-    /// group per tile.
-    fn gemv_shape(&self, tiles: usize, rows: usize, sms: usize) -> (usize, usize) {
-        let (bps, groups) = match rows {
-            1 => (8, if tiles <= 4 * sms { 2 } else { 1 }),
-            _ => (0, 1),
-        };
-        (self.gemv_bps.unwrap_or(bps), self.gemv_groups.unwrap_or(groups).clamp(1, 2))
-    }
-
-    /// Blocks per SM the split-K GEMM aims at.
-    fn split_blocks_per_sm(&self) -> usize {
-        self.gemm_bps.unwrap_or(3).max(1)
-    }
-}
 
 /// The int8 lm_head: `rows x cols` int8 (rows zero-padded to 64 bytes) and one scale per row.
 pub struct LmI8 {

@@ -7,6 +7,8 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, ValidAsZero
 use std::ffi::c_void;
 
 mod attn;
+mod fused;
+mod knobs;
 mod linear;
 mod misc;
 mod sample;
@@ -14,12 +16,14 @@ mod sample;
 pub use attn::{
     attention, attention_part_len, attention_splits, rope, rope_store, store_kv, CacheDims,
 };
+pub use fused::{norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
+pub(crate) use knobs::Knobs;
+pub(crate) use linear::GEMM_ROWS;
 pub use linear::{
     add_rms_norm, lm_head_f32, lm_head_i8, lm_head_i8_with, quantize_act, relu2_rms_norm, rms_norm,
     ternary_matmul, ternary_matmul_multi, DeviceTernary, LmF32, LmI8, LmKernel, QuantActs,
     MAX_SEGMENTS, SPLIT_SLOTS,
 };
-pub(crate) use linear::{Knobs, GEMM_ROWS};
 pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
 pub use sample::{sample, SampleConfig, SampleScratch};
 

@@ -15,12 +15,15 @@ mod host;
 mod profile;
 mod sample;
 
-use super::{AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, RowPos};
+use super::{
+    AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, RowPos,
+};
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::{padded_cols, PackedTernary};
 use bitnet_cuda::ops::{
-    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, QuantActs, RowsArg,
+    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, NormSrc, QuantActs, RowsArg,
+    Ticket,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -35,6 +38,8 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
 /// Runs the model on one NVIDIA GPU.
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
+    /// The fused norm + GEMV kernel's block counter.
+    ticket: Ticket,
     scratch: Mutex<Scratch>,
     profile: Option<profile::Profiler>,
 }
@@ -138,8 +143,10 @@ fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
 impl CudaBackend {
     /// Opens device `ordinal` (kernels are compiled on first use, once per process).
     pub fn new(ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::open(ordinal)?;
         let b = CudaBackend {
-            gpu: Gpu::open(ordinal)?,
+            ticket: Ticket::new(&gpu)?,
+            gpu,
             scratch: Mutex::new(Scratch::default()),
             profile: None,
         };
@@ -515,6 +522,34 @@ impl Backend for CudaBackend {
                     ops::ternary_matmul_multi(&self.gpu, w, q, rows, &mut outs)
                 }
             }
+        })
+    }
+
+    fn norm_linear(
+        &self,
+        norm: NormSpec<'_, Self::Buf>,
+        rows: usize,
+        xn: &mut Self::Buf,
+        proj: &Self::Linear,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        let (w, d) = (&proj.0, norm.weight.len);
+        let fits = d == norm.width && w.cols() == d && d <= ops::NORM_GEMV_MAX_COLS;
+        if rows != 1 || !fits || !self.gpu.fuse_norms() {
+            return super::norm_then_linear(self, norm, rows, xn, proj, outs);
+        }
+        self.timed(10, || {
+            let mut outs: Vec<&mut CudaSlice<f32>> = outs.iter_mut().map(|o| o.touched()).collect();
+            let src = match norm.input {
+                NormInput::Plain(x) => NormSrc::Plain(&x.data),
+                NormInput::Residual(x, y) => NormSrc::Residual(x.touched(), &y.data),
+                NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
+            };
+            let (nw, eps, t) = (&norm.weight.data, norm.eps, &self.ticket);
+            self.norm_into(xn, 1, d, |o, q| {
+                let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
+                ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, &mut outs)
+            })
         })
     }
 

@@ -168,6 +168,19 @@ pub trait Backend: Send + Sync {
         let _ = (w, x, rows, outs);
         Err(Error::unsupported(format!("fused projections on {}", self.describe())))
     }
+    /// The RMSNorm `norm` of `rows` rows into `xn`, then BitLinear of `xn` by `proj` into `outs`
+    /// (one output, or one per part of a [`Backend::fuse`]d projection): one kernel where the
+    /// backend fuses them. `xn` ends as [`Backend::rms_norm`] would leave it.
+    fn norm_linear(
+        &self,
+        norm: NormSpec<'_, Self::Buf>,
+        rows: usize,
+        xn: &mut Self::Buf,
+        proj: &Self::Linear,
+        outs: &mut [&mut Self::Buf],
+    ) -> Result<()> {
+        norm_then_linear(self, norm, rows, xn, proj, outs)
+    }
     /// Rotary embedding (rotate-half convention) in place on `rows.len()` rows of
     /// `heads * head_dim` values.
     fn rope(
@@ -275,6 +288,49 @@ pub trait Backend: Send + Sync {
             *o = picker.pick(row, if greedy { 0.0 } else { uniforms[r] })?;
         }
         Ok(())
+    }
+}
+
+/// What an RMSNorm that feeds a projection normalizes (see [`Backend::norm_linear`]).
+pub enum NormInput<'a, B> {
+    /// The rows themselves.
+    Plain(&'a B),
+    /// `x += y` first (the residual add, written back to `x`), then the new `x`.
+    Residual(&'a mut B, &'a B),
+    /// `relu(gate)² * up` (`gate` may be left as it was).
+    Relu2(&'a mut B, &'a B),
+}
+
+/// An RMSNorm that feeds a projection: its input, weight (`width` values) and epsilon.
+pub struct NormSpec<'a, B> {
+    /// What is normalized.
+    pub input: NormInput<'a, B>,
+    /// The norm's weight.
+    pub weight: &'a B,
+    /// Values per row.
+    pub width: usize,
+    /// Epsilon.
+    pub eps: f32,
+}
+
+/// [`Backend::norm_linear`] as its two steps: the norm into `xn`, then the projection.
+pub(crate) fn norm_then_linear<B: Backend + ?Sized>(
+    b: &B,
+    norm: NormSpec<'_, B::Buf>,
+    rows: usize,
+    xn: &mut B::Buf,
+    proj: &B::Linear,
+    outs: &mut [&mut B::Buf],
+) -> Result<()> {
+    let NormSpec { input, weight: w, width, eps } = norm;
+    match input {
+        NormInput::Plain(x) => b.rms_norm(x, w, eps, rows, xn)?,
+        NormInput::Residual(x, y) => b.add_rms_norm(x, y, w, width, eps, rows, xn)?,
+        NormInput::Relu2(g, u) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn)?,
+    }
+    match outs {
+        [out] => b.bitlinear(proj, xn, rows, out),
+        _ => b.bitlinear_multi(proj, xn, rows, outs),
     }
 }
 

@@ -7,7 +7,7 @@
 //! ```
 //! Every projection is a BitLinear (per-token int8 activations x ternary weights).
 
-use crate::backend::{AttnShape, Backend, CacheShape, RowPos};
+use crate::backend::{AttnShape, Backend, CacheShape, NormInput, NormSpec, RowPos};
 use bitnet_core::{Error, Result};
 
 /// The dimensions and constants of a BitNet model.
@@ -64,12 +64,27 @@ impl<B: Backend> Proj<B> {
         })
     }
 
-    /// BitLinear of every part: part `j`'s output to `outs[j]`.
-    fn run(&self, b: &B, x: &B::Buf, rows: usize, outs: &mut [&mut B::Buf]) -> Result<()> {
+    /// The RMSNorm `norm` into `xn`, then BitLinear of every part: part `j`'s output to
+    /// `outs[j]` (the norm fused into the first projection where the backend does that).
+    fn run_normed(
+        &self,
+        b: &B,
+        norm: NormSpec<'_, B::Buf>,
+        rows: usize,
+        xn: &mut B::Buf,
+        outs: &mut [&mut B::Buf],
+    ) -> Result<()> {
         match self {
-            Proj::Fused(w) => b.bitlinear_multi(w, x, rows, outs),
+            Proj::Fused(w) => b.norm_linear(norm, rows, xn, w, outs),
             Proj::Parts(ws) => {
-                ws.iter().zip(outs.iter_mut()).try_for_each(|(w, o)| b.bitlinear(w, x, rows, o))
+                let (Some(first), Some((out0, rest))) = (ws.first(), outs.split_first_mut()) else {
+                    return Err(Error::invalid("a projection with no parts"));
+                };
+                b.norm_linear(norm, rows, xn, first, &mut [&mut **out0])?;
+                ws[1..]
+                    .iter()
+                    .zip(rest.iter_mut())
+                    .try_for_each(|(w, o)| b.bitlinear(w, xn, rows, o))
             }
         }
     }
@@ -213,23 +228,27 @@ impl<B: Backend> BitNetModel<B> {
         b.embed(&self.embed, ids, &mut st.x)?;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block (the previous layer's residual add fused into its input norm).
-            if li == 0 {
-                b.rms_norm(&st.x, &l.input_norm, d.eps, n, &mut st.xn)?;
+            let input = if li == 0 {
+                NormInput::Plain(&st.x)
             } else {
-                b.add_rms_norm(&mut st.x, &st.tmp, &l.input_norm, d.hidden, d.eps, n, &mut st.xn)?;
-            }
-            l.qkv.run(b, &st.xn, n, &mut [&mut st.q, &mut st.k, &mut st.v])?;
+                NormInput::Residual(&mut st.x, &st.tmp)
+            };
+            let norm = NormSpec { input, weight: &l.input_norm, width: d.hidden, eps: d.eps };
+            l.qkv.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
             b.rope_store_kv(q, k, v, cache, li, rows, attn, d.rope_theta)?;
             b.attention(&st.q, &st.cache, li, rows, attn, &mut st.att)?;
-            b.rms_norm(&st.att, &l.attn_sub_norm, d.eps, n, &mut st.xn)?;
-            b.bitlinear(&l.o, &st.xn, n, &mut st.tmp)?;
+            let input = NormInput::Plain(&st.att);
+            let norm = NormSpec { input, weight: &l.attn_sub_norm, width: d.hidden, eps: d.eps };
+            b.norm_linear(norm, n, &mut st.xn, &l.o, &mut [&mut st.tmp])?;
             // Feed-forward block.
-            b.add_rms_norm(&mut st.x, &st.tmp, &l.post_norm, d.hidden, d.eps, n, &mut st.xn)?;
-            l.gate_up.run(b, &st.xn, n, &mut [&mut st.gate, &mut st.up])?;
-            let (gate, up, xn) = (&mut st.gate, &st.up, &mut st.xn);
-            b.relu2_rms_norm(gate, up, &l.ffn_sub_norm, d.intermediate, d.eps, n, xn)?;
-            b.bitlinear(&l.down, &st.xn, n, &mut st.tmp)?;
+            let input = NormInput::Residual(&mut st.x, &st.tmp);
+            let norm = NormSpec { input, weight: &l.post_norm, width: d.hidden, eps: d.eps };
+            l.gate_up.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.gate, &mut st.up])?;
+            let input = NormInput::Relu2(&mut st.gate, &st.up);
+            let w = &l.ffn_sub_norm;
+            let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
+            b.norm_linear(norm, n, &mut st.xn, &l.down, &mut [&mut st.tmp])?;
         }
         if !self.layers.is_empty() {
             b.add(&mut st.x, &st.tmp, n * d.hidden)?;

@@ -8,7 +8,7 @@ use bitnet_cuda::Gpu;
 use std::sync::Mutex;
 
 /// Operations timed, in report order.
-pub(super) const OPS: [&str; 10] = [
+pub(super) const OPS: [&str; 11] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -19,6 +19,7 @@ pub(super) const OPS: [&str; 10] = [
     "relu2_mul(+norm)",
     "add/copy",
     "lm_head",
+    "norm+bitlinear",
 ];
 
 /// Pending (operation, start, end) event pairs and the totals taken so far.

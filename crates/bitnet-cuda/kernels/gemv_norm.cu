@@ -1,0 +1,175 @@
+// One token's RMSNorm (+ BitLinear quantization) fused into the ternary GEMV that reads it.
+//
+// Decode runs one token through a chain of small kernels, and each costs a fixed ~2 µs in
+// that chain however little it does; the norm kernels before the projections were a third of
+// the batch-1 time. Here every CUDA block first computes the whole norm of the (single) input
+// row itself, from L2, into shared memory, then runs several independent GEMV blocks of 256
+// threads over its tiles with the activations read from shared memory. Block 0 also writes
+// what the separate norm kernel would have (the f32 norm output and its int8 copy), and for a
+// residual the last block to read x (a ticket) writes x + y back, so callers see the same
+// buffers either way.
+
+// Rows of up to 8192 values (GEMV_NORM_MAX); a block of SUBS GEMV blocks of 256 threads holds
+// 8192 / (256 * SUBS) values per thread.
+#define GEMV_NORM_MAX 8192
+
+// The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_input:
+// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y (act).
+struct NormArg {
+    float* x;
+    const float* y;
+    const float* w;
+    float* out;
+    i8* q;
+    float* qscale;
+    int* qsum;
+    u32* ticket;
+    int d;
+    int kp;
+    int act;
+    float eps;
+};
+
+// Thread-private copy of the norm weights into shared memory (issued before the PDL wait:
+// they are constant); each thread later reads only the elements it copied.
+template <int PER>
+__device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, int d) {
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < d) {
+            const u32 dst = (u32)__cvta_generic_to_shared(wsm + i);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(w + i)
+                         : "memory");
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// Block-wide sum / max with one barrier: `red` (32 values) is used by this reduction only.
+__device__ __forceinline__ float block_sum1(float v, float* red) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    return warp_sum((threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : 0.0f);
+}
+__device__ __forceinline__ float block_max1(float v, float* red) {
+    v = warp_max(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    return warp_max((threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : 0.0f);
+}
+
+// The norm of the block's single input row into shared memory: xs gets its int8 quantization
+// (zero from d to kp), wsm the raw input (x + y for a residual), qpart each warp's part of Σq;
+// returns the scale. Block 0 also writes the norm's outputs (out, q, qscale; qsum later).
+template <int PER>
+__device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* wsm, int* qpart,
+                                              float* red1, float* red2, u32& ticket) {
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const bool residual = n.y != 0 && !n.act;
+    float v[PER];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = tid + j * nt;
+        v[j] = i < n.d ? norm_input(n.x, n.y, n.act, i) : 0.0f;
+        ss += v[j] * v[j];
+    }
+    ss = block_sum1(ss, red1);
+    // Every thread of this block has read x (the sum used it): for a residual, take a ticket
+    // now; its number is looked at only at the end, so its latency hides behind the GEMV.
+    if (residual && tid == 0) ticket = atomicAdd(n.ticket, 1u);
+    const float inv = 1.0f / sqrtf(ss / (float)n.d + n.eps);
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    float amax = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = tid + j * nt;
+        if (i < n.d) {
+            const float t = __fmul_rn(wsm[i], __fmul_rn(v[j], inv));  // as norm_apply
+            wsm[i] = v[j];
+            v[j] = t;
+            amax = fmaxf(amax, fabsf(t));
+        }
+    }
+    amax = block_max1(amax, red2);
+    const float s = 127.0f / fmaxf(amax, 1e-5f);  // as quant_apply
+    int part = 0;
+    const bool first = blockIdx.x == 0;
+#pragma unroll
+    for (int j = 0; j < PER; ++j) {
+        const int i = tid + j * nt;
+        int q = 0;
+        if (i < n.d) {
+            q = (int)fminf(fmaxf(rintf(__fmul_rn(v[j], s)), -128.0f), 127.0f);
+            part += q;
+            if (first) n.out[i] = v[j];
+        }
+        if (i < n.kp) {
+            xs[i] = (i8)q;
+            if (first) n.q[i] = (i8)q;
+        }
+    }
+    part = warp_sum_i(part);
+    if ((tid & 31) == 0) qpart[tid >> 5] = part;
+    if (first && tid == 0) *n.qscale = s;
+    return s;
+}
+
+// Every block (1024 threads, one per SM) computes the norm itself (norm_to_smem), then runs
+// 8 / G GEMV blocks of G groups of 128 threads (gemv_tiles) over tiles blockIdx.x * SUBS + sub,
+// + SUBS * gridDim.x, ... with the activations from shared memory.
+template <int G>
+__device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
+                                               const OutArg& o, int kc, int tiles) {
+    constexpr int NT = 1024, PER = GEMV_NORM_MAX / NT, SUB = 128 * G, SUBS = NT / SUB;
+    __shared__ __align__(16) i8 xs[GEMV_NORM_MAX];
+    // The norm weights; then the norm's input (x + y for a residual).
+    __shared__ float wsm[GEMV_NORM_MAX];
+    __shared__ float red1[32], red2[32];
+    __shared__ int qpart[NT / 32];
+    __shared__ int tred[SUBS][4 * G][1][8];
+    __shared__ int last;
+    __shared__ float s_sa;
+    const int tid = threadIdx.x, sub = tid / SUB, lt = tid % SUB;
+    const int vb = blockIdx.x * SUBS + sub, nvb = gridDim.x * SUBS;
+    PDL_TRIGGER();
+    uint4 wn[4];
+    if (vb < tiles)
+        gemv_fetch<4>(wn, W + (size_t)vb * kc * 8 + (lt & 7), ((lt & 127) >> 3) + 16 * (lt >> 7),
+                      16 * G, kc);
+    norm_weights_async<PER>(wsm, n.w, n.d);
+    PDL_WAIT();
+    u32 ticket = 0;
+    const float s = norm_to_smem<PER>(n, xs, wsm, qpart, red1, red2, ticket);
+    if (tid == 0) s_sa = s;
+    __syncthreads();
+    if (blockIdx.x == 0 && tid == 0) {
+        int sum = 0;
+        for (int w = 0; w < NT / 32; ++w) sum += qpart[w];
+        *n.qsum = sum;
+    }
+    gemv_tiles<1, true>(W, xs, &s_sa, qpart, NT / 32, o, kc, n.kp, tiles, vb, nvb, lt, G, wn,
+                        tred[sub], 1 + sub);
+    if (n.y == 0 || n.act) return;
+    // The last block to take a ticket writes x + y back: every block has read x by then.
+    if (tid == 0) last = ticket == gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    if (tid == 0) *n.ticket = 0;
+    for (int i = tid; i < n.d; i += NT) n.x[i] = wsm[i];
+}
+
+// Two groups of 128 threads per tile (short matrices, long rows: more loads in flight).
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    gemv_norm_m1_g2(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
+                    const __grid_constant__ OutArg o, int kc, int tiles) {
+    gemv_norm_body<2>(W, n, o, kc, tiles);
+}
+// One group per tile (many tiles).
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    gemv_norm_m1_g1(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
+                    const __grid_constant__ OutArg o, int kc, int tiles) {
+    gemv_norm_body<1>(W, n, o, kc, tiles);
+}

@@ -1,0 +1,118 @@
+//! One token's RMSNorm and BitLinear quantization fused into the ternary GEMV that reads them
+//! (`gemv_norm.cu`): one kernel where decode otherwise runs a norm kernel and a GEMV.
+
+use super::linear::{out_arg, DeviceTernary, QuantActs};
+use super::{dptr, launch, need, to_i32, zeros, Dims};
+use crate::device::Gpu;
+use crate::layout::{padded_cols, CHUNK, TILE_ROWS};
+use bitnet_core::{Error, Result};
+use cudarc::driver::CudaSlice;
+
+/// Most input features of the fused kernel (`GEMV_NORM_MAX`).
+pub const NORM_GEMV_MAX_COLS: usize = 8192;
+
+/// What the norm normalizes (one row of `w.cols()` values each).
+pub enum NormSrc<'a> {
+    /// The row itself.
+    Plain(&'a CudaSlice<f32>),
+    /// `x += y` (written back), then the new `x`: the residual add.
+    Residual(&'a mut CudaSlice<f32>, &'a CudaSlice<f32>),
+    /// `relu(gate)² * up` (`gate` is not written).
+    Relu2(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+}
+
+/// The norm argument of `gemv_norm_m1` (mirrors `NormArg` in gemv_norm.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct NormArg {
+    x: u64,
+    y: u64,
+    w: u64,
+    out: u64,
+    q: u64,
+    qscale: u64,
+    qsum: u64,
+    ticket: u64,
+    d: i32,
+    kp: i32,
+    act: i32,
+    eps: f32,
+}
+
+/// A device word the fused kernel's blocks take numbers from to find the last one to finish
+/// the norm; zero between launches (each launch resets it). One per stream of launches.
+pub struct Ticket(CudaSlice<u32>);
+
+impl Ticket {
+    /// A zeroed ticket word.
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Ticket(zeros(gpu, 1)?))
+    }
+}
+
+/// One token: `out = rms_norm(src) * nw` with its int8 quantization in `q` (exactly what
+/// [`super::rms_norm`] writes, bit for bit where the sums agree), then `outs = W · q` as
+/// [`super::ternary_matmul_multi`] computes it; one kernel. `nw` holds `w.cols()` weights.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_ternary_gemv(
+    gpu: &Gpu,
+    src: NormSrc<'_>,
+    nw: &CudaSlice<f32>,
+    eps: f32,
+    out: &mut CudaSlice<f32>,
+    q: &mut QuantActs,
+    ticket: &Ticket,
+    w: &DeviceTernary,
+    outs: &mut [&mut CudaSlice<f32>],
+) -> Result<()> {
+    let d = w.cols();
+    let kp = padded_cols(d);
+    if d > NORM_GEMV_MAX_COLS || kp > NORM_GEMV_MAX_COLS || kp != w.kp {
+        return Err(Error::unsupported(format!(
+            "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS})"
+        )));
+    }
+    let (x, y, act) = match src {
+        NormSrc::Plain(x) => (x as &CudaSlice<f32>, None, 0),
+        NormSrc::Residual(x, y) => (&*x, Some(y), 0),
+        NormSrc::Relu2(g, u) => (g, Some(u), 1),
+    };
+    need(x.len(), d, "fused norm input")?;
+    if let Some(y) = y {
+        need(y.len(), d, "fused norm second input")?;
+    }
+    need(nw.len(), d, "rms_norm weight")?;
+    need(out.len(), d, "rms_norm output")?;
+    if !q.fits(1, kp) {
+        return Err(Error::shape(format!("quantized activations do not fit 1 x {d}")));
+    }
+    (q.kp, q.rows) = (kp, 1);
+    let o = out_arg(gpu, w, 1, outs)?;
+    let n = NormArg {
+        x: dptr(gpu, x),
+        y: y.map_or(0, |y| dptr(gpu, y)),
+        w: dptr(gpu, nw),
+        out: dptr(gpu, out),
+        q: dptr(gpu, &q.q),
+        qscale: dptr(gpu, &q.scale),
+        qsum: dptr(gpu, &q.sum),
+        ticket: dptr(gpu, &ticket.0),
+        d: d as i32,
+        kp: kp as i32,
+        act,
+        eps,
+    };
+    let tiles = w.rows_padded / TILE_ROWS;
+    // One block of 1024 threads per SM: 8 / groups GEMV blocks of `groups` x 128 threads (the
+    // GEMV's groups per tile for one token).
+    let sms = gpu.info().sms as usize;
+    let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
+    let (f, subs) = if groups == 2 { (&gpu.k.gemv_norm2, 4) } else { (&gpu.k.gemv_norm1, 8) };
+    let grid = tiles.div_ceil(subs).min(sms).max(1);
+    let dims = Dims { grid: (grid as u32, 1, 1), block: 1024 };
+    let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
+    // Kernel: gemv_norm_m1_gG(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
+    // w, out hold d values and q kp <= 8192 (checked above), qscale/qsum one, ticket one word
+    // that is zero between launches; each o.y[j] holds o.n[j] values (out_arg).
+    launch!(gpu, f, dims; wp, n, o, kc, tiles)
+}

@@ -1,0 +1,64 @@
+//! Launch-shape overrides (`BITNET_*` environment variables) for comparisons on the GPU machine.
+
+/// Launch-shape overrides for comparisons, read from the environment once per process (when
+/// the device's program is built), not on every launch.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Knobs {
+    /// `BITNET_GEMV_BPS`: GEMV blocks per SM (0 = one block per tile).
+    gemv_bps: Option<usize>,
+    /// `BITNET_GEMV_GROUPS`: GEMV thread groups per tile (1 or 2).
+    gemv_groups: Option<usize>,
+    /// `BITNET_GEMM_BPS`: blocks per SM the split-K GEMM aims at (default 3).
+    gemm_bps: Option<usize>,
+    /// `BITNET_CUDA_LM=simt`: the int8 lm_head on CUDA cores.
+    pub(crate) lm_simt: bool,
+    /// `BITNET_GEMV_MAX_M`: most tokens the GEMV takes (more go to the tensor-core GEMM).
+    gemv_max: Option<usize>,
+    /// `BITNET_CUDA_FUSE_NORM=0`: one-token norms run as their own kernel, not inside the GEMV.
+    unfused_norms: bool,
+}
+
+impl Knobs {
+    pub(crate) fn from_env() -> Self {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        Knobs {
+            gemv_bps: num("BITNET_GEMV_BPS"),
+            gemv_groups: num("BITNET_GEMV_GROUPS"),
+            gemm_bps: num("BITNET_GEMM_BPS"),
+            lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
+            gemv_max: num("BITNET_GEMV_MAX_M"),
+            unfused_norms: std::env::var("BITNET_CUDA_FUSE_NORM").is_ok_and(|v| v == "0"),
+        }
+    }
+
+    /// Whether one token's RMSNorm runs inside the GEMV that reads it (default on).
+    pub(crate) fn fuse_norms(&self) -> bool {
+        !self.unfused_norms
+    }
+
+    /// Most tokens a projection runs on the GEMV (1..=8). Default 2 (H100, NOTES.md): from 3
+    /// tokens on, the tensor-core GEMM is faster (M = 8 at 13824x2560: 9.8 µs against 18.4;
+    /// batch-8 decode 3,931 tok/s against 3,056).
+    pub(crate) fn gemv_max_rows(&self) -> usize {
+        self.gemv_max.unwrap_or(2).clamp(1, super::SMALL)
+    }
+
+    /// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one
+    /// block per tile; groups of 128 threads per tile, 1 or 2). Defaults (H100 measurements,
+    /// NOTES.md): one token: at most 8 blocks per SM, and two groups while every block of two
+    /// groups stays resident (at most 4 x SMs tiles: short matrices and long rows gain from the
+    /// extra loads in flight); more tokens (more arithmetic per weight): one block of one
+    /// group per tile.
+    pub(crate) fn gemv_shape(&self, tiles: usize, rows: usize, sms: usize) -> (usize, usize) {
+        let (bps, groups) = match rows {
+            1 => (8, if tiles <= 4 * sms { 2 } else { 1 }),
+            _ => (0, 1),
+        };
+        (self.gemv_bps.unwrap_or(bps), self.gemv_groups.unwrap_or(groups).clamp(1, 2))
+    }
+
+    /// Blocks per SM the split-K GEMM aims at.
+    pub(crate) fn split_blocks_per_sm(&self) -> usize {
+        self.gemm_bps.unwrap_or(3).max(1)
+    }
+}
