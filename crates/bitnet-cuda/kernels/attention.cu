@@ -3,14 +3,31 @@
 // with more than one split, partial (max, sum, acc[hd]) go to `part` and attn_combine finishes.
 // Block: 4 warps; warp w takes 4 consecutive positions per step; lane holds dims lane + 32 i.
 
-template <int ND>
-__device__ __forceinline__ void attention_body(const float* __restrict__ q,
-                                               const float* __restrict__ kc,
-                                               const float* __restrict__ vc,
-                                               float* __restrict__ out, float* __restrict__ part,
-                                               const RowsArg& rows, int layer, int slots,
-                                               int max_seq, int heads, int kvh, int hd,
-                                               float scale, int splits) {
+// Rotary embedding (rotate-half) of value d of the head held in x, at position fpos: exactly
+// the arithmetic of the rope kernels.
+__device__ __forceinline__ float rope_at(const float* x, int d, int hd, float fpos,
+                                         const float* __restrict__ inv_freq) {
+    const int half = hd >> 1, j = d < half ? d : d - half;
+    float sn, cs;
+    sincosf(__fmul_rn(fpos, inv_freq[j]), &sn, &cs);
+    const float x1 = x[j], x2 = x[j + half];
+    return d < half ? __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn))
+                    : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+}
+
+// With ROPE (one call per decode step, every row in a slot of its own): q and the row's own key
+// arrive unrotated (kin, vin: rows x kvh x hd); each block rotates q itself, and every block
+// whose positions include the row's own writes the rotated key and the value into the cache
+// (blocks of one kv head write the same values) before reading it back.
+template <int ND, bool ROPE>
+__device__ __forceinline__ void attention_body(const float* __restrict__ q, const float* kc,
+                                               const float* vc, float* __restrict__ out,
+                                               float* __restrict__ part, const RowsArg& rows,
+                                               int layer, int slots, int max_seq, int heads,
+                                               int kvh, int hd, float scale, int splits,
+                                               const float* __restrict__ kin,
+                                               const float* __restrict__ vin,
+                                               const float* __restrict__ inv_freq) {
     __shared__ float sm_m[4], sm_l[4];
     __shared__ float sm_acc[4][ND * 32];
     const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
@@ -24,11 +41,38 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q,
     const float* V = vc + base;
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
+    if (ROPE) {
+        __shared__ float sx[2][ND * 32];
+        const float fpos = (float)(len - 1);
+        const bool own = p0 <= len - 1 && len - 1 < p1;
+        const float* kr = kin + ((size_t)r * kvh + kh) * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            sx[0][d] = qr[d];
+            if (own) sx[1][d] = kr[d];
+        }
+        __syncthreads();
 #pragma unroll
-    for (int i = 0; i < ND; ++i) {
-        const int d = lane + 32 * i;
-        qv[i] = d < hd ? qr[d] : 0.0f;
-        acc[i] = 0.0f;
+        for (int i = 0; i < ND; ++i) {
+            const int d = lane + 32 * i;
+            qv[i] = d < hd ? rope_at(sx[0], d, hd, fpos, inv_freq) : 0.0f;
+            acc[i] = 0.0f;
+        }
+        if (own) {
+            const float* vr = vin + ((size_t)r * kvh + kh) * hd;
+            const size_t at = (size_t)(len - 1) * hd;
+            for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+                ((float*)K)[at + d] = rope_at(sx[1], d, hd, fpos, inv_freq);
+                ((float*)V)[at + d] = vr[d];
+            }
+        }
+        __syncthreads();  // this block's cache writes before its reads
+    } else {
+#pragma unroll
+        for (int i = 0; i < ND; ++i) {
+            const int d = lane + 32 * i;
+            qv[i] = d < hd ? qr[d] : 0.0f;
+            acc[i] = 0.0f;
+        }
     }
     float m = NEG_INF, l = 0.0f;
     for (int pb = p0 + 4 * warp; pb < p1; pb += 16) {
@@ -115,11 +159,21 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q,
         const float* __restrict__ q, const float* __restrict__ kc,                             \
         const float* __restrict__ vc, float* __restrict__ out, float* __restrict__ part,       \
         const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int heads,   \
-        int kvh, int hd,                                                                       \
-        float scale, int splits) {                                                             \
+        int kvh, int hd, float scale, int splits) {                                            \
         PDL_ENTER();                                                                           \
-        attention_body<ND>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh, hd,  \
-                           scale, splits);                                                     \
+        attention_body<ND, false>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,    \
+                                  kvh, hd, scale, splits, 0, 0, 0);                            \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) attention_rope_nd##ND(                  \
+        const float* __restrict__ q, float* kc, float* vc, float* __restrict__ out,            \
+        float* __restrict__ part, const __grid_constant__ RowsArg rows, int layer, int slots,  \
+        int max_seq, int heads, int kvh, int hd, float scale, int splits,                      \
+        const float* __restrict__ kin, const float* __restrict__ vin,                          \
+        const float* __restrict__ inv_freq) {                                                  \
+        PDL_ENTER();                                                                           \
+        attention_body<ND, true>(after_wait(q), kc, vc, out, part, rows, layer, slots,         \
+                                 max_seq, heads, kvh, hd, scale, splits, after_wait(kin),      \
+                                 after_wait(vin), inv_freq);                                   \
     }
 ATTN_KERNEL(1)
 ATTN_KERNEL(2)

@@ -108,6 +108,8 @@ kernels! {
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
+    attn_rope1: "attention_rope_nd1", attn_rope2: "attention_rope_nd2",
+    attn_rope4: "attention_rope_nd4", attn_rope8: "attention_rope_nd8",
     attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",
@@ -258,6 +260,11 @@ impl Gpu {
     /// ([`crate::ops::norm_ternary_gemv`]; off with `BITNET_CUDA_FUSE_NORM=0`).
     pub fn fuse_norms(&self) -> bool {
         self.prog.knobs.fuse_norms()
+    }
+    /// True when a decode step's RoPE and KV store run inside attention
+    /// ([`crate::ops::rope_attention`]; off with `BITNET_CUDA_FUSE_ROPE=0`).
+    pub fn fuse_rope(&self) -> bool {
+        self.prog.knobs.fuse_rope()
     }
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {

@@ -155,6 +155,25 @@ fn run<B: Backend>(
     outs.push(("rope_store_k", get(b, &kf, n * kvd)));
     b.attention(&qf, &cache, 0, &rows, attn, &mut att).unwrap();
     outs.push(("attention", get(b, &att, n * qd)));
+    // RoPE, KV store and attention in one call: one row, two rows in slots of their own (one
+    // fused kernel on the GPU), two rows of one slot (not fused); then plain attention reads
+    // what was stored.
+    for rows in [
+        vec![RowPos { slot: 1, pos: 700 }],
+        vec![RowPos { slot: 0, pos: 40 }, RowPos { slot: 1, pos: 701 }],
+        vec![RowPos { slot: 0, pos: 41 }, RowPos { slot: 0, pos: 42 }],
+    ] {
+        let m = rows.len();
+        let mut qf = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
+        let mut kf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
+        let vf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
+        b.rope_attention(&mut qf, &mut kf, &vf, &mut cache, 1, &rows, attn, 10_000.0, &mut att)
+            .unwrap();
+        outs.push(("attention", get(b, &att, m * qd)));
+        let q2 = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
+        b.attention(&q2, &cache, 1, &rows, attn, &mut att).unwrap();
+        outs.push(("attention", get(b, &att, m * qd)));
+    }
     // ReLU² times up fused into the norm (and quantized for a BitLinear after it).
     let wd = b.upload(&rng.vec(d, 1.0).iter().map(|v| 1.0 + 0.2 * v).collect::<Vec<_>>()).unwrap();
     let (gate_vals, up) = (rng.vec(n * d, 2.0), b.upload(&rng.vec(n * d, 2.0)).unwrap());

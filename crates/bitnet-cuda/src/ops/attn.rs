@@ -171,6 +171,72 @@ pub fn attention(
     part: &mut CudaSlice<f32>,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
+    let a = AttnArgs { q, kc, vc, c, layer, rows, host_rows, heads, splits };
+    attention_launch(gpu, &a, None, part, out)
+}
+
+/// One decode step's RoPE, KV store and attention in one kernel (plus the split combine): as
+/// [`rope_store`] then [`attention`], for rows that each have a slot of their own (checked
+/// pairwise: meant for a few rows). `q` and `k`
+/// arrive unrotated and are left so; `k` and `v` hold `rows x kv_heads x hd` values.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention(
+    gpu: &Gpu,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    inv_freq: &CudaSlice<f32>,
+    kc: &mut CudaSlice<f32>,
+    vc: &mut CudaSlice<f32>,
+    c: &CacheDims,
+    layer: usize,
+    rows: &RowsArg,
+    host_rows: &[(usize, usize)],
+    heads: usize,
+    splits: usize,
+    part: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let hd = c.head_dim;
+    // Pairwise (no allocation): callers use this for a few rows.
+    let shared =
+        host_rows.iter().enumerate().any(|(i, a)| host_rows[..i].iter().any(|b| a.0 == b.0));
+    if shared {
+        return Err(Error::invalid("fused RoPE + attention: two rows share a slot"));
+    }
+    if !hd.is_multiple_of(2) {
+        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
+    }
+    need(k.len().min(v.len()), rows.len() * c.kv_heads * hd, "rope_attention k/v")?;
+    need(inv_freq.len(), hd / 2, "rope frequencies")?;
+    let a = AttnArgs { q, kc, vc, c, layer, rows, host_rows, heads, splits };
+    let rope = (dptr(gpu, k), dptr(gpu, v), dptr(gpu, inv_freq));
+    attention_launch(gpu, &a, Some(rope), part, out)
+}
+
+/// The arguments [`attention`] and [`rope_attention`] share.
+struct AttnArgs<'a> {
+    q: &'a CudaSlice<f32>,
+    kc: &'a CudaSlice<f32>,
+    vc: &'a CudaSlice<f32>,
+    c: &'a CacheDims,
+    layer: usize,
+    rows: &'a RowsArg,
+    host_rows: &'a [(usize, usize)],
+    heads: usize,
+    splits: usize,
+}
+
+/// Checks `a` and launches the attention kernel (with RoPE of q and the rows' own keys when
+/// `rope` gives (k, v, inv_freq)), then the split combine.
+fn attention_launch(
+    gpu: &Gpu,
+    a: &AttnArgs<'_>,
+    rope: Option<(u64, u64, u64)>,
+    part: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let AttnArgs { q, kc, vc, c, layer, rows, host_rows, heads, splits } = *a;
     let hd = c.head_dim;
     if c.kv_heads == 0 || !heads.is_multiple_of(c.kv_heads) || hd == 0 || hd > 256 || splits == 0 {
         return Err(Error::invalid(format!(
@@ -186,11 +252,16 @@ pub fn attention(
     need(q.len(), rows.len() * heads * hd, "attention q")?;
     need(out.len(), rows.len() * heads * hd, "attention out")?;
     need(part.len(), attention_part_len(rows.len(), heads, hd, splits), "attention scratch")?;
-    let f = match hd.div_ceil(32) {
-        1 => &gpu.k.attn1,
-        2 => &gpu.k.attn2,
-        3 | 4 => &gpu.k.attn4,
-        _ => &gpu.k.attn8,
+    let nd = match hd.div_ceil(32) {
+        1 => 0,
+        2 => 1,
+        3 | 4 => 2,
+        _ => 3,
+    };
+    let k = &gpu.k;
+    let f = match rope {
+        None => [&k.attn1, &k.attn2, &k.attn4, &k.attn8][nd],
+        Some(_) => [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8][nd],
     };
     let (qp, kp, vp, op, pp, r) =
         (dptr(gpu, q), dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, out), dptr(gpu, part), *rows);
@@ -198,9 +269,17 @@ pub fn attention(
     let (h, kh, d, sp) = (heads as i32, c.kv_heads as i32, hd as i32, splits as i32);
     let scale = 1.0f32 / (hd as f32).sqrt();
     let dims = Dims { grid: (splits as u32, heads as u32, rows.len() as u32), block: 128 };
-    // Kernel: attention_ndN(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh, hd,
-    // scale, splits); every row's positions are inside the cache (checked), part sized above.
-    launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp)?;
+    match rope {
+        // Kernel: attention_ndN(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh,
+        // hd, scale, splits); every row's positions are inside the cache (checked), part sized
+        // above.
+        None => launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp)?,
+        // Kernel: attention_rope_ndN(same, kin, vin, inv_freq): kin/vin hold rows x kvh x hd,
+        // inv_freq hd / 2 values, every row has a slot of its own (checked by the caller).
+        Some((ki, vi, fi)) => {
+            launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp, ki, vi, fi)?
+        }
+    }
     if splits > 1 {
         let dims =
             Dims { grid: (heads as u32, rows.len() as u32, 1), block: hd.div_ceil(32) as u32 * 32 };

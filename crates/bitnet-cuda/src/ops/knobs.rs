@@ -16,6 +16,9 @@ pub(crate) struct Knobs {
     gemv_max: Option<usize>,
     /// `BITNET_CUDA_FUSE_NORM=0`: one-token norms run as their own kernel, not inside the GEMV.
     unfused_norms: bool,
+    /// `BITNET_CUDA_FUSE_ROPE=0`: decode RoPE and the KV store run as their own kernel, not
+    /// inside attention.
+    unfused_rope: bool,
 }
 
 impl Knobs {
@@ -28,12 +31,18 @@ impl Knobs {
             lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
             gemv_max: num("BITNET_GEMV_MAX_M"),
             unfused_norms: std::env::var("BITNET_CUDA_FUSE_NORM").is_ok_and(|v| v == "0"),
+            unfused_rope: std::env::var("BITNET_CUDA_FUSE_ROPE").is_ok_and(|v| v == "0"),
         }
     }
 
     /// Whether one token's RMSNorm runs inside the GEMV that reads it (default on).
     pub(crate) fn fuse_norms(&self) -> bool {
         !self.unfused_norms
+    }
+
+    /// Whether a decode step's RoPE and KV store run inside attention (default on).
+    pub(crate) fn fuse_rope(&self) -> bool {
+        !self.unfused_rope
     }
 
     /// Most tokens a projection runs on the GEMV (1..=8). Default 2 (H100, NOTES.md): from 3

@@ -199,6 +199,37 @@ impl CudaBackend {
         out.q_shape = Some((rows, d));
         Ok(())
     }
+    /// Checks an attention call against the cache and prepares it: the scratch (locked), the
+    /// rows argument and the split count, with the split scratch sized (and, for `theta`, the
+    /// RoPE frequencies uploaded).
+    fn attn_prep(
+        &self,
+        dims: &CacheDims,
+        rows: &[RowPos],
+        shape: AttnShape,
+        theta: Option<f32>,
+    ) -> Result<(std::sync::MutexGuard<'_, Scratch>, RowsArg, usize)> {
+        let AttnShape { heads, kv_heads, head_dim } = shape;
+        if kv_heads != dims.kv_heads || head_dim != dims.head_dim {
+            return Err(Error::invalid(format!(
+                "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
+                dims.kv_heads, dims.head_dim
+            )));
+        }
+        let mut s = lock(&self.scratch);
+        let a = s.rows(&self.gpu, rows)?;
+        let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
+        let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
+        let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
+        if s.part.as_ref().is_none_or(|p| p.len() < need) {
+            s.end_step(&self.gpu, false)?;
+            s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
+        }
+        if let Some(theta) = theta {
+            s.inv_freq(&self.gpu, theta, head_dim)?;
+        }
+        Ok((s, a, splits))
+    }
     /// Issues any deferred launches one by one (before anything that must not be reordered).
     fn settle(&self) -> Result<()> {
         lock(&self.scratch).end_step(&self.gpu, false)
@@ -647,38 +678,49 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         self.timed(6, || {
-            let AttnShape { heads, kv_heads, head_dim } = shape;
-            if kv_heads != cache.dims.kv_heads || head_dim != cache.dims.head_dim {
-                return Err(Error::invalid(format!(
-                    "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
-                    cache.dims.kv_heads, cache.dims.head_dim
-                )));
-            }
-            let mut s = lock(&self.scratch);
-            let a = s.rows(&self.gpu, rows)?;
-            let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
-            let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
-            let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
-            if s.part.as_ref().is_none_or(|p| p.len() < need) {
-                s.end_step(&self.gpu, false)?;
-                s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
-            }
+            let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, None)?;
             let Scratch { part, rows_host, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
-            let c = cache;
+            let (c, h) = (cache, shape.heads);
+            let (q, o) = (&q.data, out.touched());
             ops::attention(
-                &self.gpu,
-                &q.data,
-                &c.k,
-                &c.v,
-                &c.dims,
-                layer,
-                &a,
-                rows_host,
-                heads,
-                splits,
-                part,
-                out.touched(),
+                &self.gpu, q, &c.k, &c.v, &c.dims, layer, &a, rows_host, h, splits, part, o,
+            )
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        cache: &mut Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        theta: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        // Fused for a few rows (pairwise check), each in a slot of its own.
+        let distinct =
+            || rows.iter().enumerate().all(|(i, a)| rows[..i].iter().all(|b| a.slot != b.slot));
+        if rows.len() > ops::SMALL || !self.gpu.fuse_rope() || !distinct() {
+            self.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
+            return self.attention(q, cache, layer, rows, shape, out);
+        }
+        self.timed(6, || {
+            let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
+            let Scratch { part, rows_host, rope, .. } = &mut *s;
+            let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
+            let key = (theta.to_bits(), shape.head_dim);
+            let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
+            let c = &mut *cache;
+            let (q, k, v, o) = (&q.data, &k.data, &v.data, out.touched());
+            let h = shape.heads;
+            ops::rope_attention(
+                &self.gpu, q, k, v, f, &mut c.k, &mut c.v, &c.dims, layer, &a, rows_host, h,
+                splits, part, o,
             )
         })
     }

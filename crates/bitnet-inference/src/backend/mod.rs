@@ -218,6 +218,24 @@ pub trait Backend: Send + Sync {
         self.rope(k, rows, shape.kv_heads, shape.head_dim, theta)?;
         self.store_kv(cache, layer, k, v, rows)
     }
+    /// [`Backend::rope_store_kv`] then [`Backend::attention`] of `q` into `out` (one kernel where
+    /// the backend fuses them); `q` and `k` may be left rotated or not.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        q: &mut Self::Buf,
+        k: &mut Self::Buf,
+        v: &Self::Buf,
+        cache: &mut Self::Cache,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        theta: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        self.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
+        self.attention(q, cache, layer, rows, shape, out)
+    }
     /// Causal attention: each row attends to positions `0..=pos` of its slot.
     fn attention(
         &self,

@@ -236,8 +236,7 @@ impl<B: Backend> BitNetModel<B> {
             let norm = NormSpec { input, weight: &l.input_norm, width: d.hidden, eps: d.eps };
             l.qkv.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
-            b.rope_store_kv(q, k, v, cache, li, rows, attn, d.rope_theta)?;
-            b.attention(&st.q, &st.cache, li, rows, attn, &mut st.att)?;
+            b.rope_attention(q, k, v, cache, li, rows, attn, d.rope_theta, &mut st.att)?;
             let input = NormInput::Plain(&st.att);
             let norm = NormSpec { input, weight: &l.attn_sub_norm, width: d.hidden, eps: d.eps };
             b.norm_linear(norm, n, &mut st.xn, &l.o, &mut [&mut st.tmp])?;
