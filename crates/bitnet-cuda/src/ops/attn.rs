@@ -138,11 +138,14 @@ pub fn store_kv(
 }
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
-/// context is `max_len`: enough blocks to fill the GPU twice, at least 16 positions per split.
+/// context is `max_len`: enough blocks to fill the GPU twice, at least 16 positions per split of
+/// `max_len` rounded up to a power of two.
 pub fn attention_splits(gpu: &Gpu, rows: usize, heads: usize, max_len: usize) -> usize {
     let blocks = (rows * heads).max(1);
     let want = (2 * gpu.info().sms as usize).div_ceil(blocks);
-    want.min(max_len.div_ceil(16)).clamp(1, 64)
+    // Lengths in power-of-two buckets: the count (a launch parameter) changes at most a few
+    // times as a sequence grows, so decode-step graphs are rarely captured anew.
+    want.min(max_len.next_power_of_two().div_ceil(16)).clamp(1, 64)
 }
 
 /// Scratch values attention needs for `splits > 1`.

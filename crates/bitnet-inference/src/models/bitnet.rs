@@ -249,21 +249,25 @@ impl<B: Backend> BitNetModel<B> {
             let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
             b.norm_linear(norm, n, &mut st.xn, &l.down, &mut [&mut st.tmp])?;
         }
-        if !self.layers.is_empty() {
-            b.add(&mut st.x, &st.tmp, n * d.hidden)?;
-        }
-        match which {
-            LogitsFor::All => {
+        // The last layer's residual add, fused into the final norm when every row is normed.
+        let residual = !self.layers.is_empty();
+        if matches!(which, LogitsFor::All) || n == 1 {
+            if residual {
+                let (x, y) = (&mut st.x, &st.tmp);
+                b.add_rms_norm(x, y, &self.norm, d.hidden, d.eps, n, &mut st.xn)?;
+            } else {
                 b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
-                b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
-                st.logit_rows = n;
             }
-            LogitsFor::Last => {
-                b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
-                b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
-                b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
-                st.logit_rows = 1;
+            b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
+            st.logit_rows = n;
+        } else {
+            if residual {
+                b.add(&mut st.x, &st.tmp, n * d.hidden)?;
             }
+            b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
+            b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
+            b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
+            st.logit_rows = 1;
         }
         Ok(())
     }
