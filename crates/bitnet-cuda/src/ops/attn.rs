@@ -180,8 +180,8 @@ pub fn attention(
 
 /// One decode step's RoPE, KV store and attention in one kernel (plus the split combine): as
 /// [`rope_store`] then [`attention`], for rows that each have a slot of their own (checked
-/// pairwise: meant for a few rows). `q` and `k`
-/// arrive unrotated and are left so; `k` and `v` hold `rows x kv_heads x hd` values.
+/// pairwise: meant for a few rows). `q` and `k` arrive unrotated and are left so; `k` and `v`
+/// hold `rows x kv_heads x hd` values.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_attention(
     gpu: &Gpu,

@@ -1,11 +1,13 @@
 //! The CUDA backend: every [`Backend`] operation as a kernel of `bitnet-cuda`, queued on one
-//! stream. The forward pass allocates nothing once warm and never waits for the GPU except in
-//! [`Backend::download`] (the logits).
+//! stream. The forward pass never waits for the GPU except in [`Backend::download`] (the
+//! logits).
 //!
 //! BitLinear inputs are quantized inside the RMSNorm that produces them (every projection of the
 //! BitNet block reads an RMSNorm output): each [`CudaBuf`] carries the int8 copy written by the
 //! last `rms_norm` into it, valid until the buffer is written again; other inputs are quantized
-//! by a separate kernel.
+//! by a separate kernel. For one token, [`Backend::norm_linear`] runs the norm inside the
+//! projection's kernel, and [`Backend::rope_attention`] runs RoPE and the KV store inside
+//! attention (up to 8 rows, each in its own slot).
 //!
 //! Single-token (decode) steps after the first two are deferred: their launches are recorded and
 //! issued as one CUDA graph when the logits are downloaded (see `bitnet_cuda::Gpu::flush`); the
@@ -14,6 +16,9 @@
 mod host;
 mod profile;
 mod sample;
+mod step;
+
+use step::Step;
 
 use super::{
     AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, RowPos,
@@ -22,8 +27,7 @@ use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::{padded_cols, PackedTernary};
 use bitnet_cuda::ops::{
-    self, CacheDims, DeviceTernary, EmbedTable, IdsArg, LmF32, LmI8, NormSrc, QuantActs, RowsArg,
-    Ticket,
+    self, CacheDims, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, QuantActs, RowsArg, Ticket,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -58,44 +62,6 @@ struct Scratch {
     ids_dev: Option<CudaSlice<i32>>,
     step: Step,
     sample: sample::SampleState,
-}
-
-/// Decode-step graphs: steps of the same row count (at most [`STEP_ROWS`]) after the first two
-/// are deferred and replayed as a CUDA graph; token ids and rows are read from `ids`/`rows` on
-/// the device.
-struct Step {
-    enabled: bool,
-    /// Row count of the last step, and how many consecutive steps had it.
-    last_n: usize,
-    repeats: usize,
-    /// True while the current step is deferred; its token ids, and its (slot, pos) pairs once
-    /// `rows_known` (host buffers reused every step: decoding allocates nothing per token).
-    active: bool,
-    cur_ids: Vec<i32>,
-    cur_rows: Vec<i32>,
-    rows_known: bool,
-    ids: Option<CudaSlice<i32>>,
-    rows: Option<CudaSlice<i32>>,
-}
-
-/// Most rows of a step replayed as a graph (batched decode up to this many sequences).
-const STEP_ROWS: usize = 256;
-
-impl Default for Step {
-    fn default() -> Self {
-        let enabled = std::env::var("BITNET_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Step {
-            enabled,
-            last_n: 0,
-            repeats: 0,
-            active: false,
-            cur_ids: Vec::new(),
-            cur_rows: Vec::new(),
-            rows_known: false,
-            ids: None,
-            rows: None,
-        }
-    }
 }
 
 /// An f32 activation buffer on the GPU, with the int8 copy of its rows that `rms_norm` wrote.
@@ -237,136 +203,6 @@ impl CudaBackend {
 }
 
 impl Scratch {
-    /// Ends a deferred step: uploads its token ids and rows, then issues its launches (as a
-    /// graph when `graph`).
-    fn end_step(&mut self, gpu: &Gpu, graph: bool) -> Result<()> {
-        let st = &mut self.step;
-        if !st.active {
-            return Ok(());
-        }
-        st.active = false;
-        if let (Some(i), Some(r), true) = (st.ids.as_mut(), st.rows.as_mut(), st.rows_known) {
-            ops::write(gpu, &st.cur_ids, i)?;
-            ops::write(gpu, &st.cur_rows, r)?;
-        }
-        gpu.flush(graph)
-    }
-
-    /// Called by `embed`: deferral starts at the third consecutive step of the same row count.
-    fn begin_step(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Option<IdsArg>> {
-        self.end_step(gpu, false)?;
-        let n = ids.len();
-        if n != self.step.last_n {
-            (self.step.last_n, self.step.repeats) = (n, 0);
-        }
-        self.step.repeats += 1;
-        if !self.step.enabled || n > STEP_ROWS || self.step.repeats < 3 {
-            return Ok(None);
-        }
-        if self.step.ids.as_ref().is_none_or(|d| d.len() < n) {
-            let cap = n.next_power_of_two().max(8);
-            self.step.ids = Some(ops::zeros(gpu, cap)?);
-            self.step.rows = Some(ops::zeros(gpu, 2 * cap)?);
-        }
-        let dev = self.step.ids.as_ref().ok_or_else(|| Error::invalid("step ids"))?;
-        let arg = IdsArg::device(gpu, dev, n)?;
-        self.step.cur_ids.clear();
-        for &i in ids {
-            self.step.cur_ids.push(i32_of(i as usize)?);
-        }
-        (self.step.active, self.step.rows_known) = (true, false);
-        gpu.defer();
-        Ok(Some(arg))
-    }
-
-    /// The rows argument inside a deferred step (None: not deferring, or the step ended).
-    fn step_rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<Option<RowsArg>> {
-        let st = &mut self.step;
-        if !st.active {
-            return Ok(None);
-        }
-        let same = |st: &Step| -> Result<bool> {
-            for (pair, r) in st.cur_rows.chunks_exact(2).zip(rows) {
-                if pair != [i32_of(r.slot)?, i32_of(r.pos)?] {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        };
-        if rows.len() != st.cur_ids.len() || (st.rows_known && !same(st)?) {
-            self.end_step(gpu, false)?;
-            return Ok(None);
-        }
-        if !st.rows_known {
-            st.cur_rows.clear();
-            for r in rows {
-                st.cur_rows.push(i32_of(r.slot)?);
-                st.cur_rows.push(i32_of(r.pos)?);
-            }
-            st.rows_known = true;
-        }
-        let dev = self.step.rows.as_ref().ok_or_else(|| Error::invalid("step rows"))?;
-        Ok(Some(RowsArg::device(gpu, dev, rows.len())?))
-    }
-
-    /// Stages `rows` and returns the kernels' row argument (by value up to 8 rows, else a device
-    /// table that is re-uploaded only when the rows change).
-    fn rows(&mut self, gpu: &Gpu, rows: &[RowPos]) -> Result<RowsArg> {
-        let step = self.step_rows(gpu, rows)?;
-        let same = self.rows_host.len() == rows.len()
-            && self.rows_host.iter().zip(rows).all(|(&(s, p), r)| s == r.slot && p == r.pos);
-        if !same {
-            self.rows_host.clear();
-            self.rows_host.extend(rows.iter().map(|r| (r.slot, r.pos)));
-            self.rows_dev_valid = false;
-        }
-        if let Some(a) = step {
-            return Ok(a);
-        }
-        if let Some(a) = RowsArg::small(&self.rows_host)? {
-            return Ok(a);
-        }
-        if !self.rows_dev_valid {
-            self.rows_table.clear();
-            for &(s, p) in &self.rows_host {
-                let conv = |v: usize| {
-                    i32::try_from(v).map_err(|_| Error::invalid("position overflows i32"))
-                };
-                self.rows_table.push(conv(s)?);
-                self.rows_table.push(conv(p)?);
-            }
-            if self.rows_dev.as_ref().is_none_or(|d| d.len() < self.rows_table.len()) {
-                self.end_step(gpu, false)?;
-                self.rows_dev = Some(ops::zeros(gpu, self.rows_table.len().max(256))?);
-            }
-            let dev = self.rows_dev.as_mut().ok_or_else(|| Error::invalid("row table"))?;
-            ops::write(gpu, &self.rows_table, dev)?;
-            self.rows_dev_valid = true;
-        }
-        let dev = self.rows_dev.as_ref().ok_or_else(|| Error::invalid("row table"))?;
-        RowsArg::device(gpu, dev, rows.len())
-    }
-
-    fn ids(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<IdsArg> {
-        if let Some(a) = IdsArg::small(ids)? {
-            return Ok(a);
-        }
-        self.ids_host.clear();
-        for &i in ids {
-            self.ids_host.push(
-                i32::try_from(i)
-                    .map_err(|_| Error::invalid(format!("token id {i} overflows i32")))?,
-            );
-        }
-        if self.ids_dev.as_ref().is_none_or(|d| d.len() < ids.len()) {
-            self.end_step(gpu, false)?;
-            self.ids_dev = Some(ops::zeros(gpu, ids.len().max(256))?);
-        }
-        let dev = self.ids_dev.as_mut().ok_or_else(|| Error::invalid("id table"))?;
-        ops::write(gpu, &self.ids_host, dev)?;
-        IdsArg::device(gpu, dev, ids.len())
-    }
-
     /// The RoPE inverse frequencies of (`theta`, `hd`), uploaded on first use.
     fn inv_freq(&mut self, gpu: &Gpu, theta: f32, hd: usize) -> Result<&CudaSlice<f32>> {
         Ok(match self.rope.entry((theta.to_bits(), hd)) {
