@@ -1,6 +1,9 @@
-//! Shared by the parity tests: the HF reference fixtures and the tolerance check.
+//! Shared by the tests: the HF reference fixtures and the tolerance check (parity tests), and
+//! test-file builders (`files`, loader tests).
 //! `BITNET_FIXTURES` overrides the fixture directory (for running a copied test binary).
 #![allow(dead_code)]
+
+pub mod files;
 
 use std::path::PathBuf;
 
