@@ -117,20 +117,21 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Block-wide reductions (blockDim.x a multiple of 32, at most 1024); `red` holds 32 values.
-// Every thread gets the result.
-__device__ __forceinline__ float block_sum(float v, float* red) {
+// Every thread gets the result. `fresh`: `red` is not read by an earlier reduction still in
+// progress, so the barrier that protects its reuse is skipped.
+__device__ __forceinline__ float block_sum(float v, float* red, bool fresh = false) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_sum(v);
-    __syncthreads();
+    if (!fresh) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     v = lane < nw ? red[lane] : 0.0f;
     return warp_sum(v);
 }
-__device__ __forceinline__ float block_max(float v, float* red) {
+__device__ __forceinline__ float block_max(float v, float* red, bool fresh = false) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     v = warp_max(v);
-    __syncthreads();
+    if (!fresh) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     v = lane < nw ? red[lane] : 0.0f;

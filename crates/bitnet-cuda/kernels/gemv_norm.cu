@@ -46,20 +46,6 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
     asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
-// Block-wide sum / max with one barrier: `red` (32 values) is used by this reduction only.
-__device__ __forceinline__ float block_sum1(float v, float* red) {
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    return warp_sum((threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : 0.0f);
-}
-__device__ __forceinline__ float block_max1(float v, float* red) {
-    v = warp_max(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    return warp_max((threadIdx.x & 31) < (blockDim.x >> 5) ? red[threadIdx.x & 31] : 0.0f);
-}
-
 // The norm of the block's single input row into shared memory: xs gets its int8 quantization
 // (zero from d to kp), wsm the raw input (x + y for a residual), qpart each warp's part of Σq;
 // returns the scale. Block 0 also writes the norm's outputs (out, q, qscale; qsum later).
@@ -76,25 +62,25 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         v[j] = i < n.d ? norm_input(n.x, n.y, n.act, i) : 0.0f;
         ss += v[j] * v[j];
     }
-    ss = block_sum1(ss, red1);
+    ss = block_sum(ss, red1, true);
     // Every thread of this block has read x (the sum used it): for a residual, take a ticket
     // now; its number is looked at only at the end, so its latency hides behind the GEMV.
     if (residual && tid == 0) ticket = atomicAdd(n.ticket, 1u);
-    const float inv = 1.0f / sqrtf(ss / (float)n.d + n.eps);
+    const float inv = norm_inv(ss, n.d, n.eps);
     asm volatile("cp.async.wait_all;" ::: "memory");
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
         const int i = tid + j * nt;
         if (i < n.d) {
-            const float t = __fmul_rn(wsm[i], __fmul_rn(v[j], inv));  // as norm_apply
+            const float t = norm_scale(wsm[i], v[j], inv);
             wsm[i] = v[j];
             v[j] = t;
             amax = fmaxf(amax, fabsf(t));
         }
     }
-    amax = block_max1(amax, red2);
-    const float s = 127.0f / fmaxf(amax, 1e-5f);  // as quant_apply
+    amax = block_max(amax, red2, true);
+    const float s = quant_scale(amax);
     int part = 0;
     const bool first = blockIdx.x == 0;
 #pragma unroll
@@ -102,7 +88,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         const int i = tid + j * nt;
         int q = 0;
         if (i < n.d) {
-            q = (int)fminf(fmaxf(rintf(__fmul_rn(v[j], s)), -128.0f), 127.0f);
+            q = quant_value(v[j], s);
             part += q;
             if (first) n.out[i] = v[j];
         }

@@ -13,23 +13,37 @@ __device__ __forceinline__ float norm_input(const float* x, const float* y, int 
     return y != 0 ? v + y[i] : v;
 }
 
+// The norm's and BitLinear quantization's arithmetic, exactly as the CPU's (rms_norm and
+// bitnet_quant::quantize::quantize_row); every kernel that norms or quantizes uses these.
+__device__ __forceinline__ float norm_inv(float ss, int d, float eps) {
+    return 1.0f / sqrtf(ss / (float)d + eps);
+}
+__device__ __forceinline__ float norm_scale(float w, float v, float inv) {
+    return __fmul_rn(w, __fmul_rn(v, inv));
+}
+// s = 127 / max(max|v|, 1e-5).
+__device__ __forceinline__ float quant_scale(float amax) { return 127.0f / fmaxf(amax, 1e-5f); }
+// q = clamp(round_half_even(v * s), -128, 127).
+__device__ __forceinline__ int quant_value(float v, float s) {
+    return (int)fminf(fmaxf(rintf(__fmul_rn(v, s)), -128.0f), 127.0f);
+}
+
 // RMSNorm of one row spread over the block, PER values per thread (i = tid + j * blockDim.x,
 // zero past d) with Σv² of this thread's values in `ss`: v becomes w * (v / rms).
 template <int PER>
 __device__ __forceinline__ void norm_apply(float (&v)[PER], float ss, const float* __restrict__ w,
                                            int d, float eps, float* red) {
     ss = block_sum(ss, red);
-    const float inv = 1.0f / sqrtf(ss / (float)d + eps);
+    const float inv = norm_inv(ss, d, eps);
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
         const int i = threadIdx.x + j * blockDim.x;
-        if (i < d) v[j] = __fmul_rn(w[i], __fmul_rn(v[j], inv));
+        if (i < d) v[j] = norm_scale(w[i], v[j], inv);
     }
 }
 
-// BitLinear quantization of a row held as in norm_apply, exactly as
-// bitnet_quant::quantize::quantize_row: s = 127 / max(max|v|, 1e-5),
-// q = clamp(round_half_even(v * s), -128, 127). Returns s; `sum` gets Σq (block-wide).
+// BitLinear quantization (quant_scale, quant_value) of a row held as in norm_apply. Returns s;
+// `sum` gets Σq (block-wide).
 template <int PER>
 __device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER], int d,
                                              float* red, int* redi, int& sum) {
@@ -38,13 +52,13 @@ __device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER
     for (int j = 0; j < PER; ++j)
         if (threadIdx.x + j * blockDim.x < d) amax = fmaxf(amax, fabsf(v[j]));
     amax = block_max(amax, red);
-    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    const float s = quant_scale(amax);
     int part = 0;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
         q[j] = 0;
         if (threadIdx.x + j * blockDim.x < d) {
-            q[j] = (int)fminf(fmaxf(rintf(__fmul_rn(v[j], s)), -128.0f), 127.0f);
+            q[j] = quant_value(v[j], s);
             part += q[j];
         }
     }
@@ -106,15 +120,12 @@ extern "C" __global__ void quantize_act(const float* __restrict__ x, i8* __restr
     float amax = 0.0f;
     for (int i = threadIdx.x; i < d; i += blockDim.x) amax = fmaxf(amax, fabsf(xr[i]));
     amax = block_max(amax, red);
-    const float s = 127.0f / fmaxf(amax, 1e-5f);
+    const float s = quant_scale(amax);
     i8* qr = q + (size_t)r * kp;
     int sum = 0;
     for (int i = threadIdx.x; i < kp; i += blockDim.x) {
         int qv = 0;
-        if (i < d) {
-            float t = rintf(__fmul_rn(xr[i], s));
-            qv = (int)fminf(fmaxf(t, -128.0f), 127.0f);
-        }
+        if (i < d) qv = quant_value(xr[i], s);
         qr[i] = (i8)qv;
         sum += qv;
     }
