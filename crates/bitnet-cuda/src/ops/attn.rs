@@ -44,9 +44,7 @@ pub fn rope(
     heads: usize,
     hd: usize,
 ) -> Result<()> {
-    if hd == 0 || !hd.is_multiple_of(2) {
-        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
-    }
+    check_rope_dim(hd)?;
     need(x.len(), rows.len() * heads * hd, "rope")?;
     need(inv_freq.len(), hd / 2, "rope frequencies")?;
     let (xp, fp, r) = (dptr(gpu, x), dptr(gpu, inv_freq), *rows);
@@ -75,9 +73,7 @@ pub fn rope_store(
     heads: usize,
 ) -> Result<()> {
     let hd = c.head_dim;
-    if hd == 0 || !hd.is_multiple_of(2) {
-        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
-    }
+    check_rope_dim(hd)?;
     check_rows(host_rows, c)?;
     if layer >= c.layers || host_rows.len() != rows.len() {
         return Err(Error::invalid(format!("rope_store: layer {layer} of {}", c.layers)));
@@ -95,6 +91,20 @@ pub fn rope_store(
     // Kernel: rope_store(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
     // max_seq); buffers sized above, every row inside the cache (checked).
     launch!(gpu, &gpu.k.rope_store, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
+}
+
+/// RoPE rotates pairs of values: the head dimension must be even (and not zero).
+fn check_rope_dim(hd: usize) -> Result<()> {
+    if hd == 0 || !hd.is_multiple_of(2) {
+        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
+    }
+    Ok(())
+}
+
+/// True when no two rows share a slot (pairwise, without allocating: meant for a few rows),
+/// the condition of [`rope_attention`].
+pub fn slots_distinct(slots: impl Iterator<Item = usize> + Clone) -> bool {
+    slots.clone().enumerate().all(|(i, a)| slots.clone().take(i).all(|b| a != b))
 }
 
 fn check_rows(rows: &[(usize, usize)], c: &CacheDims) -> Result<()> {
@@ -201,15 +211,10 @@ pub fn rope_attention(
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
     let hd = c.head_dim;
-    // Pairwise (no allocation): callers use this for a few rows.
-    let shared =
-        host_rows.iter().enumerate().any(|(i, a)| host_rows[..i].iter().any(|b| a.0 == b.0));
-    if shared {
+    if !slots_distinct(host_rows.iter().map(|r| r.0)) {
         return Err(Error::invalid("fused RoPE + attention: two rows share a slot"));
     }
-    if !hd.is_multiple_of(2) {
-        return Err(Error::invalid(format!("RoPE over head_dim {hd} (must be even)")));
-    }
+    check_rope_dim(hd)?;
     need(k.len().min(v.len()), rows.len() * c.kv_heads * hd, "rope_attention k/v")?;
     need(inv_freq.len(), hd / 2, "rope frequencies")?;
     let a = AttnArgs { q, kc, vc, c, layer, rows, host_rows, heads, splits };
@@ -290,4 +295,19 @@ fn attention_launch(
         launch!(gpu, &gpu.k.attn_combine, dims; pp, op, h, d, sp)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slots_distinct;
+
+    #[test]
+    fn slots_distinct_finds_any_shared_slot() {
+        assert!(slots_distinct([].into_iter()));
+        assert!(slots_distinct([3].into_iter()));
+        assert!(slots_distinct([0, 1, 7, 2].into_iter()));
+        assert!(!slots_distinct([0, 1, 0].into_iter()));
+        assert!(!slots_distinct([5, 5].into_iter()));
+        assert!(!slots_distinct([1, 2, 3, 4, 5, 6, 7, 2].into_iter()));
+    }
 }

@@ -14,8 +14,8 @@ mod misc;
 mod sample;
 
 pub use attn::{
-    attention, attention_part_len, attention_splits, rope, rope_attention, rope_store, store_kv,
-    CacheDims,
+    attention, attention_part_len, attention_splits, rope, rope_attention, rope_store,
+    slots_distinct, store_kv, CacheDims,
 };
 pub use fused::{norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
 pub(crate) use knobs::Knobs;

@@ -102,6 +102,14 @@ fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{v} overflows the kernels' i32")))
 }
 
+/// The width of a norm with weights `w`, which must be `width` (the caller's row width).
+fn norm_width(op: &str, w: &CudaBuf, width: usize) -> Result<usize> {
+    if w.len != width {
+        return Err(Error::shape(format!("{op} of width {width} with {} weights", w.len)));
+    }
+    Ok(w.len)
+}
+
 fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -345,12 +353,7 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         self.timed(2, || {
-            let d = w.len;
-            if d != width {
-                return Err(Error::shape(format!(
-                    "add_rms_norm of width {width} with {d} weights"
-                )));
-            }
+            let d = norm_width("add_rms_norm", w, width)?;
             let xd = x.touched();
             self.norm_into(out, rows, d, |o, q| {
                 ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, o, q)
@@ -538,12 +541,12 @@ impl Backend for CudaBackend {
         theta: f32,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        // Fused for a few rows (pairwise check), each in a slot of its own.
-        let distinct =
-            || rows.iter().enumerate().all(|(i, a)| rows[..i].iter().all(|b| a.slot != b.slot));
+        // Fused for a few rows, each in a slot of its own.
+        let distinct = || ops::slots_distinct(rows.iter().map(|r| r.slot));
         if rows.len() > ops::SMALL || !self.gpu.fuse_rope() || !distinct() {
-            self.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
-            return self.attention(q, cache, layer, rows, shape, out);
+            return super::rope_then_attention(
+                self, q, k, v, cache, layer, rows, shape, theta, out,
+            );
         }
         self.timed(6, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
@@ -572,10 +575,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        let d = w.len;
-        if d != width {
-            return Err(Error::shape(format!("relu2_rms_norm of width {width} with {d} weights")));
-        }
+        let d = norm_width("relu2_rms_norm", w, width)?;
         self.timed(7, || {
             let (g, u) = (&gate.data, &up.data);
             self.norm_into(out, rows, d, |o, q| {

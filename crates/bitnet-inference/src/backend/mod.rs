@@ -233,8 +233,7 @@ pub trait Backend: Send + Sync {
         theta: f32,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
-        self.attention(q, cache, layer, rows, shape, out)
+        rope_then_attention(self, q, k, v, cache, layer, rows, shape, theta, out)
     }
     /// Causal attention: each row attends to positions `0..=pos` of its slot.
     fn attention(
@@ -350,6 +349,24 @@ pub(crate) fn norm_then_linear<B: Backend + ?Sized>(
         [out] => b.bitlinear(proj, xn, rows, out),
         _ => b.bitlinear_multi(proj, xn, rows, outs),
     }
+}
+
+/// [`Backend::rope_attention`] as its two steps: RoPE and the KV store, then attention.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope_then_attention<B: Backend + ?Sized>(
+    b: &B,
+    q: &mut B::Buf,
+    k: &mut B::Buf,
+    v: &B::Buf,
+    cache: &mut B::Cache,
+    layer: usize,
+    rows: &[RowPos],
+    shape: AttnShape,
+    theta: f32,
+    out: &mut B::Buf,
+) -> Result<()> {
+    b.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
+    b.attention(q, cache, layer, rows, shape, out)
 }
 
 /// Checks the arguments of [`Backend::sample`]; returns a host sampler for `p`.
