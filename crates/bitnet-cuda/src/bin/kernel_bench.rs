@@ -82,6 +82,30 @@ impl Rng {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
+    /// A value in [-1, 1] (steps of 0.001).
+    fn unit(&mut self) -> f32 {
+        (self.next() % 2001) as f32 / 1000.0 - 1.0
+    }
+    fn units(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.unit()).collect()
+    }
+}
+
+/// A random N x K ternary matrix on the device: enough copies to total more than 4x the L2
+/// when `rotate` (calls cycling over them read HBM), else one. Also its bytes and padded K.
+fn device_weights(
+    gpu: &Arc<Gpu>,
+    rng: &mut Rng,
+    (n, k): (usize, usize),
+    rotate: bool,
+) -> Result<(Vec<DeviceTernary>, usize, usize)> {
+    let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
+    let packed = PackedTernary::pack(&w, n, k)?;
+    let bytes = packed.words().len() * 4;
+    let copies = if rotate { copies_for(bytes, gpu.info().l2_bytes) } else { 1 };
+    let ws =
+        (0..copies).map(|_| DeviceTernary::upload(gpu, &packed, 0.02)).collect::<Result<_>>()?;
+    Ok((ws, bytes, packed.padded_cols()))
 }
 
 /// Device copy bandwidth (bytes read + written per second).
@@ -119,15 +143,10 @@ fn bench_ternary(
     rotate: bool,
 ) -> Result<Row> {
     let mut rng = Rng(n as u64 * 7 + k as u64);
-    let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
-    let packed = PackedTernary::pack(&w, n, k)?;
-    let bytes = packed.words().len() * 4;
-    let copies = if rotate { copies_for(bytes, gpu.info().l2_bytes) } else { 1 };
-    let ws: Vec<DeviceTernary> =
-        (0..copies).map(|_| DeviceTernary::upload(gpu, &packed, 0.02)).collect::<Result<_>>()?;
-    let x: Vec<f32> = (0..m * k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
-    let dx = ops::upload(gpu, &x)?;
-    let mut q = QuantActs::new(gpu, m, packed.padded_cols())?;
+    let (ws, bytes, kp) = device_weights(gpu, &mut rng, (n, k), rotate)?;
+    let copies = ws.len();
+    let dx = ops::upload(gpu, &rng.units(m * k))?;
+    let mut q = QuantActs::new(gpu, m, kp)?;
     ops::quantize_act(gpu, &dx, k, m, &mut q)?;
     let mut out = ops::zeros::<f32>(gpu, m * n)?;
     let mut calls = || {
@@ -152,9 +171,7 @@ fn bench_cublas(
     let bytes = 2 * n * k;
     let copies = copies_for(bytes, gpu.info().l2_bytes);
     let mut rng = Rng(3);
-    let wv: Vec<u16> = (0..n * k)
-        .map(|_| half::bf16::from_f32((rng.next() % 2001) as f32 / 1000.0 - 1.0).to_bits())
-        .collect();
+    let wv: Vec<u16> = (0..n * k).map(|_| half::bf16::from_f32(rng.unit()).to_bits()).collect();
     let ws: Vec<CudaSlice<u16>> =
         (0..copies).map(|_| ops::upload(gpu, &wv)).collect::<Result<_>>()?;
     let x = ops::upload(gpu, &wv[..k])?;
@@ -280,27 +297,19 @@ fn run() -> Result<()> {
 /// projections (each with the norm input it has in a decode step); weights rotated.
 fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
     println!(
-        "
-RMSNorm + GEMV at one token, {iters} pairs in a graph (µs per pair, weights rotated):"
+        "\nRMSNorm + GEMV at one token, {iters} pairs in a graph (µs per pair, weights rotated):"
     );
     println!("| N x K | norm input | norm kernel + GEMV | fused |");
     println!("| --- | --- | ---: | ---: |");
     let ticket = ops::Ticket::new(gpu)?;
     for (n, k, mode) in [(3840, 2560, 1), (2560, 2560, 0), (13824, 2560, 1), (2560, 6912, 2)] {
         let mut rng = Rng(n as u64 + 3 * k as u64);
-        let w: Vec<i8> = (0..n * k).map(|_| (rng.next() % 3) as i8 - 1).collect();
-        let packed = PackedTernary::pack(&w, n, k)?;
-        let copies = copies_for(packed.words().len() * 4, gpu.info().l2_bytes);
-        let ws: Vec<DeviceTernary> = (0..copies)
-            .map(|_| DeviceTernary::upload(gpu, &packed, 0.02))
-            .collect::<Result<_>>()?;
-        let vals = |rng: &mut Rng| -> Vec<f32> {
-            (0..k).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect()
-        };
-        let (mut x, y) = (ops::upload(gpu, &vals(&mut rng))?, ops::upload(gpu, &vals(&mut rng))?);
+        let (ws, _, kp) = device_weights(gpu, &mut rng, (n, k), true)?;
+        let copies = ws.len();
+        let (mut x, y) = (ops::upload(gpu, &rng.units(k))?, ops::upload(gpu, &rng.units(k))?);
         let nw = ops::upload(gpu, &vec![1.0f32; k])?;
         let mut xn = ops::zeros::<f32>(gpu, k)?;
-        let mut q = QuantActs::new(gpu, 1, packed.padded_cols())?;
+        let mut q = QuantActs::new(gpu, 1, kp)?;
         let mut out = ops::zeros::<f32>(gpu, n)?;
         let mut two = || {
             for i in 0..iters {
@@ -351,8 +360,7 @@ fn bench_lm_head(gpu: &Arc<Gpu>, t: &Timer, copy: f64) -> Result<()> {
     let q: Vec<i8> = (0..v * d).map(|_| (rng.next() % 255) as i8).collect();
     let s: Vec<f32> = (0..v).map(|i| 1e-3 * (1 + i % 7) as f32).collect();
     let head = LmI8::upload(gpu, &q, &s, v, d)?;
-    let x: Vec<f32> = (0..64 * d).map(|_| (rng.next() % 2001) as f32 / 1000.0 - 1.0).collect();
-    let dx = ops::upload(gpu, &x)?;
+    let dx = ops::upload(gpu, &rng.units(64 * d))?;
     let mut out = ops::zeros::<f32>(gpu, 64 * v)?;
     println!("\nint8 lm_head {v}x{d} ({:.0} MB), 20 calls in a graph:", (v * d) as f64 / 1e6);
     println!("| tokens | tensor cores µs | % copy | CUDA cores µs |");
