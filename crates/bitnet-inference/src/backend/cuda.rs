@@ -110,6 +110,17 @@ fn norm_width(op: &str, w: &CudaBuf, width: usize) -> Result<usize> {
     Ok(w.len)
 }
 
+/// Checks that attention of `shape` matches the cache's kv heads and head dimension.
+fn cache_fits(op: &str, shape: AttnShape, dims: &CacheDims) -> Result<()> {
+    if shape.kv_heads != dims.kv_heads || shape.head_dim != dims.head_dim {
+        return Err(Error::invalid(format!(
+            "{op} over {} kv heads of {} with a cache of {} x {}",
+            shape.kv_heads, shape.head_dim, dims.kv_heads, dims.head_dim
+        )));
+    }
+    Ok(())
+}
+
 fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -183,13 +194,8 @@ impl CudaBackend {
         shape: AttnShape,
         theta: Option<f32>,
     ) -> Result<(std::sync::MutexGuard<'_, Scratch>, RowsArg, usize)> {
-        let AttnShape { heads, kv_heads, head_dim } = shape;
-        if kv_heads != dims.kv_heads || head_dim != dims.head_dim {
-            return Err(Error::invalid(format!(
-                "attention over {kv_heads} kv heads of {head_dim} with a cache of {} x {}",
-                dims.kv_heads, dims.head_dim
-            )));
-        }
+        let AttnShape { heads, head_dim, .. } = shape;
+        cache_fits("attention", shape, dims)?;
         let mut s = lock(&self.scratch);
         let a = s.rows(&self.gpu, rows)?;
         let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
@@ -476,12 +482,7 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         theta: f32,
     ) -> Result<()> {
-        if shape.kv_heads != cache.dims.kv_heads || shape.head_dim != cache.dims.head_dim {
-            return Err(Error::invalid(format!(
-                "rope_store_kv of {} kv heads of {} with a cache of {} x {}",
-                shape.kv_heads, shape.head_dim, cache.dims.kv_heads, cache.dims.head_dim
-            )));
-        }
+        cache_fits("rope_store_kv", shape, &cache.dims)?;
         self.timed(4, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
