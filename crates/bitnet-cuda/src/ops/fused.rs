@@ -83,11 +83,8 @@ pub fn norm_ternary_gemv(
     }
     need(nw.len(), d, "rms_norm weight")?;
     need(out.len(), d, "rms_norm output")?;
-    if !q.fits(1, kp) {
-        return Err(Error::shape(format!("quantized activations do not fit 1 x {d}")));
-    }
-    (q.kp, q.rows) = (kp, 1);
     let o = out_arg(gpu, w, 1, outs)?;
+    q.claim(1, d)?;
     let n = NormArg {
         x: dptr(gpu, x),
         y: y.map_or(0, |y| dptr(gpu, y)),

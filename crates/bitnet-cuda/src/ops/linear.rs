@@ -135,6 +135,17 @@ impl QuantActs {
             && rows <= self.scale.len()
             && rows * kp <= self.q.len()
     }
+    /// Takes the buffer for `rows` rows of width `d` (stride `padded_cols(d)`), which the
+    /// quantization about to be launched writes; an error, leaving it as it was, if they do not
+    /// fit.
+    pub(super) fn claim(&mut self, rows: usize, d: usize) -> Result<()> {
+        let kp = crate::layout::padded_cols(d);
+        if !self.fits(rows, kp) {
+            return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
+        }
+        (self.kp, self.rows) = (kp, rows);
+        Ok(())
+    }
     /// Rows written by the last quantization.
     pub fn rows(&self) -> usize {
         self.rows
@@ -228,20 +239,15 @@ fn norm_launch(
 ) -> Result<()> {
     need(w.len(), d, "rms_norm weight")?;
     need(out.len(), rows * d, "rms_norm output")?;
+    if d > NORM_PER * 1024 {
+        return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 8192)")));
+    }
     let ((xp, yp, act), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
     let (dd, mut kp) = (to_i32(d, "width")?, 0i32);
     let (mut qp, mut sp, mut mp) = (0u64, 0u64, 0u64);
     if let Some(q) = q {
-        let stride = crate::layout::padded_cols(d);
-        if !q.fits(rows, stride) {
-            return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
-        }
-        q.kp = stride;
+        q.claim(rows, d)?;
         (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
-        q.rows = rows;
-    }
-    if d > NORM_PER * 1024 {
-        return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 8192)")));
     }
     let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
     let dims = Dims { grid: (rows as u32, 1, 1), block };
@@ -259,13 +265,10 @@ pub fn quantize_act(
     q: &mut QuantActs,
 ) -> Result<()> {
     need(x.len(), rows * d, "quantize input")?;
-    if !q.fits(rows, crate::layout::padded_cols(d)) {
-        return Err(Error::shape(format!("quantized activations do not fit {rows} x {d}")));
-    }
-    q.kp = crate::layout::padded_cols(d);
+    let dd = to_i32(d, "width")?;
+    q.claim(rows, d)?;
     let (xp, qp, sp, mp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
-    let (dd, kp) = (to_i32(d, "width")?, q.kp as i32);
-    q.rows = rows;
+    let kp = q.kp as i32;
     let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS };
     // Kernel: quantize_act(x, q, qscale, qsum, d, kp); lengths checked above.
     launch!(gpu, &gpu.k.quantize_act, dims; xp, qp, sp, mp, dd, kp)
