@@ -10,7 +10,7 @@ use cudarc::driver::{sys, CudaGraph};
 use std::ffi::c_void;
 
 /// One recorded kernel launch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Record {
     func: usize,
     grid: (u32, u32, u32),
@@ -20,11 +20,13 @@ pub(crate) struct Record {
     offsets: Vec<usize>,
 }
 
-/// The recorder state of a [`Gpu`].
+/// The recorder state of a [`Gpu`]. Records are reused from step to step (`ops[..len]` is the
+/// current step), so recording a step allocates nothing once warm.
 #[derive(Default)]
 pub(crate) struct Recorder {
     pub(crate) active: bool,
     ops: Vec<Record>,
+    len: usize,
     graphs: Vec<(Vec<Record>, CudaGraph)>,
     pub(crate) captures: usize,
     pub(crate) replays: usize,
@@ -36,39 +38,53 @@ unsafe impl Send for Recorder {}
 /// Most graphs kept (one per distinct step signature, e.g. per attention split count).
 const MAX_GRAPHS: usize = 64;
 
+/// Most arguments of a kernel (the launch copies argument pointers into a fixed array).
+const MAX_ARGS: usize = 32;
+
 impl Record {
-    /// Copies the arguments `params` (pointers to values of `sizes` bytes).
+    /// Overwrites this record with a launch of `func`, copying the arguments `params`
+    /// (pointers to values of `sizes` bytes); the buffers' capacity is kept.
     ///
     /// # Safety
-    /// Each `params[i]` must point to `sizes[i]` readable bytes.
-    pub(crate) unsafe fn new(
+    /// Every `params[i]` points to `sizes[i]` readable bytes.
+    unsafe fn fill(
+        &mut self,
         func: sys::CUfunction,
         grid: (u32, u32, u32),
         block: u32,
         params: &[*mut c_void],
         sizes: &[usize],
-    ) -> Record {
-        let mut offsets = Vec::with_capacity(params.len());
+    ) {
+        (self.func, self.grid, self.block) = (func as usize, grid, block);
+        self.offsets.clear();
+        self.bytes.clear();
         let total: usize = sizes.iter().map(|s| s.div_ceil(8)).sum();
-        let mut bytes = vec![0u64; total];
+        self.bytes.resize(total, 0);
         let mut at = 0;
         for (&p, &n) in params.iter().zip(sizes) {
-            offsets.push(at);
+            self.offsets.push(at);
+            // SAFETY: `p` has `n` readable bytes (caller); `bytes` holds `total` u64 words, and
+            // arguments are laid out one after another in whole words.
             std::ptr::copy_nonoverlapping(
                 p as *const u8,
-                bytes.as_mut_ptr().add(at).cast::<u8>(),
+                self.bytes.as_mut_ptr().add(at).cast::<u8>(),
                 n,
             );
             at += n.div_ceil(8);
         }
-        Record { func: func as usize, grid, block, bytes, offsets }
     }
 
     fn launch(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.offsets.len() > MAX_ARGS {
+            return Err(bitnet_core::Error::invalid("a kernel with more than 32 arguments"));
+        }
         let base = self.bytes.as_mut_ptr();
-        // SAFETY: every offset is inside `bytes` (built by `new`).
-        let mut params: Vec<*mut c_void> =
-            self.offsets.iter().map(|&o| unsafe { base.add(o) }.cast::<c_void>()).collect();
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (slot, &o) in params.iter_mut().zip(&self.offsets) {
+            // SAFETY: every offset lies inside `bytes` (fill).
+            *slot = unsafe { base.add(o) }.cast::<c_void>();
+        }
+        let n = self.offsets.len();
         // SAFETY: the arguments are byte copies of a launch that `launch_raw`'s caller checked;
         // the buffers they point to are kept alive by their owners until the stream passes them
         // (the owners flush before freeing or reallocating anything a deferred launch uses).
@@ -78,15 +94,30 @@ impl Record {
                 self.func as sys::CUfunction,
                 self.grid,
                 self.block,
-                &mut params,
+                &mut params[..n],
             )
         }
     }
 }
 
 impl Recorder {
-    pub(crate) fn push(&mut self, r: Record) {
-        self.ops.push(r);
+    /// Records a launch (reusing a record of an earlier step when there is one).
+    ///
+    /// # Safety
+    /// As [`Record::fill`].
+    pub(crate) unsafe fn record(
+        &mut self,
+        func: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &[*mut c_void],
+        sizes: &[usize],
+    ) {
+        if self.len == self.ops.len() {
+            self.ops.push(Record::default());
+        }
+        self.ops[self.len].fill(func, grid, block, params, sizes);
+        self.len += 1;
     }
 }
 
@@ -108,17 +139,19 @@ impl Gpu {
     /// Ends deferring: issues the recorded launches, as a CUDA graph when `graph` is set (a cached
     /// one if an identical launch sequence was seen before), else one by one.
     pub fn flush(&self, graph: bool) -> Result<()> {
-        let mut r = self.recorder();
+        let mut guard = self.recorder();
+        let r = &mut *guard;
         r.active = false;
-        let mut ops = std::mem::take(&mut r.ops);
-        if ops.is_empty() {
+        let n = std::mem::take(&mut r.len);
+        if n == 0 {
             return Ok(());
         }
         self.bind()?;
+        let ops = &mut r.ops[..n];
         if !graph {
             return ops.iter_mut().try_for_each(|o| o.launch(self));
         }
-        if let Some(i) = r.graphs.iter().position(|(k, _)| *k == ops) {
+        if let Some(i) = r.graphs.iter().position(|(k, _)| k[..] == ops[..]) {
             r.replays += 1;
             return r.graphs[i].1.launch().map_err(|e| dev_err("graph launch", e));
         }
@@ -136,7 +169,7 @@ impl Gpu {
         if r.graphs.len() >= MAX_GRAPHS {
             r.graphs.remove(0);
         }
-        r.graphs.push((ops, g));
+        r.graphs.push((ops.to_vec(), g));
         Ok(())
     }
 }

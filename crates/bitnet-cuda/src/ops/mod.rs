@@ -185,7 +185,8 @@ pub(crate) unsafe fn launch_raw(
     {
         let mut rec = gpu.recorder();
         if rec.active {
-            rec.push(crate::graph::Record::new(f.cu_function(), d.grid, d.block, params, sizes));
+            // SAFETY: `params[i]` points to `sizes[i]` bytes (this function's contract).
+            unsafe { rec.record(f.cu_function(), d.grid, d.block, params, sizes) };
             return Ok(());
         }
     }

@@ -102,6 +102,19 @@ fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(format!("{v} overflows the kernels' i32")))
 }
 
+/// Runs `f` on the data of `outs` (marked written), without allocating for up to three.
+fn with_data<R>(
+    outs: &mut [&mut CudaBuf],
+    f: impl FnOnce(&mut [&mut CudaSlice<f32>]) -> Result<R>,
+) -> Result<R> {
+    match outs {
+        [a] => f(&mut [a.touched()]),
+        [a, b] => f(&mut [a.touched(), b.touched()]),
+        [a, b, c] => f(&mut [a.touched(), b.touched(), c.touched()]),
+        _ => f(&mut outs.iter_mut().map(|o| o.touched()).collect::<Vec<_>>()),
+    }
+}
+
 /// The width of a norm with weights `w`, which must be `width` (the caller's row width).
 fn norm_width(op: &str, w: &CudaBuf, width: usize) -> Result<usize> {
     if w.len != width {
@@ -386,18 +399,17 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.timed(3, || {
             let w = &w.0;
-            let mut outs: Vec<&mut CudaSlice<f32>> = outs.iter_mut().map(|o| o.touched()).collect();
-            match (&x.q, x.q_shape) {
+            with_data(outs, |outs| match (&x.q, x.q_shape) {
                 (Some(q), Some(shape)) if shape == (rows, w.cols()) => {
-                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, &mut outs)
+                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, outs)
                 }
                 _ => {
                     let mut s = lock(&self.scratch);
                     let q = s.quant(&self.gpu, rows, w.padded_cols())?;
                     ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
-                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, &mut outs)
+                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, outs)
                 }
-            }
+            })
         })
     }
 
@@ -415,7 +427,6 @@ impl Backend for CudaBackend {
             return super::norm_then_linear(self, norm, rows, xn, proj, outs);
         }
         self.timed(10, || {
-            let mut outs: Vec<&mut CudaSlice<f32>> = outs.iter_mut().map(|o| o.touched()).collect();
             let src = match norm.input {
                 NormInput::Plain(x) => NormSrc::Plain(&x.data),
                 NormInput::Residual(x, y) => NormSrc::Residual(x.touched(), &y.data),
@@ -424,7 +435,9 @@ impl Backend for CudaBackend {
             let (nw, eps, t) = (&norm.weight.data, norm.eps, &self.ticket);
             self.norm_into(xn, 1, d, |o, q| {
                 let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
-                ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, &mut outs)
+                with_data(outs, |outs| {
+                    ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, outs)
+                })
             })
         })
     }
