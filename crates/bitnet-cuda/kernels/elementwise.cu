@@ -113,3 +113,32 @@ extern "C" __global__ void copy_f32(float* __restrict__ dst, const float* __rest
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
         dst[i] = src[i];
 }
+
+// out[block] = XOR of the 16-byte words at p that block `block` read (all four lanes folded;
+// the XOR of every out[] is the XOR of all n words): a read-only stream at the GEMV's access
+// width, for the device's read bandwidth (the bench's floor for one pass over the weights).
+// Grid-stride, four loads in flight per thread, issued before the PDL wait (p is constant data,
+// as weights are); one store per block, no atomics.
+extern "C" __global__ void read_xor(const uint4* __restrict__ p, long long n, u32* out) {
+    __shared__ u32 red[32];
+    PDL_TRIGGER();
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    u32 acc = 0;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += 4 * stride) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+            v[u] = i + u * stride < n ? ld_stream(p + i + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc ^= __shfl_xor_sync(FULL_MASK, acc, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); ++w) acc ^= red[w];
+        PDL_WAIT();
+        out[blockIdx.x] = acc;
+    }
+}

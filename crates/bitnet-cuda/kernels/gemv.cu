@@ -52,99 +52,163 @@ __device__ __forceinline__ void gemv_sync(int id, int n) {
     }
 }
 
-// The tile loop of one GEMV block of 128 * groups threads (thread `tid` of it): tiles vb,
-// vb + nvb, ... of W; activations xq (global, or shared memory when SMEM) with scales sa and
-// sums sx (token m's sum is sx[m * sx_parts ..] summed over sx_parts parts), first weight batch
-// `wn` already fetched. `red` holds 4 * groups warps' partial sums; `bar` / the block's thread
-// count name its barrier (gemv_sync).
-template <int M, bool SMEM>
-__device__ __forceinline__ void gemv_tiles(const uint4* __restrict__ W, const i8* xq,
-                                           const float* sa, const int* sx, int sx_parts,
-                                           const OutArg& o, int kc, int kp, int tiles, int vb,
-                                           int nvb, int tid, int groups, uint4 (&wn)[4],
-                                           int (*red)[M][8], int bar) {
-    constexpr int U = 4;
-    const int r = tid & 7, lane = tid & 31, warp = tid >> 5, cs = 16 * groups;
-    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
-    for (int tile = vb; tile < tiles; tile += nvb) {
-        const uint4* wt = W + (size_t)tile * kc * 8 + r;
-        int acc[M];
+// The weight batches a GEMV block of 128 * groups threads walks, in order: tiles vb, vb + nvb,
+// ... below `tiles`, each in `nb` batches; batch j of a tile is U chunks ks + cs * (U j + u) of
+// this thread's row r of it (thread tid: r = tid % 8, k-slot ks = tid % 128 / 8 + 16 * (tid /
+// 128), cs = 16 * groups).
+template <int U>
+struct GemvWalk {
+    const uint4* W;
+    int kc, tiles, nvb, r, ks, cs, nb;
+    __device__ __forceinline__ GemvWalk(const uint4* W_, int kc_, int tiles_, int nvb_, int tid,
+                                        int groups)
+        : W(W_), kc(kc_), tiles(tiles_), nvb(nvb_), r(tid & 7),
+          ks(((tid & 127) >> 3) + 16 * (tid >> 7)), cs(16 * groups),
+          nb((kc_ + 16 * groups * U - 1) / (16 * groups * U)) {}
+    // A position in the walk: tile, batch j of it.
+    struct At {
+        int tile, j;
+    };
+    __device__ __forceinline__ void next(At& a) const {
+        if (++a.j == nb) {
+            a.j = 0;
+            a.tile += nvb;
+        }
+    }
+    // Fetches the batch at `a` into w (nothing past the last tile).
+    __device__ __forceinline__ void fetch(uint4 (&w)[U], const At& a) const {
+        if (a.tile < tiles) gemv_fetch<U>(w, W + (size_t)a.tile * kc * 8 + r, ks + cs * U * a.j, cs, kc);
+    }
+    // The first two batches, from tile vb: issued before the PDL wait (weights are constant).
+    __device__ __forceinline__ void prefetch(uint4 (&w0)[U], uint4 (&w1)[U], int vb) const {
+        At a{vb, 0};
+        fetch(w0, a);
+        next(a);
+        fetch(w1, a);
+    }
+};
+
+// The tile loop of one GEMV block of 128 * groups threads (thread `tid` of it) over walk g's
+// batches from tile vb; activations xq (global, or shared memory when SMEM) with scales sa and
+// sums sx (token m's sum is sx[m * sx_parts ..] summed over sx_parts parts); the first two
+// batches already fetched into w0, w1 (GemvWalk::prefetch). Two batches are in flight while one
+// is multiplied: the next batch is fetched before the current one is waited for. `red` holds
+// 4 * groups warps' partial sums; `bar` / the block's thread count name its barrier (gemv_sync).
+template <int M, bool SMEM, int U>
+__device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, const float* sa,
+                                           const int* sx, int sx_parts, const OutArg& o, int kp,
+                                           int vb, int tid, int groups, uint4 (&w0)[U],
+                                           uint4 (&w1)[U], int (*red)[M][8], int bar) {
+    const int lane = tid & 31, warp = tid >> 5;
+    // The scale and sum of the token this thread stores rows of, read once, before the tiles.
+    const int mine = tid < 8 * M ? tid >> 3 : 0;
+    float sam = 0.0f;
+    int sxm = 0;
+    if (tid < 8 * M) {
+        sam = sa[mine];
+        for (int p = 0; p < sx_parts; ++p) sxm += sx[mine * sx_parts + p];
+    }
+    int acc[M];
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[m] = 0;
-        for (int c0 = ks; c0 < kc; c0 += cs * U) {
-            uint4 wv[U];
+    for (int m = 0; m < M; ++m) acc[m] = 0;
+    // Multiplies the batch w at position a into acc.
+    auto multiply = [&](const uint4 (&w)[U], const typename GemvWalk<U>::At& a) {
 #pragma unroll
-            for (int u = 0; u < U; ++u) wv[u] = wn[u];
-            if (c0 + cs * U < kc) {
-                gemv_fetch<U>(wn, wt, c0 + cs * U, cs, kc);
-            } else if (tile + nvb < tiles) {
-                gemv_fetch<U>(wn, W + (size_t)(tile + nvb) * kc * 8 + r, ks, cs, kc);
-            }
+        for (int u = 0; u < U; ++u) {
+            const int c = g.ks + g.cs * (U * a.j + u);
+            if (c < g.kc) {
+                u32 d[16];
+                decode_chunk(w[u], d);
 #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int c = c0 + cs * u;
-                if (c < kc) {
-                    u32 d[16];
-                    decode_chunk(wv[u], d);
-#pragma unroll
-                    for (int m = 0; m < M; ++m) {
-                        const int4* a = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
-                        acc[m] = dot_chunk<SMEM>(d, a, acc[m]);
-                    }
+                for (int m = 0; m < M; ++m) {
+                    const int4* x = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
+                    acc[m] = dot_chunk<SMEM>(d, x, acc[m]);
                 }
             }
         }
+    };
+    // After a tile's last batch: reduces acc over the block and stores the tile's rows.
+    auto finish = [&](const typename GemvWalk<U>::At& a) {
+        if (a.j != g.nb - 1) return;
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-            acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 8);
-            acc[m] += __shfl_xor_sync(FULL_MASK, acc[m], 16);
-            if (lane < 8) red[warp][m][lane] = acc[m];
+            int v = acc[m];
+            v += __shfl_xor_sync(FULL_MASK, v, 8);
+            v += __shfl_xor_sync(FULL_MASK, v, 16);
+            if (lane < 8) red[warp][m][lane] = v;
+            acc[m] = 0;
         }
         gemv_sync(bar, 128 * groups);
         if (tid < 8 * M) {
-            const int m = tid >> 3, rr = tid & 7;
             int s = 0;
-            for (int w = 0; w < 4 * groups; ++w) s += red[w][m][rr];
-            int sxm = 0;
-            for (int p = 0; p < sx_parts; ++p) sxm += sx[m * sx_parts + p];
-            store_row(o, m, tile * 8 + rr, s, sxm, sa[m]);
+            for (int w = 0; w < 4 * groups; ++w) s += red[w][mine][tid & 7];
+            store_row(o, mine, a.tile * 8 + (tid & 7), s, sxm, sam);
         }
         gemv_sync(bar, 128 * groups);  // red is rewritten by the next tile
+    };
+    // Each buffer is refilled as soon as it is multiplied, before the tile's reduction.
+    typename GemvWalk<U>::At at{vb, 0}, ahead{vb, 0};
+    g.next(ahead);
+    g.next(ahead);
+    while (at.tile < g.tiles) {
+        multiply(w0, at);
+        g.fetch(w0, ahead);
+        g.next(ahead);
+        finish(at);
+        g.next(at);
+        if (at.tile >= g.tiles) break;
+        multiply(w1, at);
+        g.fetch(w1, ahead);
+        g.next(ahead);
+        finish(at);
+        g.next(at);
     }
 }
 
 // Block: G groups of 128 threads (G = blockDim.x / 128, 1 or 2) on one 8-row tile at a time:
 // thread (row r = tid % 8, k-slot tid / 8 + 16 g) takes chunks k-slot, + 16 G, ... (long rows
 // get more threads); tiles blockIdx.x, + gridDim.x, ... A warp reads 32 consecutive 16-byte
-// chunks (4 k-chunks x 8 rows): 512 contiguous bytes. Weights stream ahead of the multiply: the
-// next batch of this tile, or the first batch of the block's next tile, is in flight meanwhile.
-template <int M>
+// chunks (4 k-chunks x 8 rows): 512 contiguous bytes. Weights stream ahead of the multiply (two
+// batches in flight, see gemv_tiles), across tile boundaries.
+template <int M, int U>
 __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8* __restrict__ xq,
                                           const float* __restrict__ sa,
                                           const int* __restrict__ sx, const OutArg& o,
                                           int kc, int kp, int tiles) {
     __shared__ int red[16][M][8];
     const int tid = threadIdx.x, groups = blockDim.x >> 7;
-    const int ks = ((tid & 127) >> 3) + 16 * (tid >> 7);
-    // Weights are constant: the first batch is in flight before waiting for the previous
-    // kernel (PDL).
+    const GemvWalk<U> g(W, kc, tiles, gridDim.x, tid, groups);
+    // Weights are constant: the first two batches are in flight before waiting for the
+    // previous kernel (PDL).
     PDL_TRIGGER();
-    uint4 wn[4];
-    if (blockIdx.x < tiles)
-        gemv_fetch<4>(wn, W + (size_t)blockIdx.x * kc * 8 + (tid & 7), ks, 16 * groups, kc);
+    uint4 w0[U], w1[U];
+    g.prefetch(w0, w1, blockIdx.x);
     PDL_WAIT();
-    gemv_tiles<M, false>(W, after_wait(xq), after_wait(sa), after_wait(sx), 1, o, kc, kp, tiles, blockIdx.x, gridDim.x, tid, groups,
-                         wn, red, 0);
+    gemv_tiles<M, false>(g, after_wait(xq), after_wait(sa), after_wait(sx), 1, o, kp,
+                         blockIdx.x, tid, groups, w0, w1, red, 0);
 }
 
+// One token: chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS).
+// Three chunks per batch: one batch covers a 2560-wide tile's chunks for each thread of one
+// group (H100: 13824x2560 3.83 µs same weights, against 3.89 with four).
+#ifndef GEMV1_U
+#define GEMV1_U 3
+#endif
+extern "C" __global__ void __launch_bounds__(256, 4)
+    gemv_m1(const uint4* __restrict__ W, const i8* __restrict__ xq, const float* __restrict__ sa,
+            const int* __restrict__ sx, const __grid_constant__ OutArg o, int kc, int kp,
+            int tiles) {
+    gemv_body<1, GEMV1_U>(W, xq, sa, sx, o, kc, kp, tiles);
+}
+// 2..8 tokens: four chunks per batch for two tokens, two beyond (register room for M
+// activation rows).
 #define GEMV_KERNEL(M)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256, (M) == 1 ? 4 : 2)                       \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                      \
         gemv_m##M(const uint4* __restrict__ W, const i8* __restrict__ xq,                     \
                   const float* __restrict__ sa, const int* __restrict__ sx,                   \
                   const __grid_constant__ OutArg o, int kc, int kp, int tiles) {              \
-        gemv_body<M>(W, xq, sa, sx, o, kc, kp, tiles);                                        \
+        gemv_body<M, (M) <= 2 ? 4 : 2>(W, xq, sa, sx, o, kc, kp, tiles);                     \
     }
-GEMV_KERNEL(1)
 GEMV_KERNEL(2)
 GEMV_KERNEL(3)
 GEMV_KERNEL(4)

@@ -106,6 +106,11 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 // Every block (1024 threads, one per SM) computes the norm itself (norm_to_smem), then runs
 // 8 / G GEMV blocks of G groups of 128 threads (gemv_tiles) over tiles blockIdx.x * SUBS + sub,
 // + SUBS * gridDim.x, ... with the activations from shared memory.
+// Chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS): with two
+// batches in flight, four would spill registers at 1024 threads.
+#ifndef GEMV_NORM_U
+#define GEMV_NORM_U 3
+#endif
 template <int G>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
                                                const OutArg& o, int kc, int tiles) {
@@ -121,10 +126,9 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const int tid = threadIdx.x, sub = tid / SUB, lt = tid % SUB;
     const int vb = blockIdx.x * SUBS + sub, nvb = gridDim.x * SUBS;
     PDL_TRIGGER();
-    uint4 wn[4];
-    if (vb < tiles)
-        gemv_fetch<4>(wn, W + (size_t)vb * kc * 8 + (lt & 7), ((lt & 127) >> 3) + 16 * (lt >> 7),
-                      16 * G, kc);
+    const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
+    uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
+    g.prefetch(w0, w1, vb);
     norm_weights_async<PER>(wsm, n.w, n.d);
     PDL_WAIT();
     u32 ticket = 0;
@@ -136,8 +140,8 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
         for (int w = 0; w < NT / 32; ++w) sum += qpart[w];
         *n.qsum = sum;
     }
-    gemv_tiles<1, true>(W, xs, &s_sa, qpart, NT / 32, o, kc, n.kp, tiles, vb, nvb, lt, G, wn,
-                        tred[sub], 1 + sub);
+    gemv_tiles<1, true>(g, xs, &s_sa, qpart, NT / 32, o, n.kp, vb, lt, G, w0, w1, tred[sub],
+                        1 + sub);
     if (n.y == 0 || n.act) return;
     // The last block to take a ticket writes x + y back: every block has read x by then.
     if (tid == 0) last = ticket == gridDim.x - 1;

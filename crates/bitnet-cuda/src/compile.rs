@@ -62,6 +62,10 @@ pub(crate) fn compile_cubin_with_log(
         "--extra-device-vectorization".to_string(),
     ];
     opts.extend(extra.iter().map(|s| s.to_string()));
+    // For experiments on the GPU machine (e.g. `-DGEMV1_U=2`); read once per program build.
+    if let Ok(more) = std::env::var("BITNET_NVRTC_OPTIONS") {
+        opts.extend(more.split_whitespace().map(str::to_string));
+    }
     // SAFETY: `prog` was just created and is destroyed once below; the option strings outlive
     // the call; the log and cubin buffers are sized by NVRTC's own size queries.
     let out = unsafe {

@@ -81,12 +81,15 @@ fn ternary_matmul_equals_cpu_bitlinear_bit_for_bit() {
 fn ternary_matmul_with_many_tiles_per_block() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(5);
-    // 8752 tiles of 8 rows: every GEMV block loops over several tiles.
-    let (rows, cols) = (70_000, 256);
-    let w = rng.ternary(rows * cols);
-    for m in [1, 3, 8] {
-        let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
-        check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
+    // 8752 tiles of 8 rows: every GEMV block loops over several tiles. 1125 tiles of 100
+    // chunks: one or two tiles per block at one token, each tile in several weight batches
+    // (an odd number of batches for a one-tile block: the walk ends on either buffer).
+    for (rows, cols, ms) in [(70_000, 256, &[1, 3, 8][..]), (9000, 6400, &[1, 2][..])] {
+        let w = rng.ternary(rows * cols);
+        for &m in ms {
+            let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
+            check_bitlinear(&g, &w, rows, cols, 0.37, &x, m);
+        }
     }
 }
 
@@ -376,4 +379,36 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         &mut [&mut out],
     );
     assert!(r.is_err());
+}
+
+/// The bandwidth probe's read stream covers every word exactly once: its XOR equals the
+/// host's, for sizes around the grid-stride and unroll boundaries (and an all-zero buffer).
+#[test]
+fn read_stream_xor_equals_the_host() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(42);
+    let sms = g.info().sms as usize;
+    for words in [1usize, 7, 1024, 1025, 8 * sms * 1024 + 3, 3 * 8 * sms * 256 * 4 + 17, 100_000] {
+        for zero in [false, true] {
+            let bytes: Vec<u8> =
+                (0..16 * words + 5).map(|_| if zero { 0 } else { rng.next() as u8 }).collect();
+            let want = bytes[..16 * words]
+                .chunks_exact(4)
+                .fold(0u32, |a, c| a ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            let d = ops::upload(&g, &bytes).unwrap();
+            let blocks = ops::read_xor_blocks(&g, words);
+            // Stale values in the output: every block must overwrite its own.
+            let mut out = ops::upload(&g, &vec![0xdead_beef_u32; blocks]).unwrap();
+            ops::read_xor(&g, &d, words, &mut out).unwrap();
+            let mut parts = vec![0u32; blocks];
+            ops::download(&g, &out, &mut parts).unwrap();
+            let got = parts.iter().fold(0, |a, p| a ^ p);
+            assert_eq!(got, want, "{words} words, zero {zero}");
+        }
+    }
+    let d = ops::zeros::<u8>(&g, 32).unwrap();
+    let mut out = ops::zeros::<u32>(&g, 1).unwrap();
+    assert!(ops::read_xor(&g, &d, 3, &mut out).is_err(), "a short buffer is an error");
+    let d = ops::zeros::<u8>(&g, 16 << 20).unwrap();
+    assert!(ops::read_xor(&g, &d, 1 << 20, &mut out).is_err(), "too few output values");
 }

@@ -4,7 +4,8 @@
 //! weight copies (> 4x the L2) that nothing stays cache-resident, and reports µs per call, GB/s
 //! over the packed weight bytes, and the percentage of the measured device copy bandwidth; then
 //! the same for cuBLAS bf16 (`cublasGemmEx`, N x K times a K-vector), the 8-token GEMV and the
-//! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I] [--rows N (only shapes of N rows)]`.
+//! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I] [--rows N (only shapes of N rows)]
+//! [--shapes NxK,... (only the one-token GEMV at these shapes)]`.
 
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
@@ -160,6 +161,24 @@ fn bench_ternary(
     Ok(Row { us: s * 1e6, gbs: bytes as f64 / s / 1e9, us_launch: launched * 1e6 })
 }
 
+/// µs per read-only stream (`ops::read_xor`) of `bytes` bytes, `iters` calls in a graph
+/// rotating over copies totalling more than 4x L2: the floor for a kernel that reads that many
+/// weight bytes once, launched the way the GEMV is.
+fn bench_read(gpu: &Arc<Gpu>, t: &Timer, bytes: usize, iters: usize) -> Result<f64> {
+    let words = bytes.div_ceil(16);
+    let copies = copies_for(16 * words, gpu.info().l2_bytes);
+    let bufs =
+        (0..copies).map(|_| ops::zeros::<u8>(gpu, 16 * words)).collect::<Result<Vec<_>>>()?;
+    let mut out = ops::zeros::<u32>(gpu, ops::read_xor_blocks(gpu, words))?;
+    let ms = t.time_graph(|| {
+        for i in 0..iters {
+            ops::read_xor(gpu, &bufs[i % copies], words, &mut out)?;
+        }
+        Ok(())
+    })?;
+    Ok(ms * 1e3 / iters as f64)
+}
+
 fn bench_cublas(
     gpu: &Arc<Gpu>,
     t: &Timer,
@@ -245,6 +264,10 @@ fn run() -> Result<()> {
     let t = Timer::new(&gpu)?;
     let copy = copy_bandwidth(&gpu, &t)?;
     println!("device copy: {:.0} GB/s (bytes read + written)", copy / 1e9);
+    if let Some(i) = args.iter().position(|a| a == "--shapes") {
+        let list = args.get(i + 1).ok_or_else(|| Error::invalid("--shapes needs NxK[,NxK...]"))?;
+        return sweep_shapes(&gpu, &t, list, iters, copy);
+    }
     // SAFETY: only checks whether libcublas can be opened.
     let blas = if unsafe { bsys::is_culib_present() } {
         Some(CudaBlas::new(gpu.stream().clone()).map_err(|e| derr("cuBLAS", e))?)
@@ -255,15 +278,17 @@ fn run() -> Result<()> {
     println!("\n{iters} back-to-back calls captured in a CUDA graph (in brackets: launched one by one), weights");
     println!("rotated over > 4x L2. GB/s counts packed weight bytes (2 bits/weight); cuBLAS timed the same way.");
     println!("\"same weights\": every call reads one copy (L2-resident, the anchors' method); the other columns rotate.");
-    println!("| N x K | GEMV M=1 µs | GB/s | % copy | same weights µs | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=16 µs | M=64 µs | M=128 µs |");
+    println!("\"read\": a read-only stream of the same bytes (ops::read_xor), the floor for one pass over them.");
+    println!("| N x K | GEMV M=1 µs | GB/s | % copy | read µs | same weights µs | MS W2A8 µs | cuBLAS bf16 µs | (H100 anchor) | M=8 µs | GEMM M=16 µs | M=64 µs | M=128 µs |");
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (&(n, k), &(ms_anchor, blas_anchor)) in SHAPES.iter().zip(&ANCHORS) {
         if only != 0 && n != only {
             continue;
         }
         let g1 = bench_ternary(&gpu, &t, (n, k, 1), iters, true)?;
+        let read = bench_read(&gpu, &t, n.div_ceil(8) * 8 * k.div_ceil(64) * 16, iters)?;
         let same = bench_ternary(&gpu, &t, (n, k, 1), iters, false)?;
         let g8 = bench_ternary(&gpu, &t, (n, k, 8), iters, true)?;
         let g16 = bench_ternary(&gpu, &t, (n, k, 16), iters.min(200), true)?;
@@ -275,7 +300,7 @@ fn run() -> Result<()> {
         };
         let cbs = cb.map_or("-".into(), |r| format!("{:.1} ({:.1})", r.us, r.us_launch));
         println!(
-            "| {n}x{k} | {:.2} ({:.2}) | {:.0} | {:.0}% | {:.2} | {} | {cbs} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {n}x{k} | {:.2} ({:.2}) | {:.0} | {:.0}% | {read:.2} | {:.2} | {} | {cbs} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
             g1.us,
             g1.us_launch,
             g1.gbs,
@@ -291,6 +316,26 @@ fn run() -> Result<()> {
     }
     bench_norm_gemv(&gpu, &t, iters)?;
     bench_lm_head(&gpu, &t, copy)
+}
+
+/// `--shapes NxK,...`: only the one-token GEMV (rotated and same weights) at each given shape.
+fn sweep_shapes(gpu: &Arc<Gpu>, t: &Timer, list: &str, iters: usize, copy: f64) -> Result<()> {
+    println!(
+        "| N x K | GEMV M=1 µs | % copy | same weights µs | read-only stream µs |\n| --- | ---: | ---: | ---: | ---: |"
+    );
+    for shape in list.split(',') {
+        let dims =
+            shape.split_once('x').and_then(|(n, k)| Some((n.parse().ok()?, k.parse().ok()?)));
+        let Some((n, k)) = dims.filter(|&(n, k): &(usize, usize)| n > 0 && k > 0) else {
+            return Err(Error::invalid(format!("--shapes: '{shape}' is not NxK")));
+        };
+        let g1 = bench_ternary(gpu, t, (n, k, 1), iters, true)?;
+        let same = bench_ternary(gpu, t, (n, k, 1), iters, false)?;
+        let read = bench_read(gpu, t, n.div_ceil(8) * 8 * k.div_ceil(64) * 16, iters)?;
+        let pct = 100.0 * g1.gbs * 1e9 / copy;
+        println!("| {n}x{k} | {:.2} | {pct:.0}% | {:.2} | {read:.2} |", g1.us, same.us);
+    }
+    Ok(())
 }
 
 /// One token's RMSNorm then GEMV, as two kernels and as the fused kernel, for the 2B-4T

@@ -134,3 +134,30 @@ pub fn copy(
     // Kernel: copy_f32(dst, src, len); both ranges are inside their buffers (checked).
     launch!(gpu, &gpu.k.copy, elementwise_dims(gpu, len); dp, sp, n)
 }
+
+/// Blocks [`read_xor`] runs for `words16` 16-byte words (one output value each).
+pub fn read_xor_blocks(gpu: &Gpu, words16: usize) -> usize {
+    words16.div_ceil(256 * 4).clamp(1, 8 * gpu.info().sms as usize)
+}
+
+/// Reads `data`'s first `words16` 16-byte words once and writes, per block, the XOR of the
+/// 32-bit words it read into `out[..read_xor_blocks(..)]` (their XOR is that of all the data):
+/// a read-only stream at the GEMV's load width, which the kernel bench times for the device's
+/// read bandwidth. `data` must start 16-byte aligned (device allocations do).
+pub fn read_xor(
+    gpu: &Gpu,
+    data: &CudaSlice<u8>,
+    words16: usize,
+    out: &mut CudaSlice<u32>,
+) -> Result<()> {
+    need(data.len(), 16 * words16, "read_xor data")?;
+    let blocks = read_xor_blocks(gpu, words16);
+    need(out.len(), blocks, "read_xor output")?;
+    if words16 == 0 {
+        return Ok(());
+    }
+    let (p, o, n) = (dptr(gpu, data), dptr(gpu, out), words16 as i64);
+    let dims = Dims { grid: (blocks as u32, 1, 1), block: 256 };
+    // Kernel: read_xor(p, n, out); p holds n 16-byte words and out one u32 per block (checked).
+    launch!(gpu, &gpu.k.read_xor, dims; p, n, o)
+}

@@ -25,7 +25,7 @@ pub use linear::{
     ternary_matmul, ternary_matmul_multi, DeviceTernary, LmF32, LmI8, LmKernel, QuantActs,
     MAX_SEGMENTS, SPLIT_SLOTS,
 };
-pub use misc::{add, copy, embed, relu2_mul, EmbedTable};
+pub use misc::{add, copy, embed, read_xor, read_xor_blocks, relu2_mul, EmbedTable};
 pub use sample::{sample, SampleConfig, SampleScratch};
 
 /// Most rows passed by value in [`RowsArg`] / [`IdsArg`].
