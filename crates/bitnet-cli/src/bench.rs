@@ -3,8 +3,8 @@
 use crate::generate::ModelArgs;
 use anyhow::{bail, Result};
 use bitnet_inference::backend::LmHeadMode;
-use bitnet_inference::sampling::argmax;
-use bitnet_inference::Engine;
+use bitnet_inference::sampling::SamplingParams;
+use bitnet_inference::{Engine, GenerationConfig};
 use clap::Args;
 use std::time::Instant;
 
@@ -16,7 +16,8 @@ pub struct BenchArgs {
     /// Prompt tokens for the prompt-processing test (0 = skip).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
     n_prompt: usize,
-    /// Tokens for the generation test (0 = skip).
+    /// Tokens for the generation test (0 = skip): greedy generation from one prompt token, the
+    /// next token picked on the backend as `generate` does.
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     n_gen: usize,
     /// Repetitions of each test (after one warm-up run).
@@ -87,12 +88,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None
     };
     let pp_profile = engine.take_profile();
+    // Generation as `bitnet generate` runs it: greedy, the token picked on the backend (on a
+    // GPU only its id comes back), n_gen forward passes from one prompt token.
+    let tg_cfg = GenerationConfig {
+        max_tokens: a.n_gen,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        add_bos: false,
+        ..GenerationConfig::default()
+    };
     let tg = if a.n_gen > 0 {
         Some(measure(a.reps, a.n_gen, || {
-            let mut tok = ids[0];
-            for pos in 0..a.n_gen {
-                let l = engine.forward_tokens(&[tok], pos, false)?;
-                tok = argmax(l).0;
+            let out = engine.generate_ids(&ids[..1], &tg_cfg)?;
+            if out.generated_ids.len() != a.n_gen {
+                bail!("generation stopped after {} tokens", out.generated_ids.len());
             }
             Ok(())
         })?)
