@@ -1,5 +1,14 @@
 // The vocabulary projection: one warp per vocabulary row, for up to 8 tokens per launch
 // (tokens tok0 .. tok0 + M).
+//
+// int8 weight layout (LmI8 in ops/lm_head.rs): rows in tiles of 16, each tile stored as its
+// 64-column steps one after another, a step being 16 rows x 64 bytes (1 KB) contiguous. Rows
+// are `dp` bytes (a multiple of 64) once padded, so a tile has dp / 64 steps.
+
+// The 16-byte chunk c (columns 16c .. 16c + 15) of `row`, as a uint4 index.
+__device__ __forceinline__ size_t lm_chunk(int row, int c, int steps) {
+    return (((size_t)(row >> 4) * steps + (c >> 2)) * 16 + (row & 15)) * 4 + (c & 3);
+}
 
 // Four int8 weights (one u32) to exact f32: bias each byte to unsigned, place it in the mantissa
 // of 2^23 (one PRMT), subtract 2^23 + 128 (one FADD). No I2F (quarter rate) on the hot path.
@@ -46,7 +55,7 @@ __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= vocab) return;
-    const uint4* wr = W + (size_t)row * dq;
+    const int steps = dq >> 2;
     const float* xa = x + (size_t)tok0 * d;
     const bool vec = (d & 15) == 0;
     float acc[M];
@@ -58,7 +67,7 @@ __device__ __forceinline__ void lm_i8_body(const uint4* __restrict__ W,
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = c0 + 32 * u;
-            wv[u] = c < dq ? ld_stream(wr + c) : make_uint4(0, 0, 0, 0);
+            wv[u] = c < dq ? ld_stream(W + lm_chunk(row, c, steps)) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -136,7 +145,7 @@ LM_KERNELS(8)
 // ---- int8 rows x f16 activations on tensor cores (mma.sync m16n8k16, f32 accumulate) ----
 //
 // Block: LMM_WARPS warps, 16 vocabulary rows each, x all NT*8 tokens of one launch (each
-// weight byte is read once per launch). Rows are `dp` bytes (a multiple of 64). Per 64-column
+// weight byte is read once per launch), tiles in the layout above. Per 64-column
 // step, thread (g, t) holds 16 weight bytes of rows g and g+8 at columns 16t..16t+15; the k
 // order inside a step is permuted identically for A and B: in sub-step s, fragment columns
 // (2t, 2t+1, 2t+8, 2t+9) are physical columns 16t + 4s + (0, 1, 2, 3). int8 -> f16 is exact
@@ -208,10 +217,12 @@ __device__ __forceinline__ void lm_mma_body(const i8* __restrict__ W,
     __shared__ __align__(16) u32 xs[2][NT * 8 * LMM_XS / 2];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * (LMM_WARPS * 16) + warp * 16;
-    const int ra = min(row0 + g, vocab - 1), rb = min(row0 + g + 8, vocab - 1);
-    const uint4* wa = (const uint4*)(W + (size_t)ra * dp) + t;
-    const uint4* wb = (const uint4*)(W + (size_t)rb * dp) + t;
     const int steps = dp >> 6;
+    // Rows g and g + 8 of this warp's tile (the last tile for warps past the vocabulary: read,
+    // never stored); a step is 64 uint4s on.
+    const int tile = min(row0, vocab - 1) >> 4;
+    const uint4* wa = (const uint4*)W + lm_chunk(tile * 16 + g, t, steps);
+    const uint4* wb = (const uint4*)W + lm_chunk(tile * 16 + g + 8, t, steps);
     float acc[NT][4];
 #pragma unroll
     for (int i = 0; i < NT; ++i)
@@ -228,8 +239,8 @@ __device__ __forceinline__ void lm_mma_body(const i8* __restrict__ W,
         __syncthreads();
         const uint4 cA = nA, cB = nB;
         if (st + 1 < steps) {
-            nA = ld_stream(wa + (size_t)(st + 1) * 4);
-            nB = ld_stream(wb + (size_t)(st + 1) * 4);
+            nA = ld_stream(wa + (size_t)(st + 1) * 64);
+            nB = ld_stream(wb + (size_t)(st + 1) * 64);
             lmm_load<NT>(xv, x, tok0, m_tok, d, (st + 1) * 64);
         }
         const u32 va[4] = {cA.x ^ 0x80808080u, cA.y ^ 0x80808080u, cA.z ^ 0x80808080u,

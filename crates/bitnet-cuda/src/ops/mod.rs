@@ -10,6 +10,7 @@ mod attn;
 mod fused;
 mod knobs;
 mod linear;
+mod lm_head;
 mod misc;
 mod sample;
 
@@ -21,10 +22,10 @@ pub use fused::{norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
 pub(crate) use knobs::Knobs;
 pub(crate) use linear::GEMM_ROWS;
 pub use linear::{
-    add_rms_norm, lm_head_f32, lm_head_i8, lm_head_i8_with, quantize_act, relu2_rms_norm, rms_norm,
-    ternary_matmul, ternary_matmul_multi, DeviceTernary, LmF32, LmI8, LmKernel, QuantActs,
-    MAX_SEGMENTS, SPLIT_SLOTS,
+    add_rms_norm, quantize_act, relu2_rms_norm, rms_norm, ternary_matmul, ternary_matmul_multi,
+    DeviceTernary, QuantActs, MAX_SEGMENTS, SPLIT_SLOTS,
 };
+pub use lm_head::{lm_head_f32, lm_head_i8, lm_head_i8_with, LmF32, LmI8, LmKernel};
 pub use misc::{add, copy, embed, read_xor, read_xor_blocks, relu2_mul, EmbedTable};
 pub use sample::{sample, SampleConfig, SampleScratch};
 
