@@ -1,20 +1,27 @@
 // Embedding lookup, RoPE, KV store and the element-wise operations.
 
-// out[r] = table[ids[r]] (f16 table); grid: one block per row.
+// The table row of id `i` of `ids`, clamped into the table's `rows`: ids on the device may come
+// from a sampler that found nothing to sample (-1); the host reports that, and the step that
+// read it is discarded, but the read stays inside the table.
+__device__ __forceinline__ size_t embed_row(const IdsArg& ids, int i, int rows) {
+    return (size_t)min(max(token_id(ids, i), 0), rows - 1);
+}
+
+// out[r] = table[ids[r]] (f16 table, `rows` rows); grid: one block per row.
 extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid_constant__ IdsArg ids,
-                                     float* __restrict__ out, int d) {
+                                     float* __restrict__ out, int d, int rows) {
     PDL_ENTER();
     const int r = blockIdx.x;
-    const u16* src = table + (size_t)token_id(ids, r) * d;
+    const u16* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = h2f(src[i]);
 }
 
 // out[r] = table[ids[r]] (f32 table).
 extern "C" __global__ void embed_f32(const float* __restrict__ table, const __grid_constant__ IdsArg ids,
-                                     float* __restrict__ out, int d) {
+                                     float* __restrict__ out, int d, int rows) {
     PDL_ENTER();
     const int r = blockIdx.x;
-    const float* src = table + (size_t)token_id(ids, r) * d;
+    const float* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];
 }
 

@@ -23,14 +23,21 @@ pub trait Runner: Send {
     /// Runs `ids` like [`Runner::forward`] (last row only), then picks the next token from the
     /// last row's logits on the backend with the uniform `u` (see
     /// [`crate::backend::Backend::sample`]): only the id reaches the host. `p` must have no
-    /// repetition penalty.
+    /// repetition penalty. With `ahead` (used where [`Runner::samples_ahead`]), the step after
+    /// this one (the picked token at the next position, picked in turn with the uniform
+    /// `ahead`) is queued on the backend before this id comes back; a later call for exactly
+    /// that step (same token, position, parameters and uniform, nothing run in between) only
+    /// waits for its id.
     fn forward_sample(
         &mut self,
         ids: &[u32],
         start: usize,
         p: &SamplingParams,
         u: f64,
+        ahead: Option<f64>,
     ) -> Result<u32>;
+    /// Whether [`Runner::forward_sample`] queues the next step when asked.
+    fn samples_ahead(&self) -> bool;
     /// Decodes several sequences together in a fresh multi-slot state (see
     /// [`crate::Engine::decode_batch`]).
     fn decode_batch(
@@ -46,17 +53,42 @@ pub struct ModelRunner<B: Backend> {
     model: BitNetModel<B>,
     state: State<B>,
     rows: Vec<RowPos>,
+    /// The step `forward_sample` queued ahead, if any.
+    queued: Option<Queued>,
+}
+
+/// A decode step queued on the backend ahead of the host: `token` at `pos`, its pick drawn with
+/// `p` and the uniform of bits `u`, its id coming back under `ticket`.
+struct Queued {
+    token: u32,
+    pos: usize,
+    p: SamplingParams,
+    u: u64,
+    ticket: usize,
 }
 
 impl<B: Backend> ModelRunner<B> {
     /// A runner with a KV cache of `context` positions and prefill chunks of `chunk` rows.
     pub fn new(model: BitNetModel<B>, context: usize, chunk: usize) -> Result<Self> {
         let state = model.new_state(1, context, chunk)?;
-        Ok(ModelRunner { model, state, rows: Vec::with_capacity(chunk) })
+        Ok(ModelRunner { model, state, rows: Vec::with_capacity(chunk), queued: None })
     }
     /// The model.
     pub fn model(&self) -> &BitNetModel<B> {
         &self.model
+    }
+
+    /// Queues the step at `pos` whose token is the one the last `sample_ahead` picked (still on
+    /// the backend), and its own pick with uniform `u`. Returns the pick's ticket and `u`'s bits.
+    fn queue_step(&mut self, pos: usize, p: &SamplingParams, u: f64) -> Result<(usize, u64)> {
+        let vocab = self.model.dims().vocab;
+        self.model.backend().feed_sampled()?;
+        self.rows.clear();
+        self.rows.push(RowPos { slot: 0, pos });
+        // The id passed is a placeholder: the backend reads the sampled one.
+        self.model.forward(&mut self.state, &[0], &self.rows, LogitsFor::Last)?;
+        let ticket = self.model.backend().sample_ahead(self.state.logits_buf(), vocab, p, u)?;
+        Ok((ticket, u.to_bits()))
     }
 
     /// Runs `ids` at positions `start..` in chunks of the state's row limit; appends the logits
@@ -111,6 +143,7 @@ where
         self.model.backend().take_profile()
     }
     fn forward(&mut self, ids: &[u32], start: usize, all: bool, out: &mut Vec<f32>) -> Result<()> {
+        self.queued = None;
         out.clear();
         self.run(ids, start, all, Some(out))
     }
@@ -120,15 +153,39 @@ where
         start: usize,
         p: &SamplingParams,
         u: f64,
+        ahead: Option<f64>,
     ) -> Result<u32> {
         if ids.is_empty() {
             return Err(Error::invalid("forward_sample needs at least one token"));
         }
-        self.run(ids, start, false, None)?;
-        let mut id = [0u32];
         let vocab = self.model.dims().vocab;
-        self.model.backend().sample(self.state.logits_buf(), 1, vocab, p, &[u], &mut id)?;
-        Ok(id[0])
+        let queued = self.queued.take();
+        if !self.samples_ahead() {
+            self.run(ids, start, false, None)?;
+            let mut id = [0u32];
+            self.model.backend().sample(self.state.logits_buf(), 1, vocab, p, &[u], &mut id)?;
+            return Ok(id[0]);
+        }
+        let hit = queued
+            .filter(|q| ids == [q.token] && start == q.pos && q.p == *p && q.u == u.to_bits());
+        let ticket = match hit {
+            Some(q) => q.ticket,
+            None => {
+                self.run(ids, start, false, None)?;
+                self.model.backend().sample_ahead(self.state.logits_buf(), vocab, p, u)?
+            }
+        };
+        let pos = start + ids.len();
+        let next = match ahead.filter(|_| pos < self.state.max_seq()) {
+            Some(a) => Some(self.queue_step(pos, p, a)?),
+            None => None,
+        };
+        let id = self.model.backend().sampled_id(ticket, vocab)?;
+        self.queued = next.map(|(ticket, u)| Queued { token: id, pos, p: p.clone(), u, ticket });
+        Ok(id)
+    }
+    fn samples_ahead(&self) -> bool {
+        self.model.backend().samples_ahead()
     }
     fn decode_batch(
         &mut self,
@@ -136,6 +193,7 @@ where
         steps: usize,
         greedy: bool,
     ) -> Result<crate::batch::BatchDecode> {
+        self.queued = None;
         crate::batch::decode_batch(&self.model, self.state.max_rows(), prompts, steps, greedy)
     }
 }

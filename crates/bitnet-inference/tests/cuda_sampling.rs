@@ -362,6 +362,59 @@ fn generation(device: Device) {
     }
 }
 
+/// Generation queues each next step on the device before the host has the token: a stop
+/// token mid-way leaves a queued step behind, and the next generation (reusing the cached
+/// prefix, or following `forward_tokens`) must still match the host path.
+#[test]
+fn queued_steps_survive_stops_and_prefix_reuse_on_the_device() {
+    if cuda().is_some() {
+        queued_steps(Device::Cuda(0));
+    }
+}
+
+#[test]
+fn queued_steps_survive_stops_and_prefix_reuse_on_the_cpu_backend() {
+    queued_steps(Device::Cpu);
+}
+
+fn queued_steps(device: Device) {
+    let prompt = vec![1u32, 5, 9, 300];
+    for p in [
+        SamplingParams::greedy(),
+        SamplingParams { temperature: 0.8, seed: 7, ..SamplingParams::default() },
+    ] {
+        let (full, boundary) = host_path(device, &p, &prompt, 30);
+        if boundary.is_some_and(|b| b < 30) {
+            eprintln!("{p:?}: a draw on a boundary, skipped");
+            continue;
+        }
+        let stop = full[12];
+        let upto = full.iter().position(|&t| t == stop).unwrap() + 1;
+        let mut e = engine(device);
+        let cfg = |n: usize, stop_tokens: Vec<u32>| GenerationConfig {
+            max_tokens: n,
+            sampling: p.clone(),
+            ignore_eos: true,
+            stop_tokens,
+            ..Default::default()
+        };
+        let first = e.generate_ids(&prompt, &cfg(30, vec![stop])).unwrap().generated_ids;
+        assert_eq!(first, full[..upto], "{device:?} {p:?}: stopped generation");
+        // Continue after the stop token plus one more (the cached prefix is reused).
+        let mut prompt2 = prompt.clone();
+        prompt2.extend_from_slice(&first);
+        prompt2.push(7);
+        let second = e.generate_ids(&prompt2, &cfg(12, Vec::new())).unwrap().generated_ids;
+        let (want, b2) = host_path(device, &p, &prompt2, 12);
+        let n = b2.unwrap_or(12);
+        assert_eq!(second[..n], want[..n], "{device:?} {p:?}: continued generation");
+        // A forward pass in between (another position's logits), then the same generation.
+        e.forward_tokens(&prompt, 0, false).unwrap();
+        let again = e.generate_ids(&prompt2, &cfg(12, Vec::new())).unwrap().generated_ids;
+        assert_eq!(again, second, "{device:?} {p:?}: after forward_tokens");
+    }
+}
+
 #[test]
 fn batched_greedy_ids_from_the_device_are_the_host_argmax() {
     if cuda().is_some() {

@@ -70,18 +70,20 @@ pub fn embed(
         return Err(Error::invalid("embed: ids and their device copy differ in length"));
     }
     need(out.len(), ids.len() * cols, "embed")?;
-    let (op, a, d) = (dptr(gpu, out), *ids, to_i32(cols, "hidden")?);
+    let (op, a, d, n) =
+        (dptr(gpu, out), *ids, to_i32(cols, "hidden")?, to_i32(rows, "vocabulary")?);
     let dims = Dims { grid: (ids.len() as u32, 1, 1), block: 256 };
     match t {
         EmbedTable::F16 { data, .. } => {
             let tp = dptr(gpu, data);
-            // Kernel: embed_f16(table, ids, out, d); every id < rows (checked).
-            launch!(gpu, &gpu.k.embed_f16, dims; tp, a, op, d)
+            // Kernel: embed_f16(table, ids, out, d, rows); host ids < rows (checked), device
+            // ids clamped.
+            launch!(gpu, &gpu.k.embed_f16, dims; tp, a, op, d, n)
         }
         EmbedTable::F32 { data, .. } => {
             let tp = dptr(gpu, data);
-            // Kernel: embed_f32(table, ids, out, d); every id < rows (checked).
-            launch!(gpu, &gpu.k.embed_f32, dims; tp, a, op, d)
+            // Kernel: embed_f32(table, ids, out, d, rows); as embed_f16.
+            launch!(gpu, &gpu.k.embed_f32, dims; tp, a, op, d, n)
         }
     }
 }

@@ -2,9 +2,9 @@
 //! ids travel to the host instead of `rows x vocab` logits.
 
 use super::{dptr, launch, need, to_i32, zeros, Dims};
-use crate::device::Gpu;
+use crate::device::{dev_err, Gpu};
 use bitnet_core::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{sys, CudaEvent, CudaSlice, PinnedHostSlice};
 
 /// Threads per row (`SAMPLE_THREADS` in sample.cu, its `__launch_bounds__`).
 const THREADS: u32 = 1024;
@@ -84,22 +84,59 @@ pub fn sample(
     scratch: &mut SampleScratch,
     out: &mut [i32],
 ) -> Result<()> {
+    need(out.len(), rows, "sample output")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    grow(gpu, &mut scratch.ids, rows)?;
+    let mut ids = scratch.ids.take().ok_or_else(|| Error::invalid("sample ids"))?;
+    let r = launch_sample(gpu, logits, rows, vocab, cfg, uniforms, scratch, &mut ids);
+    scratch.ids = Some(ids);
+    r?;
+    let ids = scratch.ids.as_ref().ok_or_else(|| Error::invalid("sample ids"))?;
+    super::download(gpu, ids, &mut out[..rows])
+}
+
+/// [`sample`] of one row whose id stays on the device: written to `dst[0]` (`-1` when there
+/// is nothing to sample) without waiting, for a later kernel to read (the next decode step's
+/// token) and [`IdFetch`] to bring back.
+pub fn sample_to_device(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    vocab: usize,
+    cfg: &SampleConfig,
+    uniform: f64,
+    scratch: &mut SampleScratch,
+    dst: &mut CudaSlice<i32>,
+) -> Result<()> {
+    need(dst.len(), 1, "sample output")?;
+    launch_sample(gpu, logits, 1, vocab, cfg, &[uniform], scratch, dst)
+}
+
+/// Launches `sample_rows` for `rows >= 1` rows, ids into `out[..rows]`.
+#[allow(clippy::too_many_arguments)]
+fn launch_sample(
+    gpu: &Gpu,
+    logits: &CudaSlice<f32>,
+    rows: usize,
+    vocab: usize,
+    cfg: &SampleConfig,
+    uniforms: &[f64],
+    scratch: &mut SampleScratch,
+    out: &mut CudaSlice<i32>,
+) -> Result<()> {
     cfg.check()?;
     if vocab == 0 {
         return Err(Error::invalid("device sampling: empty logits rows"));
     }
     need(logits.len(), rows * vocab, "sample logits")?;
     need(out.len(), rows, "sample output")?;
-    if rows == 0 {
-        return Ok(());
-    }
     let grid = u32::try_from(rows).map_err(|_| Error::invalid("device sampling: too many rows"))?;
     let n = to_i32(vocab, "vocabulary")?;
     // Candidate lists are read 16 bytes at a time: rows of a multiple of 4 entries.
     let stride = vocab.next_multiple_of(4);
     to_i32(rows * 2 * stride, "rows x 2 x padded vocabulary")?;
     let st = to_i32(stride, "padded vocabulary")?;
-    grow(gpu, &mut scratch.ids, rows)?;
     let (mut wp, mut cp, mut up) = (0u64, 0u64, 0u64);
     if !cfg.greedy {
         need(uniforms.len(), rows, "sample uniforms")?;
@@ -115,8 +152,7 @@ pub fn sample(
         wp = dptr(gpu, scratch.weights.as_ref().ok_or_else(|| Error::invalid("weights"))?);
         cp = dptr(gpu, scratch.cand_ids.as_ref().ok_or_else(|| Error::invalid("ids"))?);
     }
-    let ids = scratch.ids.as_mut().ok_or_else(|| Error::invalid("sample ids"))?;
-    let (lp, ip) = (dptr(gpu, logits), dptr(gpu, ids));
+    let (lp, ip) = (dptr(gpu, logits), dptr(gpu, out));
     let greedy = i32::from(cfg.greedy);
     let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
@@ -127,6 +163,47 @@ pub fn sample(
     // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms
     // (rows) are allocated unless greedy, when the kernel returns before touching them.
     launch!(gpu, &gpu.k.sample_rows, dims;
-        lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)?;
-    super::download(gpu, ids, &mut out[..rows])
+        lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)
+}
+
+/// Brings single ids back from the device without waiting for the whole stream: [`IdFetch::start`]
+/// queues an asynchronous copy into page-locked host memory (one of two slots, so the copy of
+/// one step's id and the next's can both be in flight) and records an event after it;
+/// [`IdFetch::wait`] waits for that event only, not for work queued after it.
+#[derive(Default)]
+pub struct IdFetch {
+    slots: Vec<(PinnedHostSlice<i32>, CudaEvent)>,
+    next: usize,
+}
+
+impl IdFetch {
+    /// Queues the copy of `src[0]`; returns the slot to [`IdFetch::wait`] on.
+    pub fn start(&mut self, gpu: &Gpu, src: &CudaSlice<i32>) -> Result<usize> {
+        need(src.len(), 1, "id fetch")?;
+        while self.slots.len() < 2 {
+            // SAFETY: the slot is written by the copy below before it is read (wait).
+            let p = unsafe { gpu.context().alloc_pinned_with_flags::<i32>(1, 0) }
+                .map_err(|e| dev_err("cuMemHostAlloc", e))?;
+            let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+            let ev = gpu.context().new_event(Some(flags)).map_err(|e| dev_err("event", e))?;
+            self.slots.push((p, ev));
+        }
+        let slot = self.next;
+        self.next ^= 1;
+        let view = src.slice(..1);
+        let (host, ev) = &mut self.slots[slot];
+        gpu.stream().memcpy_dtoh(&view, host).map_err(|e| dev_err("device-to-host copy", e))?;
+        // The pinned slice's own event is recorded only where cudarc manages stream
+        // synchronization (off here): this one marks the copy.
+        ev.record(gpu.stream()).map_err(|e| dev_err("event record", e))?;
+        Ok(slot)
+    }
+    /// The id copied into `slot` (waits for that copy).
+    pub fn wait(&self, slot: usize) -> Result<i32> {
+        let (host, ev) =
+            self.slots.get(slot).ok_or_else(|| Error::invalid("id fetch: no such slot"))?;
+        ev.synchronize().map_err(|e| dev_err("id fetch", e))?;
+        let v = host.as_slice().map_err(|e| dev_err("id fetch", e))?;
+        v.first().copied().ok_or_else(|| Error::invalid("id fetch: empty slot"))
+    }
 }

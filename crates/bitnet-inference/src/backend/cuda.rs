@@ -336,8 +336,10 @@ impl Backend for CudaBackend {
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
         self.timed(0, || {
             let mut s = lock(&self.scratch);
-            let a = match s.begin_step(&self.gpu, ids)? {
+            let fed = std::mem::take(&mut s.step.fed);
+            let a = match s.begin_step(&self.gpu, ids, fed)? {
                 Some(a) => a,
+                None if fed => s.sampled_ids(&self.gpu, ids.len())?,
                 None => s.ids(&self.gpu, ids)?,
             };
             drop(s);
@@ -640,5 +642,24 @@ impl Backend for CudaBackend {
         out: &mut [u32],
     ) -> Result<()> {
         self.sample_rows(logits, rows, vocab, p, uniforms, out)
+    }
+    fn samples_ahead(&self) -> bool {
+        true
+    }
+    fn sample_ahead(
+        &self,
+        logits: &Self::Buf,
+        vocab: usize,
+        p: &crate::sampling::SamplingParams,
+        uniform: f64,
+    ) -> Result<usize> {
+        self.sample_on_device(logits, vocab, p, uniform)
+    }
+    fn sampled_id(&self, ticket: usize, vocab: usize) -> Result<u32> {
+        self.fetch_sampled(ticket, vocab)
+    }
+    fn feed_sampled(&self) -> Result<()> {
+        lock(&self.scratch).step.fed = true;
+        Ok(())
     }
 }

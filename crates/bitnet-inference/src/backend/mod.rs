@@ -306,6 +306,34 @@ pub trait Backend: Send + Sync {
         }
         Ok(())
     }
+
+    /// Whether [`Backend::sample_ahead`] is available: the picked token can stay on the backend
+    /// and feed the next step, so that step can be queued before the host has the token.
+    fn samples_ahead(&self) -> bool {
+        false
+    }
+    /// [`Backend::sample`] of one row without waiting: the id stays on the backend, where the
+    /// next [`Backend::embed`] after [`Backend::feed_sampled`] reads it. Returns a ticket for
+    /// [`Backend::sampled_id`] (tickets of the last two calls are valid).
+    fn sample_ahead(
+        &self,
+        _logits: &Self::Buf,
+        _vocab: usize,
+        _p: &SamplingParams,
+        _uniform: f64,
+    ) -> Result<usize> {
+        Err(Error::unsupported("sampling ahead on this backend"))
+    }
+    /// The id a [`Backend::sample_ahead`] picked (waits for that pick only); the same error as
+    /// [`Backend::sample`] when its row had nothing to sample.
+    fn sampled_id(&self, _ticket: usize, _vocab: usize) -> Result<u32> {
+        Err(Error::unsupported("sampling ahead on this backend"))
+    }
+    /// The next [`Backend::embed`] (of one row) takes its id from the last
+    /// [`Backend::sample_ahead`] instead of its `ids` argument.
+    fn feed_sampled(&self) -> Result<()> {
+        Err(Error::unsupported("sampling ahead on this backend"))
+    }
 }
 
 /// What an RMSNorm that feeds a projection normalizes (see [`Backend::norm_linear`]).

@@ -185,14 +185,17 @@ impl Engine {
         let t0 = Instant::now();
         let mut logits = std::mem::take(&mut self.logits);
         let mut next = 0;
+        // The uniform drawn for a step queued ahead (see forward_pick).
+        let mut ahead = None;
         if cfg.max_tokens > 0 {
+            let more = cfg.max_tokens > 1;
             next = forward_pick(
                 &mut *self.runner,
-                &ids[reuse..],
-                reuse,
+                (&ids[reuse..], reuse),
                 &mut sampler,
                 &context,
                 &mut logits,
+                (&mut ahead, more),
             )?;
         } else {
             self.runner.forward(&ids[reuse..], reuse, false, &mut logits)?;
@@ -244,8 +247,15 @@ impl Engine {
                 break;
             }
             let (pos, fed) = (self.cached.len(), next);
-            next =
-                forward_pick(&mut *self.runner, &[fed], pos, &mut sampler, &context, &mut logits)?;
+            let more = generated.len() + 1 < cfg.max_tokens;
+            next = forward_pick(
+                &mut *self.runner,
+                (&[fed], pos),
+                &mut sampler,
+                &context,
+                &mut logits,
+                (&mut ahead, more),
+            )?;
             self.cached.push(fed);
         }
         if reason != StopReason::StopString && reason != StopReason::Cancelled {
@@ -278,17 +288,22 @@ impl Engine {
 /// has no repetition penalty (only the id reaches the host), else on the host from the
 /// downloaded logits (`logits`, with `context` for the penalty). Both consume the sampler's
 /// stream alike, so a seed gives the same tokens either way.
+/// Runs `ids` at `start` and picks the next token: on the backend where the repetition penalty
+/// allows (only the id comes back), else on the host from downloaded logits. With `more` (another
+/// step will follow), a backend that can queues that step before the id comes back: its uniform
+/// is drawn now and kept in `ahead` for the next call, so the draws stay in step order.
 fn forward_pick(
     runner: &mut dyn Runner,
-    ids: &[u32],
-    start: usize,
+    (ids, start): (&[u32], usize),
     sampler: &mut Sampler,
     context: &[u32],
     logits: &mut Vec<f32>,
+    (ahead, more): (&mut Option<f64>, bool),
 ) -> Result<u32> {
     if sampler.params().repetition_penalty == 1.0 {
-        let u = sampler.draw();
-        return runner.forward_sample(ids, start, sampler.params(), u);
+        let u = ahead.take().unwrap_or_else(|| sampler.draw());
+        *ahead = (more && runner.samples_ahead()).then(|| sampler.draw());
+        return runner.forward_sample(ids, start, sampler.params(), u, *ahead);
     }
     runner.forward(ids, start, false, logits)?;
     sampler.sample(logits, context)

@@ -4,13 +4,15 @@
 use super::{CudaBackend, CudaBuf};
 use crate::sampling::{nothing_to_sample, SamplingParams};
 use bitnet_core::{Error, Result};
-use bitnet_cuda::ops::{self, SampleConfig, SampleScratch};
+use bitnet_cuda::ops::{self, IdFetch, SampleConfig, SampleScratch};
 
 /// Device buffers and the host copy of the ids, reused across calls.
 #[derive(Default)]
 pub(super) struct SampleState {
     dev: SampleScratch,
     ids: Vec<i32>,
+    /// Ids sampled ahead, on their way to the host.
+    fetch: IdFetch,
 }
 
 impl CudaBackend {
@@ -31,13 +33,7 @@ impl CudaBackend {
                 logits.len
             )));
         }
-        let cfg = SampleConfig {
-            greedy: p.is_greedy(),
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-        };
+        let cfg = config(p);
         let mut s = super::lock(&self.scratch);
         // The kernel must follow the step's launches, which may still be deferred.
         s.end_step(&self.gpu, true)?;
@@ -57,5 +53,57 @@ impl CudaBackend {
             *o = u32::try_from(id).map_err(|_| nothing_to_sample(vocab))?;
         }
         Ok(())
+    }
+
+    /// See [`Backend::sample_ahead`](crate::backend::Backend::sample_ahead): the id goes to the
+    /// step id buffer (where the next fed `embed` reads it) and is copied back asynchronously.
+    pub(super) fn sample_on_device(
+        &self,
+        logits: &CudaBuf,
+        vocab: usize,
+        p: &SamplingParams,
+        uniform: f64,
+    ) -> Result<usize> {
+        crate::backend::sample_args(1, vocab, p, &[uniform], &[0])?;
+        if logits.len < vocab {
+            return Err(Error::shape(format!(
+                "sampling {vocab} logits from a buffer of {}",
+                logits.len
+            )));
+        }
+        let cfg = config(p);
+        let mut guard = super::lock(&self.scratch);
+        let s = &mut *guard;
+        // The kernel must follow the step's launches, which may still be deferred.
+        s.end_step(&self.gpu, true)?;
+        s.step_buffers(&self.gpu, 1)?;
+        let ids = s.step.ids.as_mut().ok_or_else(|| Error::invalid("step ids"))?;
+        ops::sample_to_device(
+            &self.gpu,
+            &logits.data,
+            vocab,
+            &cfg,
+            uniform,
+            &mut s.sample.dev,
+            ids,
+        )?;
+        s.sample.fetch.start(&self.gpu, ids)
+    }
+
+    /// See [`Backend::sampled_id`](crate::backend::Backend::sampled_id).
+    pub(super) fn fetch_sampled(&self, ticket: usize, vocab: usize) -> Result<u32> {
+        let id = super::lock(&self.scratch).sample.fetch.wait(ticket)?;
+        u32::try_from(id).map_err(|_| nothing_to_sample(vocab))
+    }
+}
+
+/// The device sampler's configuration for `p`.
+fn config(p: &SamplingParams) -> SampleConfig {
+    SampleConfig {
+        greedy: p.is_greedy(),
+        temperature: p.temperature,
+        top_k: p.top_k,
+        top_p: p.top_p,
+        min_p: p.min_p,
     }
 }

@@ -25,6 +25,10 @@ pub(super) struct Step {
     pub(super) rows_known: bool,
     pub(super) ids: Option<CudaSlice<i32>>,
     pub(super) rows: Option<CudaSlice<i32>>,
+    /// The next `embed` takes its id from `ids`, where `sample_ahead` put it (not from the host).
+    pub(super) fed: bool,
+    /// The current deferred step's id is already in `ids` (fed): not uploaded at its end.
+    pub(super) ids_on_device: bool,
 }
 
 /// Most rows of a step replayed as a graph (batched decode up to this many sequences).
@@ -43,6 +47,8 @@ impl Default for Step {
             rows_known: false,
             ids: None,
             rows: None,
+            fed: false,
+            ids_on_device: false,
         }
     }
 }
@@ -57,14 +63,23 @@ impl Scratch {
         }
         st.active = false;
         if let (Some(i), Some(r), true) = (st.ids.as_mut(), st.rows.as_mut(), st.rows_known) {
-            ops::write(gpu, &st.cur_ids, i)?;
+            if !st.ids_on_device {
+                ops::write(gpu, &st.cur_ids, i)?;
+            }
             ops::write(gpu, &st.cur_rows, r)?;
         }
         gpu.flush(graph)
     }
 
     /// Called by `embed`: deferral starts at the third consecutive step of the same row count.
-    pub(super) fn begin_step(&mut self, gpu: &Gpu, ids: &[u32]) -> Result<Option<IdsArg>> {
+    /// `fed`: the step's id is already in `ids` on the device (`sample_ahead`); `ids` holds a
+    /// placeholder.
+    pub(super) fn begin_step(
+        &mut self,
+        gpu: &Gpu,
+        ids: &[u32],
+        fed: bool,
+    ) -> Result<Option<IdsArg>> {
         self.end_step(gpu, false)?;
         let n = ids.len();
         if n != self.step.last_n {
@@ -74,20 +89,38 @@ impl Scratch {
         if !self.step.enabled || n > STEP_ROWS || self.step.repeats < 3 {
             return Ok(None);
         }
-        if self.step.ids.as_ref().is_none_or(|d| d.len() < n) {
-            let cap = n.next_power_of_two().max(8);
-            self.step.ids = Some(ops::zeros(gpu, cap)?);
-            self.step.rows = Some(ops::zeros(gpu, 2 * cap)?);
-        }
+        self.step_buffers(gpu, n)?;
         let dev = self.step.ids.as_ref().ok_or_else(|| Error::invalid("step ids"))?;
         let arg = IdsArg::device(gpu, dev, n)?;
         self.step.cur_ids.clear();
         for &i in ids {
             self.step.cur_ids.push(i32_of(i as usize)?);
         }
-        (self.step.active, self.step.rows_known) = (true, false);
+        (self.step.active, self.step.rows_known, self.step.ids_on_device) = (true, false, fed);
         gpu.defer();
         Ok(Some(arg))
+    }
+
+    /// The step's id and row buffers, for at least `n` rows. Reallocating them drops them
+    /// from any recorded graph, so it happens only when a step outgrows them.
+    pub(super) fn step_buffers(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        if self.step.ids.as_ref().is_none_or(|d| d.len() < n) {
+            self.end_step(gpu, false)?;
+            let cap = n.next_power_of_two().max(8);
+            self.step.ids = Some(ops::zeros(gpu, cap)?);
+            self.step.rows = Some(ops::zeros(gpu, 2 * cap)?);
+        }
+        Ok(())
+    }
+
+    /// The ids argument of a step that is not deferred and takes its (one) id from the device.
+    pub(super) fn sampled_ids(&mut self, gpu: &Gpu, n: usize) -> Result<IdsArg> {
+        if n != 1 {
+            return Err(Error::invalid("a fed step has one row"));
+        }
+        let dev =
+            self.step.ids.as_ref().ok_or_else(|| Error::invalid("no id was sampled ahead"))?;
+        IdsArg::device(gpu, dev, 1)
     }
 
     /// The rows argument inside a deferred step (None: not deferring, or the step ended).
