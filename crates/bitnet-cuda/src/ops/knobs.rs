@@ -45,11 +45,11 @@ impl Knobs {
         !self.unfused_rope
     }
 
-    /// Most tokens a projection runs on the GEMV (1..=8). Default 2 (H100, NOTES.md): from 3
-    /// tokens on, the tensor-core GEMM is faster (M = 8 at 13824x2560: 9.8 µs against 18.4;
-    /// batch-8 decode 3,931 tok/s against 3,056).
+    /// Most tokens a projection runs on the GEMV (1..=8). Default 4 (H100, NOTES.md): batch-4
+    /// decode 2,215 / 2,147 tok/s against 2,108 / 2,061 on the tensor-core GEMM; at 8 tokens
+    /// the GEMM is faster (batch 8: 4,152 / 3,983 against 3,542 / 3,441).
     pub(crate) fn gemv_max_rows(&self) -> usize {
-        self.gemv_max.unwrap_or(2).clamp(1, super::SMALL)
+        self.gemv_max.unwrap_or(4).clamp(1, super::SMALL)
     }
 
     /// GEMV launch shape for `tiles` 8-row tiles and `rows` tokens: (blocks per SM, 0 = one

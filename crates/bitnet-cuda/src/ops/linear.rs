@@ -275,7 +275,7 @@ pub fn quantize_act(
 }
 
 /// `out[t] = (q[t] · W) * s_w / s_a[t]` for the first `rows` quantized rows: the dp4a GEMV for up
-/// to 2 rows (`BITNET_GEMV_MAX_M`, at most 8), the int8 tensor-core GEMM above.
+/// to 4 rows (`BITNET_GEMV_MAX_M`, at most 8), the int8 tensor-core GEMM above.
 pub fn ternary_matmul(
     gpu: &Gpu,
     w: &DeviceTernary,
