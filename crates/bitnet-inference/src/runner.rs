@@ -82,11 +82,15 @@ impl<B: Backend> ModelRunner<B> {
     /// the backend), and its own pick with uniform `u`. Returns the pick's ticket and `u`'s bits.
     fn queue_step(&mut self, pos: usize, p: &SamplingParams, u: f64) -> Result<(usize, u64)> {
         let vocab = self.model.dims().vocab;
-        self.model.backend().feed_sampled()?;
+        self.model.backend().feed_sampled(true)?;
         self.rows.clear();
         self.rows.push(RowPos { slot: 0, pos });
         // The id passed is a placeholder: the backend reads the sampled one.
-        self.model.forward(&mut self.state, &[0], &self.rows, LogitsFor::Last)?;
+        if let Err(e) = self.model.forward(&mut self.state, &[0], &self.rows, LogitsFor::Last) {
+            // Failing before its embed, the step would leave the feed on for the next one.
+            let _ = self.model.backend().feed_sampled(false);
+            return Err(e);
+        }
         let ticket = self.model.backend().sample_ahead(self.state.logits_buf(), vocab, p, u)?;
         Ok((ticket, u.to_bits()))
     }

@@ -560,8 +560,8 @@ impl Backend for CudaBackend {
     fn sampled_id(&self, ticket: usize, vocab: usize) -> Result<u32> {
         self.fetch_sampled(ticket, vocab)
     }
-    fn feed_sampled(&self) -> Result<()> {
-        lock(&self.scratch).step.fed = true;
+    fn feed_sampled(&self, on: bool) -> Result<()> {
+        lock(&self.scratch).step.fed = on;
         Ok(())
     }
 }

@@ -329,9 +329,9 @@ pub trait Backend: Send + Sync {
     fn sampled_id(&self, _ticket: usize, _vocab: usize) -> Result<u32> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
-    /// The next [`Backend::embed`] (of one row) takes its id from the last
-    /// [`Backend::sample_ahead`] instead of its `ids` argument.
-    fn feed_sampled(&self) -> Result<()> {
+    /// With `on`, the next [`Backend::embed`] (of one row) takes its id from the last
+    /// [`Backend::sample_ahead`] instead of its `ids` argument; `false` withdraws that.
+    fn feed_sampled(&self, _on: bool) -> Result<()> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
 }

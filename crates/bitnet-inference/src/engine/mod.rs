@@ -287,11 +287,9 @@ impl Engine {
 /// Runs `ids` at positions `start..` and picks the next token: on the backend when the sampler
 /// has no repetition penalty (only the id reaches the host), else on the host from the
 /// downloaded logits (`logits`, with `context` for the penalty). Both consume the sampler's
-/// stream alike, so a seed gives the same tokens either way.
-/// Runs `ids` at `start` and picks the next token: on the backend where the repetition penalty
-/// allows (only the id comes back), else on the host from downloaded logits. With `more` (another
-/// step will follow), a backend that can queues that step before the id comes back: its uniform
-/// is drawn now and kept in `ahead` for the next call, so the draws stay in step order.
+/// stream alike, one uniform per step, so a seed gives the same tokens either way. With `more`
+/// (another step will follow), a backend that can queues that step before the id comes back:
+/// its uniform is drawn now and kept in `ahead` for the next call.
 fn forward_pick(
     runner: &mut dyn Runner,
     (ids, start): (&[u32], usize),
