@@ -137,9 +137,12 @@ pub fn copy(
     launch!(gpu, &gpu.k.copy, elementwise_dims(gpu, len); dp, sp, n)
 }
 
+/// Threads per [`read_xor`] block; each reads four 16-byte words per grid stride.
+const READ_THREADS: usize = 256;
+
 /// Blocks [`read_xor`] runs for `words16` 16-byte words (one output value each).
 pub fn read_xor_blocks(gpu: &Gpu, words16: usize) -> usize {
-    words16.div_ceil(256 * 4).clamp(1, 8 * gpu.info().sms as usize)
+    words16.div_ceil(READ_THREADS * 4).clamp(1, 8 * gpu.info().sms as usize)
 }
 
 /// Reads `data`'s first `words16` 16-byte words once and writes, per block, the XOR of the
@@ -159,7 +162,7 @@ pub fn read_xor(
         return Ok(());
     }
     let (p, o, n) = (dptr(gpu, data), dptr(gpu, out), words16 as i64);
-    let dims = Dims { grid: (blocks as u32, 1, 1), block: 256 };
+    let dims = Dims { grid: (blocks as u32, 1, 1), block: READ_THREADS as u32 };
     // Kernel: read_xor(p, n, out); p holds n 16-byte words and out one u32 per block (checked).
     launch!(gpu, &gpu.k.read_xor, dims; p, n, o)
 }

@@ -26,14 +26,7 @@ impl CudaBackend {
         uniforms: &[f64],
         out: &mut [u32],
     ) -> Result<()> {
-        crate::backend::sample_args(rows, vocab, p, uniforms, out)?;
-        if logits.len < rows * vocab {
-            return Err(Error::shape(format!(
-                "sampling {rows} x {vocab} logits from a buffer of {}",
-                logits.len
-            )));
-        }
-        let cfg = config(p);
+        let cfg = checked(logits, rows, vocab, p, uniforms, out)?;
         let mut s = super::lock(&self.scratch);
         // The kernel must follow the step's launches, which may still be deferred.
         s.end_step(&self.gpu, true)?;
@@ -64,14 +57,7 @@ impl CudaBackend {
         p: &SamplingParams,
         uniform: f64,
     ) -> Result<usize> {
-        crate::backend::sample_args(1, vocab, p, &[uniform], &[0])?;
-        if logits.len < vocab {
-            return Err(Error::shape(format!(
-                "sampling {vocab} logits from a buffer of {}",
-                logits.len
-            )));
-        }
-        let cfg = config(p);
+        let cfg = checked(logits, 1, vocab, p, &[uniform], &[0])?;
         let mut guard = super::lock(&self.scratch);
         let s = &mut *guard;
         // The kernel must follow the step's launches, which may still be deferred.
@@ -97,13 +83,28 @@ impl CudaBackend {
     }
 }
 
-/// The device sampler's configuration for `p`.
-fn config(p: &SamplingParams) -> SampleConfig {
-    SampleConfig {
+/// Checks a sampling call of `rows` rows of `vocab` logits (as the host's `sample_args`, and
+/// that `logits` holds them) and gives the device sampler's configuration for `p`.
+fn checked(
+    logits: &CudaBuf,
+    rows: usize,
+    vocab: usize,
+    p: &SamplingParams,
+    uniforms: &[f64],
+    out: &[u32],
+) -> Result<SampleConfig> {
+    crate::backend::sample_args(rows, vocab, p, uniforms, out)?;
+    if logits.len < rows * vocab {
+        return Err(Error::shape(format!(
+            "sampling {rows} x {vocab} logits from a buffer of {}",
+            logits.len
+        )));
+    }
+    Ok(SampleConfig {
         greedy: p.is_greedy(),
         temperature: p.temperature,
         top_k: p.top_k,
         top_p: p.top_p,
         min_p: p.min_p,
-    }
+    })
 }

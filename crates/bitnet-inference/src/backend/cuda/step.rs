@@ -114,7 +114,7 @@ impl Scratch {
     }
 
     /// The ids argument of a step that is not deferred and takes its (one) id from the device.
-    pub(super) fn sampled_ids(&mut self, gpu: &Gpu, n: usize) -> Result<IdsArg> {
+    pub(super) fn sampled_ids(&self, gpu: &Gpu, n: usize) -> Result<IdsArg> {
         if n != 1 {
             return Err(Error::invalid("a fed step has one row"));
         }
