@@ -146,7 +146,10 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         }
         gemv_sync(bar, 128 * groups);  // red is rewritten by the next tile
     };
-    // Each buffer is refilled as soon as it is multiplied, before the tile's reduction.
+    // Each buffer is refilled as soon as it is multiplied, before the tile's reduction. The
+    // two halves of the loop differ only in the buffer; written once as a lambda called on each,
+    // the walk compiles differently (H100 13824x2560: 4.31 / 4.07 µs rotated / same weights,
+    // against 4.76 / 3.85 here), so it stays spelled out.
     typename GemvWalk<U>::At at{vb, 0}, ahead{vb, 0};
     g.next(ahead);
     g.next(ahead);
