@@ -14,9 +14,12 @@ for t in bitnet_cuda_unit kernels cuda_backend cuda_parity cuda_sampling; do ./$
 # The GEMV for 3..8 tokens (by default those go to the tensor-core GEMM).
 BITNET_GEMV_MAX_M=8 ./kernels 2>&1 > $OUT/test_kernels_gemv8.log; grep -E "test result|FAILED|panicked" $OUT/test_kernels_gemv8.log
 ./bitnet-cuda-bench 2>&1 | tee $OUT/kbench.log | grep -v "^$"
+# The experimental one-kernel decode step (BITNET_CUDA_ONE_KERNEL=1): per layer, per phase.
+./bitnet-cuda-bench --stack 128 2>&1 | tee $OUT/stack.log | tail -24
 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,8,64 2>&1 | tee $OUT/e2e.log | grep -E "pp128|tg64|^\| [0-9]+ \||bytes read"
 BITNET_CUDA_PDL=0 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,64 2>&1 | tee $OUT/e2e_nopdl.log | grep -E "pp128|tg64|^\| [0-9]+ \|"
 BITNET_CUDA_FUSE_NORM=0 BITNET_CUDA_FUSE_ROPE=0 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,8 2>&1 | tee $OUT/e2e_unfused.log | grep -E "tg64|^\| [0-9]+ \|"
+BITNET_CUDA_ONE_KERNEL=1 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1 2>&1 | tee $OUT/e2e_onekernel.log | grep -E "tg64|^\| [0-9]+ \|"
 BITNET_CUDA_GRAPHS=0 ./bitnet bench --device cuda --synthetic 2b4t -p 0 -n 64 -r 3 2>&1 | tee $OUT/e2e_nographs.log | grep -E "tg64"
 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 32 -r 1 --profile --batch 64 2>&1 > $OUT/profile.log
 ./bitnet generate -m ../models/default -p "ROMEO:" -n 40 --seed 1 --device cuda > $OUT/gen_cuda.log 2> $OUT/gen_cuda.err

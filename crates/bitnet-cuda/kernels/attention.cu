@@ -15,23 +15,37 @@ __device__ __forceinline__ float rope_at(const float* x, int d, int hd, float fp
                     : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
 }
 
-// With ROPE (one call per decode step, every row in a slot of its own): q and the row's own key
-// arrive unrotated (kin, vin: rows x kvh x hd); each block rotates q itself, and every block
-// whose positions include the row's own writes the rotated key and the value into the cache
-// (blocks of one kv head write the same values) before reading it back.
-template <int ND, bool ROPE>
-__device__ __forceinline__ void attention_body(const float* __restrict__ q, const float* kc,
-                                               const float* vc, float* __restrict__ out,
-                                               float* __restrict__ part, const RowsArg& rows,
-                                               int layer, int slots, int max_seq, int heads,
-                                               int kvh, int hd, float scale, int splits,
-                                               const float* __restrict__ kin,
-                                               const float* __restrict__ vin,
+// An activation written earlier in the same kernel by another block (CG: through L2 only, never
+// a stale L1 or read-only-cache line), or by an earlier kernel.
+template <bool CG>
+__device__ __forceinline__ float ld_act(const float* p) {
+    return CG ? __ldcg(p) : *p;
+}
+
+// Shared memory of one attention item (128 threads).
+template <int ND>
+struct AttnSmem {
+    float m[4], l[4];
+    float acc[4][ND * 32];
+    float sx[2][ND * 32];
+};
+
+// One (split s, head h, row r) item of attention, run by 128 threads (thread `tid`, barrier
+// `bar`: team_sync). With ROPE (one call per decode step, every row in a slot of its own): q and
+// the row's own key arrive unrotated (kin, vin: rows x kvh x hd); the item rotates q itself, and
+// every item whose positions include the row's own writes the rotated key and the value into the
+// cache (items of one kv head write the same values) before reading it back. CG: q, kin and vin
+// were written earlier in the same kernel (decode.cu).
+template <int ND, bool ROPE, bool CG>
+__device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, int r, int tid,
+                                               int bar, const float* q, const float* kc,
+                                               const float* vc, float* out, float* part,
+                                               const RowsArg& rows, int layer, int slots,
+                                               int max_seq, int heads, int kvh, int hd,
+                                               float scale, int splits, const float* kin,
+                                               const float* vin,
                                                const float* __restrict__ inv_freq) {
-    __shared__ float sm_m[4], sm_l[4];
-    __shared__ float sm_acc[4][ND * 32];
-    const int s = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = tid >> 5, lane = tid & 31;
     const int slot = row_slot(rows, r), len = row_pos(rows, r) + 1;
     const int per = (len + splits - 1) / splits;
     const int p0 = s * per, p1 = min(len, p0 + per);
@@ -42,35 +56,34 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q, cons
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
     if (ROPE) {
-        __shared__ float sx[2][ND * 32];
         const float fpos = (float)(len - 1);
         const bool own = p0 <= len - 1 && len - 1 < p1;
         const float* kr = kin + ((size_t)r * kvh + kh) * hd;
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            sx[0][d] = qr[d];
-            if (own) sx[1][d] = kr[d];
+        for (int d = tid; d < hd; d += 128) {
+            sm.sx[0][d] = ld_act<CG>(qr + d);
+            if (own) sm.sx[1][d] = ld_act<CG>(kr + d);
         }
-        __syncthreads();
+        team_sync(bar, 128);
 #pragma unroll
         for (int i = 0; i < ND; ++i) {
             const int d = lane + 32 * i;
-            qv[i] = d < hd ? rope_at(sx[0], d, hd, fpos, inv_freq) : 0.0f;
+            qv[i] = d < hd ? rope_at(sm.sx[0], d, hd, fpos, inv_freq) : 0.0f;
             acc[i] = 0.0f;
         }
         if (own) {
             const float* vr = vin + ((size_t)r * kvh + kh) * hd;
             const size_t at = (size_t)(len - 1) * hd;
-            for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-                ((float*)K)[at + d] = rope_at(sx[1], d, hd, fpos, inv_freq);
-                ((float*)V)[at + d] = vr[d];
+            for (int d = tid; d < hd; d += 128) {
+                ((float*)K)[at + d] = rope_at(sm.sx[1], d, hd, fpos, inv_freq);
+                ((float*)V)[at + d] = ld_act<CG>(vr + d);
             }
         }
-        __syncthreads();  // this block's cache writes before its reads
+        team_sync(bar, 128);  // this item's cache writes before its reads
     } else {
 #pragma unroll
         for (int i = 0; i < ND; ++i) {
             const int d = lane + 32 * i;
-            qv[i] = d < hd ? qr[d] : 0.0f;
+            qv[i] = d < hd ? ld_act<CG>(qr + d) : 0.0f;
             acc[i] = 0.0f;
         }
     }
@@ -124,23 +137,23 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q, cons
         m = mn;
     }
     if (lane == 0) {
-        sm_m[warp] = m;
-        sm_l[warp] = l;
+        sm.m[warp] = m;
+        sm.l[warp] = l;
     }
 #pragma unroll
-    for (int i = 0; i < ND; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
-    __syncthreads();
-    const float M = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3]));
+    for (int i = 0; i < ND; ++i) sm.acc[warp][lane + 32 * i] = acc[i];
+    team_sync(bar, 128);
+    const float M = fmaxf(fmaxf(sm.m[0], sm.m[1]), fmaxf(sm.m[2], sm.m[3]));
     float f[4], L = 0.0f;
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
-        f[w] = sm_m[w] == NEG_INF ? 0.0f : expf(sm_m[w] - M);
-        L += sm_l[w] * f[w];
+        f[w] = sm.m[w] == NEG_INF ? 0.0f : expf(sm.m[w] - M);
+        L += sm.l[w] * f[w];
     }
     const size_t o = ((size_t)r * heads + h) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        const float A = sm_acc[0][d] * f[0] + sm_acc[1][d] * f[1] + sm_acc[2][d] * f[2] +
-                        sm_acc[3][d] * f[3];
+    for (int d = tid; d < hd; d += 128) {
+        const float A = sm.acc[0][d] * f[0] + sm.acc[1][d] * f[1] + sm.acc[2][d] * f[2] +
+                        sm.acc[3][d] * f[3];
         if (splits == 1) {
             out[o + d] = A / L;
         } else {
@@ -152,6 +165,20 @@ __device__ __forceinline__ void attention_body(const float* __restrict__ q, cons
             }
         }
     }
+    team_sync(bar, 128);  // sm is reused by the next item
+}
+
+template <int ND, bool ROPE>
+__device__ __forceinline__ void attention_body(const float* q, const float* kc, const float* vc,
+                                               float* out, float* part, const RowsArg& rows,
+                                               int layer, int slots, int max_seq, int heads,
+                                               int kvh, int hd, float scale, int splits,
+                                               const float* kin, const float* vin,
+                                               const float* __restrict__ inv_freq) {
+    __shared__ AttnSmem<ND> sm;
+    attention_item<ND, ROPE, false>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0, q,
+                                    kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh,
+                                    hd, scale, splits, kin, vin, inv_freq);
 }
 
 #define ATTN_KERNEL(ND)                                                                        \
@@ -180,20 +207,49 @@ ATTN_KERNEL(2)
 ATTN_KERNEL(4)
 ATTN_KERNEL(8)
 
+// Merges the `splits` partials of head h, row r into out; thread d < hd computes value d. CG:
+// the partials were written earlier in the same kernel by other blocks. Partials are loaded 8
+// splits at a time (independent loads, one memory round trip per 8) and summed in split order.
+template <bool CG>
+__device__ __forceinline__ void attn_combine_head(const float* part, float* out, int h, int r,
+                                                  int heads, int hd, int splits, int d) {
+    const int st = hd + 2;
+    const float* pp = part + ((size_t)r * heads + h) * splits * st;
+    float M = NEG_INF;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+        float ms[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u)
+            ms[u] = s0 + u < splits ? ld_act<CG>(pp + (s0 + u) * st) : NEG_INF;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) M = fmaxf(M, ms[u]);
+    }
+    float L = 0.0f, A = 0.0f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+        float ms[8], ls[8], as[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const float* ps = pp + (s0 + u) * st;
+            const bool ok = s0 + u < splits;
+            ms[u] = ok ? ld_act<CG>(ps) : NEG_INF;
+            ls[u] = ok ? ld_act<CG>(ps + 1) : 0.0f;
+            as[u] = ok && d < hd ? ld_act<CG>(ps + 2 + d) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            if (s0 + u < splits) {
+                const float f = ms[u] == NEG_INF ? 0.0f : expf(ms[u] - M);
+                L += ls[u] * f;
+                if (d < hd) A += as[u] * f;
+            }
+        }
+    }
+    if (d < hd) out[((size_t)r * heads + h) * hd + d] = A / L;
+}
+
 // Merges the splits of attention: grid (heads, rows), block >= hd threads.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,
                                         int heads, int hd, int splits) {
     PDL_ENTER();
-    const int h = blockIdx.x, r = blockIdx.y, d = threadIdx.x;
-    const float* pp = part + ((size_t)r * heads + h) * splits * (hd + 2);
-    float M = NEG_INF;
-    for (int s = 0; s < splits; ++s) M = fmaxf(M, pp[s * (hd + 2)]);
-    float L = 0.0f, A = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-        const float ms = pp[s * (hd + 2)];
-        const float f = ms == NEG_INF ? 0.0f : expf(ms - M);
-        L += pp[s * (hd + 2) + 1] * f;
-        if (d < hd) A += pp[s * (hd + 2) + 2 + d] * f;
-    }
-    if (d < hd) out[((size_t)r * heads + h) * hd + d] = A / L;
+    attn_combine_head<false>(part, out, blockIdx.x, blockIdx.y, heads, hd, splits, threadIdx.x);
 }

@@ -146,3 +146,13 @@ __device__ __forceinline__ int block_sum_i(int v, int* red) {
     v = lane < nw ? red[lane] : 0;
     return warp_sum_i(v);
 }
+
+// Barrier of the `n` threads of one team: the whole CUDA block (id 0), or one of several
+// independent teams inside a CUDA block (named barrier id > 0: gemv_norm.cu, decode.cu).
+__device__ __forceinline__ void team_sync(int id, int n) {
+    if (id == 0) {
+        __syncthreads();
+    } else {
+        asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+    }
+}

@@ -42,16 +42,6 @@ __device__ __forceinline__ void gemv_fetch(uint4 (&w)[U], const uint4* wt, int c
     }
 }
 
-// Barrier of the `n` threads running one GEMV block: the whole CUDA block (id 0), or one of
-// several independent GEMV blocks inside a CUDA block (named barrier id > 0, see gemv_norm.cu).
-__device__ __forceinline__ void gemv_sync(int id, int n) {
-    if (id == 0) {
-        __syncthreads();
-    } else {
-        asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
-    }
-}
-
 // The weight batches a GEMV block of 128 * groups threads walks, in order: tiles vb, vb + nvb,
 // ... below `tiles`, each in `nb` batches; batch j of a tile is U chunks ks + cs * (U j + u) of
 // this thread's row r of it (thread tid: r = tid % 8, k-slot ks = tid % 128 / 8 + 16 * (tid /
@@ -93,7 +83,7 @@ struct GemvWalk {
 // sums sx (token m's sum is sx[m * sx_parts ..] summed over sx_parts parts); the first two
 // batches already fetched into w0, w1 (GemvWalk::prefetch). Two batches are in flight while one
 // is multiplied: the next batch is fetched before the current one is waited for. `red` holds
-// 4 * groups warps' partial sums; `bar` / the block's thread count name its barrier (gemv_sync).
+// 4 * groups warps' partial sums; `bar` / the block's thread count name its barrier (team_sync).
 template <int M, bool SMEM, int U>
 __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, const float* sa,
                                            const int* sx, int sx_parts, const OutArg& o, int kp,
@@ -138,13 +128,13 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
             if (lane < 8) red[warp][m][lane] = v;
             acc[m] = 0;
         }
-        gemv_sync(bar, 128 * groups);
+        team_sync(bar, 128 * groups);
         if (tid < 8 * M) {
             int s = 0;
             for (int w = 0; w < 4 * groups; ++w) s += red[w][mine][tid & 7];
             store_row(o, mine, a.tile * 8 + (tid & 7), s, sxm, sam);
         }
-        gemv_sync(bar, 128 * groups);  // red is rewritten by the next tile
+        team_sync(bar, 128 * groups);  // red is rewritten by the next tile
     };
     // Each buffer is refilled as soon as it is multiplied, before the tile's reduction. The
     // two halves of the loop differ only in the buffer; written once as a lambda called on each,

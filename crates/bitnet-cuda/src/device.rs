@@ -115,7 +115,7 @@ kernels! {
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
-    sample_rows: "sample_rows",
+    sample_rows: "sample_rows", decode_layers: "decode_layers",
 }
 
 impl Kernels {
@@ -266,6 +266,11 @@ impl Gpu {
     /// ([`crate::ops::rope_attention`]; off with `BITNET_CUDA_FUSE_ROPE=0`).
     pub fn fuse_rope(&self) -> bool {
         self.prog.knobs.fuse_rope()
+    }
+    /// True when a one-token step may run every layer in one kernel
+    /// ([`crate::ops::decode_layers`]; on with `BITNET_CUDA_ONE_KERNEL=1`, off by default).
+    pub fn one_kernel_decode(&self) -> bool {
+        self.prog.knobs.one_kernel()
     }
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {

@@ -13,8 +13,8 @@ use std::ffi::c_void;
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Record {
     func: usize,
-    grid: (u32, u32, u32),
-    block: u32,
+    /// Grid, block and dynamic shared memory bytes.
+    dims: (crate::ops::Dims, u32),
     /// Argument bytes, each argument at `offsets[i]`, 8-byte aligned.
     bytes: Vec<u64>,
     offsets: Vec<usize>,
@@ -50,12 +50,11 @@ impl Record {
     unsafe fn fill(
         &mut self,
         func: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
+        dims: (crate::ops::Dims, u32),
         params: &[*mut c_void],
         sizes: &[usize],
     ) {
-        (self.func, self.grid, self.block) = (func as usize, grid, block);
+        (self.func, self.dims) = (func as usize, dims);
         self.offsets.clear();
         self.bytes.clear();
         let total: usize = sizes.iter().map(|s| s.div_ceil(8)).sum();
@@ -89,13 +88,7 @@ impl Record {
         // the buffers they point to are kept alive by their owners until the stream passes them
         // (the owners flush before freeing or reallocating anything a deferred launch uses).
         unsafe {
-            crate::ops::launch_on(
-                gpu,
-                self.func as sys::CUfunction,
-                self.grid,
-                self.block,
-                &mut params[..n],
-            )
+            crate::ops::launch_on(gpu, self.func as sys::CUfunction, self.dims, &mut params[..n])
         }
     }
 }
@@ -108,15 +101,14 @@ impl Recorder {
     pub(crate) unsafe fn record(
         &mut self,
         func: sys::CUfunction,
-        grid: (u32, u32, u32),
-        block: u32,
+        dims: (crate::ops::Dims, u32),
         params: &[*mut c_void],
         sizes: &[usize],
     ) {
         if self.len == self.ops.len() {
             self.ops.push(Record::default());
         }
-        self.ops[self.len].fill(func, grid, block, params, sizes);
+        self.ops[self.len].fill(func, dims, params, sizes);
         self.len += 1;
     }
 }

@@ -360,3 +360,56 @@ fn batched_decode_graphs_match_eager_launches_bit_for_bit() {
         assert!(same, "batch {batch}: last logits differ");
     }
 }
+
+/// One-token steps through the one-kernel layer stack (`Backend::decode_layers`) against the
+/// same model run layer by layer: the same tokens fed to both, logits bit for bit equal at every
+/// step (the kernel does the separate kernels' arithmetic and splits attention as they do),
+/// through attention splits (positions up to 155), a prefill in the middle, and over many
+/// launches (the kernel resets its barrier counters for the next one); on the tiny preset and on
+/// 2B-4T's layer shapes (2 layers).
+#[test]
+fn one_kernel_decode_matches_layer_by_layer() {
+    use bitnet_inference::models::{synthetic, Dims};
+    use bitnet_inference::runner::{ModelRunner, Runner};
+    if cuda().is_none() {
+        return;
+    }
+    let tiny = synthetic::preset("tiny").unwrap();
+    let wide = Dims { layers: 2, vocab: 1024, ..synthetic::preset("2b4t").unwrap() };
+    for (name, dims, steps) in [("tiny", tiny, 150), ("2b4t shapes", wide, 60)] {
+        let runner = |one: bool| {
+            let b = CudaBackend::new(0).unwrap().with_one_kernel_decode(one);
+            let model = synthetic::build(b, dims.clone(), 5, LmHeadMode::I8).unwrap();
+            ModelRunner::new(model, 256, 16).unwrap()
+        };
+        let (mut on, mut off) = (runner(true), runner(false));
+        if !on.model().one_kernel_decode() {
+            eprintln!("skipped {name}: this device does not run the one-kernel decode");
+            return;
+        }
+        assert!(!off.model().one_kernel_decode());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let prompt: Vec<u32> = (0..5).map(|i| i * 37 % 1000).collect();
+        on.forward(&prompt, 0, false, &mut a).unwrap();
+        off.forward(&prompt, 0, false, &mut b).unwrap();
+        let mut tok = 1u32;
+        let mut differ = Vec::new();
+        for pos in 5..5 + steps {
+            let ids: &[u32] = if pos == 30 { &[3, 4] } else { std::slice::from_ref(&tok) };
+            if pos == 31 {
+                continue;
+            }
+            on.forward(ids, pos, false, &mut a).unwrap();
+            off.forward(ids, pos, false, &mut b).unwrap();
+            if !a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) {
+                differ.push((pos, rel_err(&a, &b)));
+            }
+            tok = b
+                .iter()
+                .enumerate()
+                .fold((0, f32::MIN), |m, (i, &v)| if v > m.1 { (i, v) } else { m })
+                .0 as u32;
+        }
+        assert!(differ.is_empty(), "{name}: (position, |err| / max|logit|) {differ:?}");
+    }
+}

@@ -5,7 +5,8 @@
 //! over the packed weight bytes, and the percentage of the measured device copy bandwidth; then
 //! the same for cuBLAS bf16 (`cublasGemmEx`, N x K times a K-vector), the 8-token GEMV and the
 //! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I] [--rows N (only shapes of N rows)]
-//! [--shapes NxK,... (only the one-token GEMV at these shapes)]`.
+//! [--shapes NxK,... (only the one-token GEMV at these shapes)] [--stack POS (only the one-kernel
+//! decode step at position POS)]`.
 
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
@@ -14,6 +15,9 @@ use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{self, DeviceTernary, LmI8, LmKernel, QuantActs};
 use bitnet_cuda::Gpu;
 use std::sync::Arc;
+
+#[path = "kernel_bench/stack.rs"]
+mod stack;
 
 const SHAPES: [(usize, usize); 6] =
     [(2560, 2560), (3840, 2560), (13824, 2560), (2560, 6912), (640, 2560), (6912, 2560)];
@@ -264,6 +268,9 @@ fn run() -> Result<()> {
     let t = Timer::new(&gpu)?;
     let copy = copy_bandwidth(&gpu, &t)?;
     println!("device copy: {:.0} GB/s (bytes read + written)", copy / 1e9);
+    if args.iter().any(|a| a == "--stack") {
+        return stack::bench_stack(&gpu, &t, arg("--stack", 128)?, iters.min(100));
+    }
     if let Some(i) = args.iter().position(|a| a == "--shapes") {
         let list = args.get(i + 1).ok_or_else(|| Error::invalid("--shapes needs NxK[,NxK...]"))?;
         return sweep_shapes(&gpu, &t, list, iters, copy);

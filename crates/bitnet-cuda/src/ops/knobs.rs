@@ -19,6 +19,8 @@ pub(crate) struct Knobs {
     /// `BITNET_CUDA_FUSE_ROPE=0`: decode RoPE and the KV store run as their own kernel, not
     /// inside attention.
     unfused_rope: bool,
+    /// `BITNET_CUDA_ONE_KERNEL=1`: one-token steps run every layer in one persistent kernel.
+    one_kernel: bool,
 }
 
 impl Knobs {
@@ -32,6 +34,7 @@ impl Knobs {
             gemv_max: num("BITNET_GEMV_MAX_M"),
             unfused_norms: std::env::var("BITNET_CUDA_FUSE_NORM").is_ok_and(|v| v == "0"),
             unfused_rope: std::env::var("BITNET_CUDA_FUSE_ROPE").is_ok_and(|v| v == "0"),
+            one_kernel: std::env::var("BITNET_CUDA_ONE_KERNEL").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -43,6 +46,12 @@ impl Knobs {
     /// Whether a decode step's RoPE and KV store run inside attention (default on).
     pub(crate) fn fuse_rope(&self) -> bool {
         !self.unfused_rope
+    }
+
+    /// Whether a one-token step runs every layer in one kernel. Default off: on the H200 it is
+    /// bit-identical to the layer-by-layer path but slower (NOTES.md: 819 against 930 tok/s).
+    pub(crate) fn one_kernel(&self) -> bool {
+        self.one_kernel
     }
 
     /// Most tokens a projection runs on the GEMV (1..=8). Default 4 (H100, NOTES.md): batch-4

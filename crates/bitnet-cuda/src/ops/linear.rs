@@ -364,14 +364,26 @@ pub(super) fn out_arg(
             w.segs.len()
         )));
     }
+    for (&(n, _, _), y) in w.segs.iter().zip(outs.iter()) {
+        need(y.len(), rows * n, "ternary matmul output")?;
+    }
+    let mut ptrs = [0u64; MAX_SEGMENTS];
+    for (p, y) in ptrs.iter_mut().zip(outs.iter()) {
+        *p = dptr(gpu, &**y);
+    }
+    Ok(out_arg_at(w, ptrs))
+}
+
+/// The output segments of `w` written to the device addresses `ptrs` (one per stacked matrix,
+/// each of room for its rows: the caller's check).
+pub(super) fn out_arg_at(w: &DeviceTernary, ptrs: [u64; MAX_SEGMENTS]) -> OutArg {
     let mut o = OutArg { segs: w.segs.len() as i32, ..Default::default() };
     let mut off = 0;
-    for (j, (&(n, np, s), y)) in w.segs.iter().zip(outs.iter()).enumerate() {
-        need(y.len(), rows * n, "ternary matmul output")?;
-        (o.y[j], o.n[j], o.off[j], o.s[j]) = (dptr(gpu, &**y), n as i32, off as i32, s);
+    for (j, &(n, np, s)) in w.segs.iter().enumerate() {
+        (o.y[j], o.n[j], o.off[j], o.s[j]) = (ptrs[j], n as i32, off as i32, s);
         off += np;
     }
-    Ok(o)
+    o
 }
 
 /// Weight rows per GEMM block (`GEMM_ROWS` in gemm.cu).

@@ -7,6 +7,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, ValidAsZero
 use std::ffi::c_void;
 
 mod attn;
+mod decode;
 mod fused;
 mod knobs;
 mod linear;
@@ -17,6 +18,9 @@ mod sample;
 pub use attn::{
     attention, attention_part_len, attention_splits, rope, rope_attention, rope_store,
     slots_distinct, store_kv, CacheDims,
+};
+pub use decode::{
+    decode_layers, DecodeStack, StackDims, StackLayer, DECODE_MAX_WIDTH, DECODE_STAMPS,
 };
 pub use fused::{norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
 pub(crate) use knobs::Knobs;
@@ -160,8 +164,8 @@ pub fn download<T: DeviceRepr>(gpu: &Gpu, src: &CudaSlice<T>, out: &mut [T]) -> 
     gpu.sync()
 }
 
-/// Grid / block / dynamic shared memory of a launch.
-#[derive(Clone, Copy, Debug)]
+/// Grid and block of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Dims {
     pub grid: (u32, u32, u32),
     pub block: u32,
@@ -177,6 +181,7 @@ pub(crate) unsafe fn launch_raw(
     gpu: &Gpu,
     f: &CudaFunction,
     d: Dims,
+    smem: u32,
     params: &mut [*mut c_void],
     sizes: &[usize],
 ) -> Result<()> {
@@ -187,12 +192,12 @@ pub(crate) unsafe fn launch_raw(
         let mut rec = gpu.recorder();
         if rec.active {
             // SAFETY: `params[i]` points to `sizes[i]` bytes (this function's contract).
-            unsafe { rec.record(f.cu_function(), d.grid, d.block, params, sizes) };
+            unsafe { rec.record(f.cu_function(), (d, smem), params, sizes) };
             return Ok(());
         }
     }
     gpu.bind()?;
-    launch_on(gpu, f.cu_function(), d.grid, d.block, params)
+    launch_on(gpu, f.cu_function(), (d, smem), params)
 }
 
 /// Launches `f` on `gpu`'s stream with the programmatic-dependent-launch attribute when the
@@ -203,8 +208,7 @@ pub(crate) unsafe fn launch_raw(
 pub(crate) unsafe fn launch_on(
     gpu: &Gpu,
     f: cudarc::driver::sys::CUfunction,
-    grid: (u32, u32, u32),
-    block: u32,
+    (Dims { grid, block }, smem): (Dims, u32),
     params: &mut [*mut c_void],
 ) -> Result<()> {
     use cudarc::driver::sys;
@@ -219,7 +223,7 @@ pub(crate) unsafe fn launch_on(
         blockDimX: block,
         blockDimY: 1,
         blockDimZ: 1,
-        sharedMemBytes: 0,
+        sharedMemBytes: smem,
         hStream: gpu.stream().cu_stream(),
         attrs: &mut attr,
         numAttrs: u32::from(gpu.pdl()),
@@ -230,15 +234,19 @@ pub(crate) unsafe fn launch_on(
         .map_err(|e| dev_err("kernel launch", e))
 }
 
-/// `launch!(gpu, func, dims; a, b, c)`: launches with the local variables `a, b, c` as arguments.
+/// `launch!(gpu, func, dims; a, b, c)`: launches with the local variables `a, b, c` as arguments;
+/// `launch!(gpu, func, dims, smem; ...)` with `smem` bytes of dynamic shared memory.
 macro_rules! launch {
-    ($gpu:expr, $f:expr, $dims:expr; $($arg:ident),+ $(,)?) => {{
+    ($gpu:expr, $f:expr, $dims:expr; $($arg:ident),+ $(,)?) => {
+        $crate::ops::launch!($gpu, $f, $dims, 0; $($arg),+)
+    };
+    ($gpu:expr, $f:expr, $dims:expr, $smem:expr; $($arg:ident),+ $(,)?) => {{
         let mut params = [$(std::ptr::addr_of!($arg) as *mut std::ffi::c_void),+];
         let sizes = [$(std::mem::size_of_val(&$arg)),+];
         // SAFETY: see the caller's comment: argument types match the kernel and buffer lengths
         // were checked; the argument locals outlive this call (the driver or the recorder copies
         // them).
-        unsafe { $crate::ops::launch_raw($gpu, $f, $dims, &mut params, &sizes) }
+        unsafe { $crate::ops::launch_raw($gpu, $f, $dims, $smem, &mut params, &sizes) }
     }};
 }
 pub(crate) use launch;

@@ -123,6 +123,7 @@ impl Backend for CpuBackend {
     type Embedding = DenseMatrix;
     type LmHead = CpuLmHead;
     type Cache = CpuCache;
+    type Stack = ();
 
     fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
         let Some(p) = &self.profile else { return Vec::new() };

@@ -24,12 +24,14 @@ use support::{cache_fits, i32_of, norm_width, with_data};
 
 use super::{
     AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, RowPos,
+    StackParts, StackShape,
 };
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{
-    self, CacheDims, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, QuantActs, Ticket,
+    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, QuantActs,
+    StackDims, StackLayer, Ticket,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -48,6 +50,8 @@ pub struct CudaBackend {
     ticket: Ticket,
     scratch: Mutex<Scratch>,
     profile: Option<profile::Profiler>,
+    /// One-token steps run every layer in one kernel where the model fits it.
+    one_kernel: bool,
 }
 
 /// Reused device buffers and small host staging vectors.
@@ -110,6 +114,7 @@ impl CudaBackend {
         let gpu = Gpu::open(ordinal)?;
         let b = CudaBackend {
             ticket: Ticket::new(&gpu)?,
+            one_kernel: gpu.one_kernel_decode(),
             gpu,
             scratch: Mutex::new(Scratch::default()),
             profile: None,
@@ -145,6 +150,13 @@ impl CudaBackend {
         }
         self
     }
+    /// Turns the one-kernel decode step on or off for models loaded afterwards (default off;
+    /// `BITNET_CUDA_ONE_KERNEL=1` turns it on where the model fits it): see
+    /// [`Backend::decode_layers`].
+    pub fn with_one_kernel_decode(mut self, on: bool) -> Self {
+        self.one_kernel = on;
+        self
+    }
     /// Issues any deferred launches one by one (before anything that must not be reordered).
     fn settle(&self) -> Result<()> {
         lock(&self.scratch).end_step(&self.gpu, false)
@@ -157,6 +169,7 @@ impl Backend for CudaBackend {
     type Embedding = EmbedTable;
     type LmHead = CudaLmHead;
     type Cache = CudaCache;
+    type Stack = DecodeStack;
 
     fn take_profile(&self) -> Vec<(&'static str, f64, u64)> {
         self.profile.as_ref().map(|p| p.take()).unwrap_or_default()
@@ -233,6 +246,46 @@ impl Backend for CudaBackend {
         };
         let n = dims.len()?;
         Ok(CudaCache { dims, k: ops::zeros(&self.gpu, n)?, v: ops::zeros(&self.gpu, n)? })
+    }
+
+    fn prepare_stack(
+        &self,
+        layers: &[StackParts<'_, Self>],
+        shape: StackShape,
+    ) -> Result<Option<Self::Stack>> {
+        if !self.one_kernel {
+            return Ok(None);
+        }
+        self.settle()?;
+        let parts: Vec<StackLayer<'_>> = layers
+            .iter()
+            .map(|l| StackLayer { mats: l.mats.map(|m| &m.0), norms: l.norms.map(|n| &n.data) })
+            .collect();
+        let AttnShape { heads, kv_heads, head_dim } = shape.attn;
+        let (hidden, inter, eps) = (shape.hidden, shape.intermediate, shape.eps);
+        let dims = StackDims { hidden, inter, heads, kv_heads, head_dim, eps };
+        match DecodeStack::new(&self.gpu, &parts, dims) {
+            Ok(s) => Ok(Some(s)),
+            Err(Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn decode_layers(
+        &self,
+        stack: &Self::Stack,
+        x: &mut Self::Buf,
+        cache: &mut Self::Cache,
+        row: RowPos,
+        theta: f32,
+    ) -> Result<()> {
+        self.timed(11, || {
+            let mut s = lock(&self.scratch);
+            let a = s.rows(&self.gpu, &[row])?;
+            let f = s.inv_freq(&self.gpu, theta, cache.dims.head_dim)?;
+            let c = &mut *cache;
+            ops::decode_layers(&self.gpu, stack, x.touched(), &mut c.k, &mut c.v, &c.dims, &a, f)
+        })
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {

@@ -92,6 +92,8 @@ pub trait Backend: Send + Sync {
     type LmHead: Send + Sync;
     /// The KV cache for every layer and slot.
     type Cache: Send;
+    /// A whole layer stack prepared to run one token in one go ([`Backend::prepare_stack`]).
+    type Stack: Send + Sync;
 
     /// A short description (device name, kernel variant, threads).
     fn describe(&self) -> String;
@@ -121,6 +123,32 @@ pub trait Backend: Send + Sync {
     fn lm_head(&self, table: DenseMatrix, mode: LmHeadMode) -> Result<Self::LmHead>;
     /// Allocates the KV cache.
     fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache>;
+
+    /// Prepares `layers` (every layer of a model, in order) for [`Backend::decode_layers`], where
+    /// the backend runs one token through all of them at once; `None` where it does not (or not
+    /// for these shapes): the layers then run op by op.
+    fn prepare_stack(
+        &self,
+        layers: &[StackParts<'_, Self>],
+        shape: StackShape,
+    ) -> Result<Option<Self::Stack>> {
+        let _ = (layers, shape);
+        Ok(None)
+    }
+    /// One token through every layer of `stack`: `x` holds its hidden state (one row) and ends
+    /// as the last layer's output (residual added); the token sits at `row`, and each layer's
+    /// key and value go into `cache` as [`Backend::rope_store_kv`] puts them.
+    fn decode_layers(
+        &self,
+        stack: &Self::Stack,
+        x: &mut Self::Buf,
+        cache: &mut Self::Cache,
+        row: RowPos,
+        theta: f32,
+    ) -> Result<()> {
+        let _ = (stack, x, cache, row, theta);
+        Err(Error::unsupported(format!("one-kernel decode on {}", self.describe())))
+    }
 
     /// `out[r] = table[ids[r]]`.
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
@@ -334,6 +362,28 @@ pub trait Backend: Send + Sync {
     fn feed_sampled(&self, _on: bool) -> Result<()> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
+}
+
+/// One layer for [`Backend::prepare_stack`]: its norm weights (input, attention-sub,
+/// post-attention, FFN-sub) and projections (fused q/k/v, o, fused gate/up, down).
+pub struct StackParts<'a, B: Backend + ?Sized> {
+    /// Norm weights, in the order above.
+    pub norms: [&'a B::Buf; 4],
+    /// Projections, in the order above.
+    pub mats: [&'a B::Linear; 4],
+}
+
+/// The shape of a layer stack ([`Backend::prepare_stack`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StackShape {
+    /// Model width.
+    pub hidden: usize,
+    /// FFN width.
+    pub intermediate: usize,
+    /// Attention heads and head dimension.
+    pub attn: AttnShape,
+    /// RMSNorm epsilon.
+    pub eps: f32,
 }
 
 /// What an RMSNorm that feeds a projection normalizes (see [`Backend::norm_linear`]).

@@ -7,7 +7,9 @@
 //! ```
 //! Every projection is a BitLinear (per-token int8 activations x ternary weights).
 
-use crate::backend::{AttnShape, Backend, CacheShape, NormInput, NormSpec, RowPos};
+use crate::backend::{
+    AttnShape, Backend, CacheShape, NormInput, NormSpec, RowPos, StackParts, StackShape,
+};
 use bitnet_core::{Error, Result};
 
 /// The dimensions and constants of a BitNet model.
@@ -98,6 +100,8 @@ pub struct BitNetModel<B: Backend> {
     pub(crate) layers: Vec<Layer<B>>,
     pub(crate) norm: B::Buf,
     pub(crate) lm_head: B::LmHead,
+    /// The layers prepared to run one token at once, where the backend does that.
+    pub(crate) stack: Option<B::Stack>,
 }
 
 /// Which rows of a forward call produce logits.
@@ -153,6 +157,45 @@ impl<B: Backend> State<B> {
 }
 
 impl<B: Backend> BitNetModel<B> {
+    /// Assembles a model from its loaded parts (preparing the layer stack for one-token steps
+    /// where the backend runs them at once: [`Backend::prepare_stack`]).
+    pub(crate) fn new(
+        dims: Dims,
+        backend: B,
+        embed: B::Embedding,
+        layers: Vec<Layer<B>>,
+        norm: B::Buf,
+        lm_head: B::LmHead,
+    ) -> Result<Self> {
+        let parts: Option<Vec<StackParts<'_, B>>> = layers
+            .iter()
+            .map(|l| match (&l.qkv, &l.gate_up) {
+                (Proj::Fused(qkv), Proj::Fused(gu)) => Some(StackParts {
+                    norms: [&l.input_norm, &l.attn_sub_norm, &l.post_norm, &l.ffn_sub_norm],
+                    mats: [qkv, &l.o, gu, &l.down],
+                }),
+                _ => None,
+            })
+            .collect();
+        let d = &dims;
+        let shape = StackShape {
+            hidden: d.hidden,
+            intermediate: d.intermediate,
+            attn: AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim },
+            eps: d.eps,
+        };
+        let stack = match parts {
+            Some(p) if !p.is_empty() => backend.prepare_stack(&p, shape)?,
+            _ => None,
+        };
+        Ok(BitNetModel { dims, backend, embed, layers, norm, lm_head, stack })
+    }
+
+    /// Whether one-token steps run every layer at once ([`Backend::decode_layers`]).
+    pub fn one_kernel_decode(&self) -> bool {
+        self.stack.is_some()
+    }
+
     /// The model's dimensions.
     pub fn dims(&self) -> &Dims {
         &self.dims
@@ -224,8 +267,41 @@ impl<B: Backend> BitNetModel<B> {
                 r.pos, st.max_seq, r.slot, st.slots
             )));
         }
-        let attn = AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
         b.embed(&self.embed, ids, &mut st.x)?;
+        let pending = match (&self.stack, rows) {
+            (Some(stack), [row]) => {
+                b.decode_layers(stack, &mut st.x, &mut st.cache, *row, d.rope_theta)?;
+                false
+            }
+            _ => self.run_layers(st, rows)?,
+        };
+        // The last layer's residual add, fused into the final norm when every row is normed.
+        if matches!(which, LogitsFor::All) || n == 1 {
+            if pending {
+                let (x, y) = (&mut st.x, &st.tmp);
+                b.add_rms_norm(x, y, &self.norm, d.hidden, d.eps, n, &mut st.xn)?;
+            } else {
+                b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
+            }
+            b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
+            st.logit_rows = n;
+        } else {
+            if pending {
+                b.add(&mut st.x, &st.tmp, n * d.hidden)?;
+            }
+            b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
+            b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
+            b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
+            st.logit_rows = 1;
+        }
+        Ok(())
+    }
+
+    /// Every layer, op by op, over the embedded rows in `st.x`. Returns whether the last
+    /// layer's residual add is still pending (its output is in `st.tmp`).
+    fn run_layers(&self, st: &mut State<B>, rows: &[RowPos]) -> Result<bool> {
+        let (d, b, n) = (&self.dims, &self.backend, rows.len());
+        let attn = AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block (the previous layer's residual add fused into its input norm).
             let input = if li == 0 {
@@ -249,27 +325,7 @@ impl<B: Backend> BitNetModel<B> {
             let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
             b.norm_linear(norm, n, &mut st.xn, &l.down, &mut [&mut st.tmp])?;
         }
-        // The last layer's residual add, fused into the final norm when every row is normed.
-        let residual = !self.layers.is_empty();
-        if matches!(which, LogitsFor::All) || n == 1 {
-            if residual {
-                let (x, y) = (&mut st.x, &st.tmp);
-                b.add_rms_norm(x, y, &self.norm, d.hidden, d.eps, n, &mut st.xn)?;
-            } else {
-                b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
-            }
-            b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
-            st.logit_rows = n;
-        } else {
-            if residual {
-                b.add(&mut st.x, &st.tmp, n * d.hidden)?;
-            }
-            b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
-            b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
-            b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
-            st.logit_rows = 1;
-        }
-        Ok(())
+        Ok(!self.layers.is_empty())
     }
 
     /// Copies the logits of the last forward call (`logit_rows * vocab` values) to the host.

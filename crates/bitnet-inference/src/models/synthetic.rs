@@ -100,5 +100,5 @@ pub fn build<B: Backend>(
     let lm_head = backend.lm_head(emb.clone(), lm_mode)?;
     let embed = backend.embedding(emb)?;
     let norm = backend.upload(&vec![1.0; h])?;
-    Ok(BitNetModel { dims, backend, embed, layers, norm, lm_head })
+    BitNetModel::new(dims, backend, embed, layers, norm, lm_head)
 }

@@ -201,7 +201,7 @@ pub fn build<B: Backend>(
     check_table(&head, d, head_name)?;
     let lm_head = backend.lm_head(head, lm_mode)?;
     let embed = backend.embedding(emb)?;
-    Ok(BitNetModel { dims, backend, embed, layers, norm, lm_head })
+    BitNetModel::new(dims, backend, embed, layers, norm, lm_head)
 }
 
 fn check_table(m: &DenseMatrix, d: &Dims, name: &str) -> Result<()> {

@@ -8,7 +8,7 @@ use bitnet_cuda::Gpu;
 use std::sync::Mutex;
 
 /// Operations timed, in report order.
-pub(super) const OPS: [&str; 11] = [
+pub(super) const OPS: [&str; 12] = [
     "embed",
     "rms_norm",
     "add_rms_norm",
@@ -20,6 +20,7 @@ pub(super) const OPS: [&str; 11] = [
     "add/copy",
     "lm_head",
     "norm+bitlinear",
+    "all layers (one kernel)",
 ];
 
 /// Pending (operation, start, end) event pairs and the totals taken so far.
