@@ -49,7 +49,7 @@ impl Knobs {
     }
 
     /// Whether a one-token step runs every layer in one kernel. Default off: on the H200 it is
-    /// bit-identical to the layer-by-layer path but slower (NOTES.md: 819 against 930 tok/s).
+    /// bit-identical to the layer-by-layer path but slower (NOTES.md: tg64 817 against 929 tok/s).
     pub(crate) fn one_kernel(&self) -> bool {
         self.one_kernel
     }
