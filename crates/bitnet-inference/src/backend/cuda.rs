@@ -31,7 +31,7 @@ use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{
     self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, QuantActs,
-    StackDims, StackLayer, Ticket,
+    Ticket,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -257,18 +257,7 @@ impl Backend for CudaBackend {
             return Ok(None);
         }
         self.settle()?;
-        let parts: Vec<StackLayer<'_>> = layers
-            .iter()
-            .map(|l| StackLayer { mats: l.mats.map(|m| &m.0), norms: l.norms.map(|n| &n.data) })
-            .collect();
-        let AttnShape { heads, kv_heads, head_dim } = shape.attn;
-        let (hidden, inter, eps) = (shape.hidden, shape.intermediate, shape.eps);
-        let dims = StackDims { hidden, inter, heads, kv_heads, head_dim, eps };
-        match DecodeStack::new(&self.gpu, &parts, dims) {
-            Ok(s) => Ok(Some(s)),
-            Err(Error::Unsupported(_)) => Ok(None),
-            Err(e) => Err(e),
-        }
+        support::decode_stack(&self.gpu, layers, shape)
     }
 
     fn decode_layers(

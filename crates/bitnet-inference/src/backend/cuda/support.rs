@@ -2,11 +2,11 @@
 //! that operations borrow.
 
 use super::{host, lock, CudaBackend, CudaBuf, Scratch};
-use crate::backend::{AttnShape, RowPos};
+use crate::backend::{AttnShape, RowPos, StackParts, StackShape};
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::padded_cols;
-use bitnet_cuda::ops::{self, CacheDims, QuantActs, RowsArg};
+use bitnet_cuda::ops::{self, CacheDims, DecodeStack, QuantActs, RowsArg, StackDims, StackLayer};
 use bitnet_cuda::Gpu;
 
 pub(super) fn i32_of(v: usize) -> Result<i32> {
@@ -109,5 +109,26 @@ impl CudaBackend {
             s.inv_freq(&self.gpu, theta, head_dim)?;
         }
         Ok((s, a, splits))
+    }
+}
+
+/// The layers as one persistent decode kernel runs them, or None where their shapes or the
+/// device do not fit it (`Backend::prepare_stack`).
+pub(super) fn decode_stack(
+    gpu: &Gpu,
+    layers: &[StackParts<'_, CudaBackend>],
+    shape: StackShape,
+) -> Result<Option<DecodeStack>> {
+    let parts: Vec<StackLayer<'_>> = layers
+        .iter()
+        .map(|l| StackLayer { mats: l.mats.map(|m| &m.0), norms: l.norms.map(|n| &n.data) })
+        .collect();
+    let AttnShape { heads, kv_heads, head_dim } = shape.attn;
+    let (hidden, inter, eps) = (shape.hidden, shape.intermediate, shape.eps);
+    let dims = StackDims { hidden, inter, heads, kv_heads, head_dim, eps };
+    match DecodeStack::new(gpu, &parts, dims) {
+        Ok(s) => Ok(Some(s)),
+        Err(Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
