@@ -199,7 +199,8 @@ __device__ __forceinline__ void dec_norm_weights(float (&wv)[DEC_MAX_D / DEC_THR
 // RMSNorm (weights wv) and BitLinear quantization of one row of d values into xs (zero from d
 // to kp), read through L2 (written by other blocks): x, or relu(x)^2 * y with `act`. Returns
 // the scale. Sums in the order of gemv_norm.cu's norm_to_smem. Σq is not needed: dec_gemv
-// subtracts each chunk's activations itself. Ends with a barrier (xs is complete).
+// subtracts each chunk's activations itself (dot_chunk with MINUS_SUM). Ends with a barrier
+// (xs is complete).
 __device__ __forceinline__ float dec_norm(const float* x, const float* y, int act,
                                           const float (&wv)[DEC_MAX_D / DEC_THREADS], int d,
                                           int kp, float eps, i8* xs, float* red1, float* red2) {
@@ -243,24 +244,6 @@ __device__ __forceinline__ float dec_norm(const float* x, const float* y, int ac
     return s;
 }
 
-// Σ (code - 1) · x over one chunk: dot_chunk's Σ code·x minus Σx (dp4a with -1 in every
-// byte), exact in integers, so the sum over a row is gemv.cu's acc - sx.
-__device__ __forceinline__ int dec_dot(const u32 (&d)[16], const int4* a, int acc) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const int4 av = a[j];
-        acc = __dp4a((int)d[4 * j + 0], av.x, acc);
-        acc = __dp4a((int)d[4 * j + 1], av.y, acc);
-        acc = __dp4a((int)d[4 * j + 2], av.z, acc);
-        acc = __dp4a((int)d[4 * j + 3], av.w, acc);
-        acc = __dp4a(-1, av.x, acc);
-        acc = __dp4a(-1, av.y, acc);
-        acc = __dp4a(-1, av.z, acc);
-        acc = __dp4a(-1, av.w, acc);
-    }
-    return acc;
-}
-
 // The block's tiles of m (in shared memory at `slot`) times xs, one round: teams of W warps
 // take one tile each (W = 1 when the block has more than 8 tiles, else 4 * the largest power of
 // two <= 8 / tiles, so that the 32 / W teams cover its tiles); lane l of a warp has row l % 8
@@ -285,7 +268,7 @@ __device__ __forceinline__ void dec_gemv(const DecMat& m, const uint4* slot, con
         for (int c = ks; c < kc; c += cs) {
             u32 d[16];
             decode_chunk(tw[(size_t)c * 8], d);
-            acc = dec_dot(d, (const int4*)(xs + (size_t)c * 64), acc);
+            acc = dot_chunk<true, true>(d, (const int4*)(xs + (size_t)c * 64), acc);
         }
         acc += __shfl_xor_sync(FULL_MASK, acc, 8);
         acc += __shfl_xor_sync(FULL_MASK, acc, 16);

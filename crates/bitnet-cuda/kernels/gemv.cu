@@ -15,8 +15,10 @@ __device__ __forceinline__ void decode_chunk(const uint4 w, u32 (&d)[16]) {
     }
 }
 
-// Activations from global memory (read-only path) or, when SMEM, from shared memory.
-template <bool SMEM>
+// acc + Σ code·x over one chunk. Activations from global memory (read-only path) or, when
+// SMEM, from shared memory. With MINUS_SUM, Σx is subtracted too (dp4a with -1 in every byte):
+// Σ (code - 1)·x = Σ w·x, exact in integers, so a row's sum needs no separate Σx (decode.cu).
+template <bool SMEM, bool MINUS_SUM = false>
 __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restrict__ a, int acc) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -25,6 +27,12 @@ __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restr
         acc = __dp4a((int)d[4 * j + 1], av.y, acc);
         acc = __dp4a((int)d[4 * j + 2], av.z, acc);
         acc = __dp4a((int)d[4 * j + 3], av.w, acc);
+        if (MINUS_SUM) {
+            acc = __dp4a(-1, av.x, acc);
+            acc = __dp4a(-1, av.y, acc);
+            acc = __dp4a(-1, av.z, acc);
+            acc = __dp4a(-1, av.w, acc);
+        }
     }
     return acc;
 }

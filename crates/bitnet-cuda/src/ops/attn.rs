@@ -148,14 +148,20 @@ pub fn store_kv(
 }
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
-/// context is `max_len`: enough blocks to fill the GPU twice, at least 16 positions per split of
-/// `max_len` rounded up to a power of two.
+/// context is `max_len`: enough blocks to fill the GPU twice ([`attention_split_limit`]), at
+/// least 16 positions per split of `max_len` rounded up to a power of two. (decode.cu's
+/// `dec_attention` computes the same on the device.)
 pub fn attention_splits(gpu: &Gpu, rows: usize, heads: usize, max_len: usize) -> usize {
-    let blocks = (rows * heads).max(1);
-    let want = (2 * gpu.info().sms as usize).div_ceil(blocks);
     // Lengths in power-of-two buckets: the count (a launch parameter) changes at most a few
     // times as a sequence grows, so decode-step graphs are rarely captured anew.
-    want.min(max_len.next_power_of_two().div_ceil(16)).clamp(1, 64)
+    attention_split_limit(gpu, rows, heads).min(max_len.next_power_of_two().div_ceil(16)).max(1)
+}
+
+/// The most splits [`attention_splits`] gives `rows` rows of `heads` heads (at long contexts):
+/// enough blocks to fill the GPU twice, 1 to 64.
+pub fn attention_split_limit(gpu: &Gpu, rows: usize, heads: usize) -> usize {
+    let blocks = (rows * heads).max(1);
+    (2 * gpu.info().sms as usize).div_ceil(blocks).clamp(1, 64)
 }
 
 /// Scratch values attention needs for `splits > 1`.

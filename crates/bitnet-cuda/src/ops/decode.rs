@@ -227,7 +227,7 @@ impl DecodeStack {
         }
         // Split as the separate attention kernels split one row (bit-identical results): their
         // limit, reached at long contexts.
-        let max_splits = super::attention_splits(gpu, 1, dims.heads, 1 << 20);
+        let max_splits = super::attention_split_limit(gpu, 1, dims.heads);
         Ok(DecodeStack {
             layers: upload(gpu, &host)?,
             nlayers: layers.len(),
@@ -262,11 +262,6 @@ impl DecodeStack {
     /// Blocks per launch (one per SM).
     pub fn blocks(&self) -> usize {
         self.grid as usize
-    }
-
-    /// Layers in the stack.
-    pub fn layers(&self) -> usize {
-        self.nlayers
     }
 }
 

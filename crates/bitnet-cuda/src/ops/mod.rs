@@ -16,8 +16,8 @@ mod misc;
 mod sample;
 
 pub use attn::{
-    attention, attention_part_len, attention_splits, rope, rope_attention, rope_store,
-    slots_distinct, store_kv, CacheDims,
+    attention, attention_part_len, attention_split_limit, attention_splits, rope, rope_attention,
+    rope_store, slots_distinct, store_kv, CacheDims,
 };
 pub use decode::{
     decode_layers, DecodeStack, StackDims, StackLayer, DECODE_MAX_WIDTH, DECODE_STAMPS,

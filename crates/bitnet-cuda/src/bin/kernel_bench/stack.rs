@@ -3,19 +3,17 @@
 //! POS. Prints µs per step and per layer, then where a layer's time goes, from the kernel's
 //! global-timer stamps (one stamped launch).
 
-use super::{Rng, Timer};
+use super::{device_weights, Rng, Timer};
 use bitnet_core::Result;
-use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{self, DeviceTernary, StackDims, StackLayer, DECODE_STAMPS};
 use bitnet_cuda::Gpu;
 use std::sync::Arc;
 
-fn ternary(gpu: &Gpu, rng: &mut Rng, rows: &[usize], cols: usize) -> Result<DeviceTernary> {
+/// Random ternary matrices of `rows` rows each and `cols` columns, stacked when several.
+fn ternary(gpu: &Arc<Gpu>, rng: &mut Rng, rows: &[usize], cols: usize) -> Result<DeviceTernary> {
     let mut parts = Vec::new();
     for &n in rows {
-        let w: Vec<i8> = (0..n * cols).map(|_| (rng.next() % 3) as i8 - 1).collect();
-        let s = 0.01 + (rng.next() % 100) as f32 * 1e-4;
-        parts.push(DeviceTernary::upload(gpu, &PackedTernary::pack(&w, n, cols)?, s)?);
+        parts.push(device_weights(gpu, rng, (n, cols), false)?.0.remove(0));
     }
     if parts.len() == 1 {
         return Ok(parts.remove(0));
