@@ -37,6 +37,46 @@ __device__ __forceinline__ int dot_chunk(const u32 (&d)[16], const int4* __restr
     return acc;
 }
 
+// dp4a with unsigned weight bytes and signed activation bytes.
+__device__ __forceinline__ int dp4a_us(u32 a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Σ code·x over one chunk without shifting the codes out: bit pair s of every byte, masked in
+// place, is 4^s · code, so acc[s] gathers 4^s times its part (exact in integers; masked_sum
+// divides it back out). One AND and one dp4a per four weights, against a shift, an AND and a
+// dp4a (decode_chunk + dot_chunk).
+template <bool SMEM>
+__device__ __forceinline__ void dot_masked(const uint4 w, const int4* __restrict__ a,
+                                           int (&acc)[4]) {
+    const u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int4 av = SMEM ? a[j] : __ldg(a + j);
+        acc[0] = dp4a_us(ws[j] & 0x03030303u, av.x, acc[0]);
+        acc[1] = dp4a_us(ws[j] & 0x0c0c0c0cu, av.y, acc[1]);
+        acc[2] = dp4a_us(ws[j] & 0x30303030u, av.z, acc[2]);
+        acc[3] = dp4a_us(ws[j] & 0xc0c0c0c0u, av.w, acc[3]);
+    }
+}
+
+// Σ code·x from dot_masked's four sums (each a multiple of its 4^s: the shifts are exact).
+__device__ __forceinline__ int masked_sum(const int (&acc)[4]) {
+    return acc[0] + (acc[1] >> 2) + (acc[2] >> 4) + (acc[3] >> 6);
+}
+
+// Which tokens counts multiply with dot_masked: one token (decode: H200 tg64 949 / 950 tok/s
+// against 925 / 927 with the shifts, fused gate/up 7.71 against 8.05 µs); more tokens keep the
+// shifts (four sums per token cost registers; batch 4 measured 1-2% slower masked).
+// -DGEMV_SHIFTS (BITNET_NVRTC_OPTIONS) shifts at one token too, for comparisons.
+#ifdef GEMV_SHIFTS
+#define GEMV_MASKED(M) false
+#else
+#define GEMV_MASKED(M) ((M) == 1)
+#endif
+
 // y[m][row] = (Σ code·xq[m] − Σxq[m]) / sa[m] · s_w for M tokens (see store_row).
 
 // Batch starting at chunk c0 (chunks c0, c0 + cs, ...) of the tile whose row base is wt.
@@ -106,21 +146,25 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         sam = sa[mine];
         for (int p = 0; p < sx_parts; ++p) sxm += sx[mine * sx_parts + p];
     }
-    int acc[M];
+    int acc[M][4];
 #pragma unroll
-    for (int m = 0; m < M; ++m) acc[m] = 0;
+    for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0;
     // Multiplies the batch w at position a into acc.
     auto multiply = [&](const uint4 (&w)[U], const typename GemvWalk<U>::At& a) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int c = g.ks + g.cs * (U * a.j + u);
             if (c < g.kc) {
-                u32 d[16];
-                decode_chunk(w[u], d);
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
                     const int4* x = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
-                    acc[m] = dot_chunk<SMEM>(d, x, acc[m]);
+                    if (GEMV_MASKED(M)) {
+                        dot_masked<SMEM>(w[u], x, acc[m]);
+                    } else {
+                        u32 d[16];
+                        decode_chunk(w[u], d);
+                        acc[m][0] = dot_chunk<SMEM>(d, x, acc[m][0]);
+                    }
                 }
             }
         }
@@ -130,11 +174,11 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         if (a.j != g.nb - 1) return;
 #pragma unroll
         for (int m = 0; m < M; ++m) {
-            int v = acc[m];
+            int v = GEMV_MASKED(M) ? masked_sum(acc[m]) : acc[m][0];
             v += __shfl_xor_sync(FULL_MASK, v, 8);
             v += __shfl_xor_sync(FULL_MASK, v, 16);
             if (lane < 8) red[warp][m][lane] = v;
-            acc[m] = 0;
+            acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0;
         }
         team_sync(bar, 128 * groups);
         if (tid < 8 * M) {
