@@ -105,15 +105,12 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;
 }
-__device__ __forceinline__ int warp_sum_i(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
+// Integer sums are exact in any order: one warp-reduction instruction (sm_80+).
+__device__ __forceinline__ int warp_sum_i(int v) { return __reduce_add_sync(FULL_MASK, v); }
+// Max of non-negative floats (no NaN): their bits order as unsigned integers, so one
+// warp-reduction instruction does it, exactly.
+__device__ __forceinline__ float warp_max_nonneg(float v) {
+    return __uint_as_float(__reduce_max_sync(FULL_MASK, __float_as_uint(v)));
 }
 
 // Block-wide reductions (blockDim.x a multiple of 32, at most 1024); `red` holds 32 values.
@@ -128,14 +125,15 @@ __device__ __forceinline__ float block_sum(float v, float* red, bool fresh = fal
     v = lane < nw ? red[lane] : 0.0f;
     return warp_sum(v);
 }
+// Max of non-negative values with no NaN (amax folded with fmaxf from 0: every caller).
 __device__ __forceinline__ float block_max(float v, float* red, bool fresh = false) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
+    v = warp_max_nonneg(v);
     if (!fresh) __syncthreads();
     if (lane == 0) red[warp] = v;
     __syncthreads();
     v = lane < nw ? red[lane] : 0.0f;
-    return warp_max(v);
+    return warp_max_nonneg(v);
 }
 __device__ __forceinline__ int block_sum_i(int v, int* red) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
