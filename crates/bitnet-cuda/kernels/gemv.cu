@@ -155,14 +155,15 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         for (int u = 0; u < U; ++u) {
             const int c = g.ks + g.cs * (U * a.j + u);
             if (c < g.kc) {
+                const i8* xc = xq + (size_t)c * 64;
+                if (GEMV_MASKED(M)) {
+                    dot_masked<SMEM>(w[u], (const int4*)xc, acc[0]);
+                } else {
+                    u32 d[16];
+                    decode_chunk(w[u], d);
 #pragma unroll
-                for (int m = 0; m < M; ++m) {
-                    const int4* x = (const int4*)(xq + (size_t)m * kp + (size_t)c * 64);
-                    if (GEMV_MASKED(M)) {
-                        dot_masked<SMEM>(w[u], x, acc[m]);
-                    } else {
-                        u32 d[16];
-                        decode_chunk(w[u], d);
+                    for (int m = 0; m < M; ++m) {
+                        const int4* x = (const int4*)(xc + (size_t)m * kp);
                         acc[m][0] = dot_chunk<SMEM>(d, x, acc[m][0]);
                     }
                 }
