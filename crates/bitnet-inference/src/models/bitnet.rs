@@ -37,6 +37,13 @@ pub struct Dims {
     pub rope_theta: f32,
 }
 
+impl Dims {
+    /// The attention heads and head width.
+    pub(crate) fn attn(&self) -> AttnShape {
+        AttnShape { heads: self.heads, kv_heads: self.kv_heads, head_dim: self.head_dim }
+    }
+}
+
 pub(crate) struct Layer<B: Backend> {
     pub input_norm: B::Buf,
     pub post_norm: B::Buf,
@@ -181,7 +188,7 @@ impl<B: Backend> BitNetModel<B> {
         let shape = StackShape {
             hidden: d.hidden,
             intermediate: d.intermediate,
-            attn: AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim },
+            attn: d.attn(),
             eps: d.eps,
         };
         let stack = match parts {
@@ -301,7 +308,7 @@ impl<B: Backend> BitNetModel<B> {
     /// layer's residual add is still pending (its output is in `st.tmp`).
     fn run_layers(&self, st: &mut State<B>, rows: &[RowPos]) -> Result<bool> {
         let (d, b, n) = (&self.dims, &self.backend, rows.len());
-        let attn = AttnShape { heads: d.heads, kv_heads: d.kv_heads, head_dim: d.head_dim };
+        let attn = d.attn();
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block (the previous layer's residual add fused into its input norm).
             let input = if li == 0 {
