@@ -13,7 +13,7 @@
 // 8192 / (256 * SUBS) values per thread.
 #define GEMV_NORM_MAX 8192
 
-// The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_input:
+// The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
 // x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y (act).
 struct NormArg {
     float* x;
@@ -55,13 +55,10 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     const int tid = threadIdx.x, nt = blockDim.x;
     const bool residual = n.y != 0 && !n.act;
     float v[PER];
+    norm_inputs<PER>(v, n.x, n.y, n.act, n.d);
     float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        const int i = tid + j * nt;
-        v[j] = i < n.d ? norm_input(n.x, n.y, n.act, i) : 0.0f;
-        ss += v[j] * v[j];
-    }
+    for (int j = 0; j < PER; ++j) ss += v[j] * v[j];
     ss = block_sum(ss, red1, true);
     // Every thread of this block has read x (the sum used it): for a residual, take a ticket
     // now; its number is looked at only at the end, so its latency hides behind the GEMV.
