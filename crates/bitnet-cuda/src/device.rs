@@ -257,10 +257,10 @@ impl Gpu {
     pub(crate) fn knobs(&self) -> &crate::ops::Knobs {
         &self.prog.knobs
     }
-    /// True when one token's RMSNorm runs inside the GEMV that reads it
+    /// True when one token's RMSNorm runs inside the GEMV of `weights` weights that reads it
     /// ([`crate::ops::norm_ternary_gemv`]; off with `BITNET_CUDA_FUSE_NORM=0`).
-    pub fn fuse_norms(&self) -> bool {
-        self.prog.knobs.fuse_norms()
+    pub fn fuse_norm(&self, weights: usize) -> bool {
+        self.prog.knobs.fuse_norm(weights)
     }
     /// True when a decode step's RoPE and KV store run inside attention
     /// ([`crate::ops::rope_attention`]; off with `BITNET_CUDA_FUSE_ROPE=0`).

@@ -14,8 +14,9 @@ pub(crate) struct Knobs {
     pub(crate) lm_simt: bool,
     /// `BITNET_GEMV_MAX_M`: most tokens the GEMV takes (more go to the tensor-core GEMM).
     gemv_max: Option<usize>,
-    /// `BITNET_CUDA_FUSE_NORM=0`: one-token norms run as their own kernel, not inside the GEMV.
-    unfused_norms: bool,
+    /// `BITNET_CUDA_FUSE_NORM`: `0`: one-token norms run as their own kernel, not inside the
+    /// GEMV; a larger number: only projections of at least that many weights fuse their norm.
+    fuse_norm_min: Option<usize>,
     /// `BITNET_CUDA_FUSE_ROPE=0`: decode RoPE and the KV store run as their own kernel, not
     /// inside attention.
     unfused_rope: bool,
@@ -32,15 +33,20 @@ impl Knobs {
             gemm_bps: num("BITNET_GEMM_BPS"),
             lm_simt: std::env::var("BITNET_CUDA_LM").is_ok_and(|v| v == "simt"),
             gemv_max: num("BITNET_GEMV_MAX_M"),
-            unfused_norms: std::env::var("BITNET_CUDA_FUSE_NORM").is_ok_and(|v| v == "0"),
+            fuse_norm_min: num("BITNET_CUDA_FUSE_NORM"),
             unfused_rope: std::env::var("BITNET_CUDA_FUSE_ROPE").is_ok_and(|v| v == "0"),
             one_kernel: std::env::var("BITNET_CUDA_ONE_KERNEL").is_ok_and(|v| v == "1"),
         }
     }
 
-    /// Whether one token's RMSNorm runs inside the GEMV that reads it (default on).
-    pub(crate) fn fuse_norms(&self) -> bool {
-        !self.unfused_norms
+    /// Whether one token's RMSNorm runs inside the GEMV of `weights` weights that reads it
+    /// (default: always).
+    pub(crate) fn fuse_norm(&self, weights: usize) -> bool {
+        match self.fuse_norm_min {
+            Some(0) => false,
+            Some(min) => weights >= min,
+            None => true,
+        }
     }
 
     /// Whether a decode step's RoPE and KV store run inside attention (default on).
@@ -78,5 +84,20 @@ impl Knobs {
     /// Blocks per SM the split-K GEMM aims at.
     pub(crate) fn split_blocks_per_sm(&self) -> usize {
         self.gemm_bps.unwrap_or(3).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Knobs;
+
+    #[test]
+    fn fuse_norm_threshold() {
+        let with = |min| Knobs { fuse_norm_min: min, ..Knobs::default() };
+        assert!(with(None).fuse_norm(1));
+        assert!(!with(Some(0)).fuse_norm(usize::MAX));
+        assert!(with(Some(1)).fuse_norm(1));
+        let big = with(Some(16_000_000));
+        assert!(!big.fuse_norm(3840 * 2560) && big.fuse_norm(13824 * 2560));
     }
 }

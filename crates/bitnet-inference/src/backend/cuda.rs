@@ -369,7 +369,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         let (w, d) = (&proj.0, norm.weight.len);
         let fits = d == norm.width && w.cols() == d && d <= ops::NORM_GEMV_MAX_COLS;
-        if rows != 1 || !fits || !self.gpu.fuse_norms() {
+        if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
             return super::norm_then_linear(self, norm, rows, xn, proj, outs);
         }
         self.timed(10, || {
