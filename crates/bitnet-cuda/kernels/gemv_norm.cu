@@ -36,7 +36,7 @@ template <int PER>
 __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, int d) {
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (j * (int)blockDim.x >= d) break;  // uniform: the block's remaining slots are past d
+        if (slots_past(j, d)) break;
         const int i = threadIdx.x + j * blockDim.x;
         if (i < d) {
             const u32 dst = (u32)__cvta_generic_to_shared(wsm + i);
@@ -57,12 +57,12 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     const bool residual = n.y != 0 && !n.act;
     float v[PER];
     norm_inputs<PER, true>(v, n.x, n.y, n.act, n.d);
-    // Slots wholly past d (or kp) are skipped by branches the whole block takes: with PER = 8
-    // for every width, a 2560-wide row would otherwise issue five dead slots of each loop.
+    // Slots past d (or kp) are skipped (slots_past): with PER = 8 for every width, a 2560-wide
+    // row would otherwise issue five dead slots of each loop.
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (j * nt >= n.d) break;
+        if (slots_past(j, n.d)) break;
         ss += v[j] * v[j];
     }
     ss = block_sum(ss, red1, true);
@@ -74,7 +74,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (j * nt >= n.d) break;
+        if (slots_past(j, n.d)) break;
         const int i = tid + j * nt;
         if (i < n.d) {
             const float t = norm_scale(wsm[i], v[j], inv);
@@ -89,7 +89,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     const bool first = blockIdx.x == 0;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (j * nt >= n.kp) break;
+        if (slots_past(j, n.kp)) break;
         const int i = tid + j * nt;
         int q = 0;
         if (i < n.d) {

@@ -3,6 +3,11 @@
 // Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER.
 #define NORM_PER 8
 
+// True when this thread's slot j and all later ones lie at or past n for every thread of the
+// block (i = threadIdx.x + j * blockDim.x >= n): the same answer block-wide, so a loop over
+// slots can break there instead of issuing the remaining slots predicated off.
+__device__ __forceinline__ bool slots_past(int j, int n) { return j * (int)blockDim.x >= n; }
+
 // The values a norm reads, in this thread's slots i = threadIdx.x + j * blockDim.x (zero from d
 // on): x, x + y (residual add, y set), or relu(x)^2 * y (act). Every load is issued before any
 // value is combined: combined slot by slot (the load of y inside the branch on the mode, the add
@@ -24,7 +29,7 @@ __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, con
     }
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (SKIP && j * nt >= d) break;
+        if (SKIP && slots_past(j, d)) break;
         const int i = tid + j * nt;
         if (!SKIP) v[j] = b[j] = 0.0f;
         if (i < d) v[j] = x[i];
@@ -32,7 +37,7 @@ __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, con
     }
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (SKIP && j * nt >= d) break;
+        if (SKIP && slots_past(j, d)) break;
         if (act) {
             const float g = fmaxf(v[j], 0.0f);
             v[j] = __fmul_rn(__fmul_rn(g, g), b[j]);
