@@ -22,6 +22,54 @@ __device__ __forceinline__ float ld_act(const float* p) {
     return CG ? __ldcg(p) : *p;
 }
 
+// Value d of the merge of `splits` partials (max, sum, acc[hd]); ld(s, i) is element i of split
+// s's partial. Partials are loaded 8 splits at a time (independent loads, one memory round trip
+// per 8) and summed in split order: every merge (attn_combine, decode.cu, the cluster merge)
+// runs this arithmetic, so they agree bit for bit.
+template <typename Ld>
+__device__ __forceinline__ float attn_merge(Ld ld, int hd, int splits, int d) {
+    float M = NEG_INF;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+        float ms[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) ms[u] = s0 + u < splits ? ld(s0 + u, 0) : NEG_INF;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) M = fmaxf(M, ms[u]);
+    }
+    float L = 0.0f, A = 0.0f;
+    for (int s0 = 0; s0 < splits; s0 += 8) {
+        float ms[8], ls[8], as[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            const bool ok = s0 + u < splits;
+            ms[u] = ok ? ld(s0 + u, 0) : NEG_INF;
+            ls[u] = ok ? ld(s0 + u, 1) : 0.0f;
+            as[u] = ok && d < hd ? ld(s0 + u, 2 + d) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+            if (s0 + u < splits) {
+                const float f = ms[u] == NEG_INF ? 0.0f : expf(ms[u] - M);
+                L += ls[u] * f;
+                if (d < hd) A += as[u] * f;
+            }
+        }
+    }
+    return A / L;
+}
+
+// Merges the `splits` partials of head h, row r into out; thread d < hd computes value d. CG:
+// the partials were written earlier in the same kernel by other blocks.
+template <bool CG>
+__device__ __forceinline__ void attn_combine_head(const float* part, float* out, int h, int r,
+                                                  int heads, int hd, int splits, int d) {
+    const int st = hd + 2;
+    const float* pp = part + ((size_t)r * heads + h) * splits * st;
+    auto ld = [&](int s, int i) { return ld_act<CG>(pp + s * st + i); };
+    const float v = attn_merge(ld, hd, splits, d);
+    if (d < hd) out[((size_t)r * heads + h) * hd + d] = v;
+}
+
 // Shared memory of one attention item (128 threads).
 template <int ND>
 struct AttnSmem {
@@ -30,13 +78,44 @@ struct AttnSmem {
     float sx[2][ND * 32];
 };
 
+// Keys and values of positions pb .. pb + 3 (those below `lim`) for this lane's dims. L2: load
+// through L2 only (before the PDL wait: no line an earlier kernel left in this SM's L1).
+template <int ND, bool L2 = false>
+__device__ __forceinline__ void attn_load_step(const float* K, const float* V, int pb, int lim,
+                                               int hd, int lane, float (&kv)[4][ND],
+                                               float (&vv)[4][ND]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int p = pb + j;
+#pragma unroll
+        for (int i = 0; i < ND; ++i) {
+            const int d = lane + 32 * i;
+            const bool ok = p < lim && d < hd;
+            const size_t at = (size_t)p * hd + d;
+            kv[j][i] = ok ? (L2 ? __ldcg(K + at) : K[at]) : 0.0f;
+            vv[j][i] = ok ? (L2 ? __ldcg(V + at) : V[at]) : 0.0f;
+        }
+    }
+}
+
 // One (split s, head h, row r) item of attention, run by 128 threads (thread `tid`, barrier
 // `bar`: team_sync). With ROPE (one call per decode step, every row in a slot of its own): q and
 // the row's own key arrive unrotated (kin, vin: rows x kvh x hd); the item rotates q itself, and
 // every item whose positions include the row's own writes the rotated key and the value into the
 // cache (items of one kv head write the same values) before reading it back. CG: q, kin and vin
 // were written earlier in the same kernel (decode.cu).
-template <int ND, bool ROPE, bool CG>
+//
+// cpart (set: the `splits` items of this (head, row) run as one thread-block cluster, split s
+// its block of rank s; hd + 2 floats of shared memory): the partials are merged in the cluster
+// (block 0 reads the others' shared memory, attn_merge) and written to out, instead of going
+// to `part` for attn_combine.
+//
+// PRE (the decode kernel, which has not waited for its predecessor yet): the item waits itself
+// (PDL_WAIT), and with `pre` set first loads its first step of keys and values from the cache,
+// all positions but the row's own (that one from `own_kv`, 2 x 32 ND floats of shared memory,
+// which the item fills as it writes the position): the caller vouches that whatever wrote those
+// positions finished before the previous kernel started (ops::rope_attention).
+template <int ND, bool ROPE, bool CG, bool PRE = false>
 __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, int r, int tid,
                                                int bar, const float* q, const float* kc,
                                                const float* vc, float* out, float* part,
@@ -44,7 +123,9 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
                                                int max_seq, int heads, int kvh, int hd,
                                                float scale, int splits, const float* kin,
                                                const float* vin,
-                                               const float* __restrict__ inv_freq) {
+                                               const float* __restrict__ inv_freq,
+                                               bool pre = false, float* own_kv = 0,
+                                               float* cpart = 0) {
     const int warp = tid >> 5, lane = tid & 31;
     const int slot = row_slot(rows, r), len = row_pos(rows, r) + 1;
     const int per = (len + splits - 1) / splits;
@@ -53,11 +134,21 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     const size_t base = (((size_t)layer * slots + slot) * kvh + kh) * (size_t)max_seq * hd;
     const float* K = kc + base;
     const float* V = vc + base;
+    const int pb0 = p0 + 4 * warp;
+    const bool own = p0 <= len - 1 && len - 1 < p1;
+    float kv[4][ND], vv[4][ND];
+    const bool ahead = PRE && pre;
+    if (ahead) attn_load_step<ND, true>(K, V, pb0, min(p1, len - 1), hd, lane, kv, vv);
+    if (PRE) {
+        PDL_WAIT();
+        q = after_wait(q);
+        kin = after_wait(kin);
+        vin = after_wait(vin);
+    }
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
     if (ROPE) {
         const float fpos = (float)(len - 1);
-        const bool own = p0 <= len - 1 && len - 1 < p1;
         const float* kr = kin + ((size_t)r * kvh + kh) * hd;
         for (int d = tid; d < hd; d += 128) {
             sm.sx[0][d] = ld_act<CG>(qr + d);
@@ -74,8 +165,13 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             const float* vr = vin + ((size_t)r * kvh + kh) * hd;
             const size_t at = (size_t)(len - 1) * hd;
             for (int d = tid; d < hd; d += 128) {
-                ((float*)K)[at + d] = rope_at(sm.sx[1], d, hd, fpos, inv_freq);
-                ((float*)V)[at + d] = ld_act<CG>(vr + d);
+                const float kd = rope_at(sm.sx[1], d, hd, fpos, inv_freq), vd = ld_act<CG>(vr + d);
+                ((float*)K)[at + d] = kd;
+                ((float*)V)[at + d] = vd;
+                if (ahead) {
+                    own_kv[d] = kd;
+                    own_kv[32 * ND + d] = vd;
+                }
             }
         }
         team_sync(bar, 128);  // this item's cache writes before its reads
@@ -88,19 +184,22 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         }
     }
     float m = NEG_INF, l = 0.0f;
-    for (int pb = p0 + 4 * warp; pb < p1; pb += 16) {
+    for (int pb = pb0; pb < p1; pb += 16) {
         // Keys and values of the step's 4 positions are requested together (values do not
         // depend on the scores): one memory round trip per step instead of two.
-        float kv[4][ND], vv[4][ND];
+        if (!ahead || pb != pb0) {
+            attn_load_step<ND>(K, V, pb, p1, hd, lane, kv, vv);
+        } else if (own) {
+            // The row's own position (in registers by constant index only: no local memory).
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int p = pb + j;
+            for (int j = 0; j < 4; ++j) {
+                if (pb + j != len - 1) continue;
 #pragma unroll
-            for (int i = 0; i < ND; ++i) {
-                const int d = lane + 32 * i;
-                const bool ok = p < p1 && d < hd;
-                kv[j][i] = ok ? K[(size_t)p * hd + d] : 0.0f;
-                vv[j][i] = ok ? V[(size_t)p * hd + d] : 0.0f;
+                for (int i = 0; i < ND; ++i) {
+                    const int d = lane + 32 * i;
+                    kv[j][i] = d < hd ? own_kv[d] : 0.0f;
+                    vv[j][i] = d < hd ? own_kv[32 * ND + d] : 0.0f;
+                }
             }
         }
         float sc[4];
@@ -151,19 +250,29 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         L += sm.l[w] * f[w];
     }
     const size_t o = ((size_t)r * heads + h) * hd;
+    const bool in_cluster = cpart != 0 && splits > 1;
     for (int d = tid; d < hd; d += 128) {
         const float A = sm.acc[0][d] * f[0] + sm.acc[1][d] * f[1] + sm.acc[2][d] * f[2] +
                         sm.acc[3][d] * f[3];
         if (splits == 1) {
             out[o + d] = A / L;
         } else {
-            float* pp = part + (((size_t)r * heads + h) * splits + s) * (hd + 2);
+            float* pp =
+                in_cluster ? cpart : part + (((size_t)r * heads + h) * splits + s) * (hd + 2);
             pp[2 + d] = A;
             if (d == 0) {
                 pp[0] = M;
                 pp[1] = L;
             }
         }
+    }
+    if (in_cluster) {
+        cluster_sync();  // every split's partial is in its block's shared memory
+        if (cluster_rank() == 0) {
+            auto ld = [&](int sp, int i) { return ld_cluster(cpart + i, sp); };
+            for (int d = tid; d < hd; d += 128) out[o + d] = attn_merge(ld, hd, splits, d);
+        }
+        cluster_sync();  // the other blocks keep their shared memory until block 0 has read it
     }
     team_sync(bar, 128);  // sm is reused by the next item
 }
@@ -174,11 +283,15 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
                                                int layer, int slots, int max_seq, int heads,
                                                int kvh, int hd, float scale, int splits,
                                                const float* kin, const float* vin,
-                                               const float* __restrict__ inv_freq) {
+                                               const float* __restrict__ inv_freq, int pre,
+                                               int merge) {
     __shared__ AttnSmem<ND> sm;
-    attention_item<ND, ROPE, false>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0, q,
-                                    kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh,
-                                    hd, scale, splits, kin, vin, inv_freq);
+    __shared__ float own_kv[ROPE ? 2 * 32 * ND : 1];
+    __shared__ float cpart[ROPE ? 32 * ND + 2 : 1];
+    attention_item<ND, ROPE, false, ROPE>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0,
+                                          q, kc, vc, out, part, rows, layer, slots, max_seq,
+                                          heads, kvh, hd, scale, splits, kin, vin, inv_freq,
+                                          pre != 0, own_kv, merge ? cpart : 0);
 }
 
 #define ATTN_KERNEL(ND)                                                                        \
@@ -189,63 +302,24 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
         int kvh, int hd, float scale, int splits) {                                            \
         PDL_ENTER();                                                                           \
         attention_body<ND, false>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,    \
-                                  kvh, hd, scale, splits, 0, 0, 0);                            \
+                                  kvh, hd, scale, splits, 0, 0, 0, 0, 0);                      \
     }                                                                                          \
+    /* Waits for its predecessor inside attention_item (PRE): see `pre` there; `merge`: */     \
+    /* launched as clusters of `splits` blocks along x (cpart in attention_item). */           \
     extern "C" __global__ void __launch_bounds__(128) attention_rope_nd##ND(                  \
         const float* __restrict__ q, float* kc, float* vc, float* __restrict__ out,            \
         float* __restrict__ part, const __grid_constant__ RowsArg rows, int layer, int slots,  \
         int max_seq, int heads, int kvh, int hd, float scale, int splits,                      \
         const float* __restrict__ kin, const float* __restrict__ vin,                          \
-        const float* __restrict__ inv_freq) {                                                  \
-        PDL_ENTER();                                                                           \
-        attention_body<ND, true>(after_wait(q), kc, vc, out, part, rows, layer, slots,         \
-                                 max_seq, heads, kvh, hd, scale, splits, after_wait(kin),      \
-                                 after_wait(vin), inv_freq);                                   \
+        const float* __restrict__ inv_freq, int pre, int merge) {                              \
+        PDL_TRIGGER();                                                                         \
+        attention_body<ND, true>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,     \
+                                 kvh, hd, scale, splits, kin, vin, inv_freq, pre, merge);      \
     }
 ATTN_KERNEL(1)
 ATTN_KERNEL(2)
 ATTN_KERNEL(4)
 ATTN_KERNEL(8)
-
-// Merges the `splits` partials of head h, row r into out; thread d < hd computes value d. CG:
-// the partials were written earlier in the same kernel by other blocks. Partials are loaded 8
-// splits at a time (independent loads, one memory round trip per 8) and summed in split order.
-template <bool CG>
-__device__ __forceinline__ void attn_combine_head(const float* part, float* out, int h, int r,
-                                                  int heads, int hd, int splits, int d) {
-    const int st = hd + 2;
-    const float* pp = part + ((size_t)r * heads + h) * splits * st;
-    float M = NEG_INF;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-        float ms[8];
-#pragma unroll
-        for (int u = 0; u < 8; ++u)
-            ms[u] = s0 + u < splits ? ld_act<CG>(pp + (s0 + u) * st) : NEG_INF;
-#pragma unroll
-        for (int u = 0; u < 8; ++u) M = fmaxf(M, ms[u]);
-    }
-    float L = 0.0f, A = 0.0f;
-    for (int s0 = 0; s0 < splits; s0 += 8) {
-        float ms[8], ls[8], as[8];
-#pragma unroll
-        for (int u = 0; u < 8; ++u) {
-            const float* ps = pp + (s0 + u) * st;
-            const bool ok = s0 + u < splits;
-            ms[u] = ok ? ld_act<CG>(ps) : NEG_INF;
-            ls[u] = ok ? ld_act<CG>(ps + 1) : 0.0f;
-            as[u] = ok && d < hd ? ld_act<CG>(ps + 2 + d) : 0.0f;
-        }
-#pragma unroll
-        for (int u = 0; u < 8; ++u) {
-            if (s0 + u < splits) {
-                const float f = ms[u] == NEG_INF ? 0.0f : expf(ms[u] - M);
-                L += ls[u] * f;
-                if (d < hd) A += as[u] * f;
-            }
-        }
-    }
-    if (d < hd) out[((size_t)r * heads + h) * hd + d] = A / L;
-}
 
 // Merges the splits of attention: grid (heads, rows), block >= hd threads.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,

@@ -7,10 +7,20 @@ __device__ __forceinline__ size_t embed_row(const IdsArg& ids, int i, int rows) 
     return (size_t)min(max(token_id(ids, i), 0), rows - 1);
 }
 
+// The embedding kernels wait for their predecessor before they let the next kernel launch
+// (the other kernels trigger first): every kernel queued after an embedding starts only once all
+// work queued before it has finished, which lets a decode step's attention read the KV cache
+// of earlier steps before its own PDL wait (ops::rope_attention, `pre`).
+#define EMBED_ENTER() \
+    do {              \
+        PDL_WAIT();   \
+        PDL_TRIGGER(); \
+    } while (0)
+
 // out[r] = table[ids[r]] (f16 table, `rows` rows); grid: one block per row.
 extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d, int rows) {
-    PDL_ENTER();
+    EMBED_ENTER();
     const int r = blockIdx.x;
     const u16* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = h2f(src[i]);
@@ -19,7 +29,7 @@ extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid
 // out[r] = table[ids[r]] (f32 table).
 extern "C" __global__ void embed_f32(const float* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d, int rows) {
-    PDL_ENTER();
+    EMBED_ENTER();
     const int r = blockIdx.x;
     const float* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];

@@ -32,11 +32,11 @@ struct NormArg {
 
 // Thread-private copy of the norm weights into shared memory (issued before the PDL wait:
 // they are constant); each thread later reads only the elements it copied.
-template <int PER>
+template <int PER, bool SKIP>
 __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, int d) {
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (slots_past(j, d)) break;
+        if (SKIP && slots_past(j, d)) break;
         const int i = threadIdx.x + j * blockDim.x;
         if (i < d) {
             const u32 dst = (u32)__cvta_generic_to_shared(wsm + i);
@@ -50,19 +50,19 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
 // The norm of the block's single input row into shared memory: xs gets its int8 quantization
 // (zero from d to kp), wsm the raw input (x + y for a residual), qpart each warp's part of Σq;
 // returns the scale. Block 0 also writes the norm's outputs (out, q, qscale; qsum later).
-template <int PER>
+template <int PER, bool SKIP>
 __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* wsm, int* qpart,
                                               float* red1, float* red2, u32& ticket) {
     const int tid = threadIdx.x, nt = blockDim.x;
     const bool residual = n.y != 0 && !n.act;
     float v[PER];
-    norm_inputs<PER, true>(v, n.x, n.y, n.act, n.d);
+    norm_inputs<PER, SKIP>(v, n.x, n.y, n.act, n.d);
     // Slots past d (or kp) are skipped (slots_past): with PER = 8 for every width, a 2560-wide
     // row would otherwise issue five dead slots of each loop.
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (slots_past(j, n.d)) break;
+        if (SKIP && slots_past(j, n.d)) break;
         ss += v[j] * v[j];
     }
     ss = block_sum(ss, red1, true);
@@ -74,7 +74,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (slots_past(j, n.d)) break;
+        if (SKIP && slots_past(j, n.d)) break;
         const int i = tid + j * nt;
         if (i < n.d) {
             const float t = norm_scale(wsm[i], v[j], inv);
@@ -89,7 +89,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     const bool first = blockIdx.x == 0;
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (slots_past(j, n.kp)) break;
+        if (SKIP && slots_past(j, n.kp)) break;
         const int i = tid + j * nt;
         int q = 0;
         if (i < n.d) {
@@ -116,7 +116,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 #ifndef GEMV_NORM_U
 #define GEMV_NORM_U 3
 #endif
-template <int G>
+template <int G, bool SKIP>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
                                                const OutArg& o, int kc, int tiles) {
     constexpr int NT = 1024, PER = GEMV_NORM_MAX / NT, SUB = 128 * G, SUBS = NT / SUB;
@@ -134,10 +134,10 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
-    norm_weights_async<PER>(wsm, n.w, n.d);
+    norm_weights_async<PER, SKIP>(wsm, n.w, n.d);
     PDL_WAIT();
     u32 ticket = 0;
-    const float s = norm_to_smem<PER>(n, xs, wsm, qpart, red1, red2, ticket);
+    const float s = norm_to_smem<PER, SKIP>(n, xs, wsm, qpart, red1, red2, ticket);
     if (tid == 0) s_sa = s;
     __syncthreads();
     if (blockIdx.x == 0 && tid == 0) {
@@ -160,11 +160,18 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
 extern "C" __global__ void __launch_bounds__(1024, 1)
     gemv_norm_m1_g2(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
                     const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<2>(W, n, o, kc, tiles);
+    gemv_norm_body<2, true>(W, n, o, kc, tiles);
 }
 // One group per tile (many tiles).
 extern "C" __global__ void __launch_bounds__(1024, 1)
     gemv_norm_m1_g1(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
                     const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<1>(W, n, o, kc, tiles);
+    gemv_norm_body<1, true>(W, n, o, kc, tiles);
+}
+// Two groups, every norm slot issued (no skip branches): rows of more than 6 x 1024 values,
+// where at most one slot is dead.
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    gemv_norm_m1_g2_full(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
+                         const __grid_constant__ OutArg o, int kc, int tiles) {
+    gemv_norm_body<2, false>(W, n, o, kc, tiles);
 }

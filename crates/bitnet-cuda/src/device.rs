@@ -104,6 +104,7 @@ macro_rules! kernels {
 kernels! {
     gemv1: "gemv_m1", gemv2: "gemv_m2", gemv3: "gemv_m3", gemv4: "gemv_m4",
     gemv5: "gemv_m5", gemv6: "gemv_m6", gemv7: "gemv_m7", gemv8: "gemv_m8", gemv_norm2: "gemv_norm_m1_g2", gemv_norm1: "gemv_norm_m1_g1",
+    gemv_norm2_full: "gemv_norm_m1_g2_full",
     gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8", gemm_reduce: "gemm_reduce",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",
@@ -139,6 +140,10 @@ struct Program {
     ctx: Arc<CudaContext>,
     /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
     pdl: bool,
+    /// Most blocks of a thread-block cluster the attention kernels may be launched with (sm_90+:
+    /// 16 where the driver allows the non-portable size, else 8; 1 below sm_90 or with
+    /// `BITNET_CUDA_ATTN_CLUSTER=0`).
+    cluster_max: u32,
     /// Launch-shape overrides from the environment.
     knobs: crate::ops::Knobs,
     k: Kernels,
@@ -199,6 +204,33 @@ impl Gpu {
     }
 }
 
+/// See `Program::cluster_max`: what the driver reports for every attention kernel at 128
+/// threads (after allowing the non-portable size), at most 16.
+fn cluster_max(info: &DeviceInfo, k: &Kernels) -> u32 {
+    use cudarc::driver::sys;
+    if info.cc.0 < 9 || std::env::var("BITNET_CUDA_ATTN_CLUSTER").is_ok_and(|v| v == "0") {
+        return 1;
+    }
+    let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
+    let mut most = 16;
+    for f in [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8] {
+        // Without it the driver reports the portable size (8).
+        let _ = f.set_attribute(attr, 1);
+        // SAFETY: a zeroed launch config is a valid value of this plain C struct.
+        let mut cfg: sys::CUlaunchConfig = unsafe { std::mem::zeroed() };
+        (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ) = (16, 1, 1);
+        (cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ) = (128, 1, 1);
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `n` and `cfg` outlive the call; `f` is a loaded kernel of the current context.
+        let r = unsafe { sys::cuOccupancyMaxPotentialClusterSize(&mut n, f.cu_function(), &cfg) };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return 1;
+        }
+        most = most.min(n.max(1) as u32);
+    }
+    most
+}
+
 impl Program {
     fn create(ordinal: usize) -> Result<Program> {
         let info = probe(ordinal)?;
@@ -215,7 +247,9 @@ impl Program {
         let k = Kernels::load(&module)?;
         let pdl = info.cc.0 >= 9 && std::env::var("BITNET_CUDA_PDL").map_or(true, |v| v != "0");
         let knobs = crate::ops::Knobs::from_env();
-        Ok(Program { ctx, pdl, knobs, k, info, compile_s: t.elapsed().as_secs_f64() })
+        let cluster_max = cluster_max(&info, &k);
+        let compile_s = t.elapsed().as_secs_f64();
+        Ok(Program { ctx, pdl, cluster_max, knobs, k, info, compile_s })
     }
 }
 
@@ -275,6 +309,10 @@ impl Gpu {
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {
         self.prog.pdl
+    }
+    /// Most blocks per thread-block cluster of the attention kernels (1: no clusters).
+    pub(crate) fn cluster_max(&self) -> u32 {
+        self.prog.cluster_max
     }
     /// Seconds NVRTC and module loading took.
     pub fn compile_seconds(&self) -> f64 {

@@ -6,7 +6,7 @@
 //! the same for cuBLAS bf16 (`cublasGemmEx`, N x K times a K-vector), the 8-token GEMV and the
 //! 128-token tensor-core GEMM. Usage: `bitnet-cuda-bench [--iters N] [--device I] [--rows N (only shapes of N rows)]
 //! [--shapes NxK,... (only the one-token GEMV at these shapes)] [--stack POS (only the one-kernel
-//! decode step at position POS)]`.
+//! decode step at position POS)] [--pairs (only the RMSNorm + GEMV pairs)]`.
 
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::cublas::{result as blas, sys as bsys, CudaBlas};
@@ -270,6 +270,9 @@ fn run() -> Result<()> {
     println!("device copy: {:.0} GB/s (bytes read + written)", copy / 1e9);
     if args.iter().any(|a| a == "--stack") {
         return stack::bench_stack(&gpu, &t, arg("--stack", 128)?, iters.min(100));
+    }
+    if args.iter().any(|a| a == "--pairs") {
+        return bench_norm_gemv(&gpu, &t, iters);
     }
     if let Some(i) = args.iter().position(|a| a == "--shapes") {
         let list = args.get(i + 1).ok_or_else(|| Error::invalid("--shapes needs NxK[,NxK...]"))?;

@@ -50,7 +50,7 @@ pub fn rope(
     let (xp, fp, r) = (dptr(gpu, x), dptr(gpu, inv_freq), *rows);
     let (h, d) = (to_i32(heads, "heads")?, to_i32(hd, "head_dim")?);
     let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
-    let dims = Dims { grid: (rows.len() as u32, heads as u32, 1), block };
+    let dims = Dims { grid: (rows.len() as u32, heads as u32, 1), block, cluster: 1 };
     // Kernel: rope(x, inv_freq, rows, heads, hd); x holds rows x heads x hd (checked).
     launch!(gpu, &gpu.k.rope, dims; xp, fp, r, h, d)
 }
@@ -87,7 +87,8 @@ pub fn rope_store(
     let (h, kh, d) = (to_i32(heads, "heads")?, to_i32(c.kv_heads, "kv_heads")?, to_i32(hd, "hd")?);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
-    let dims = Dims { grid: (rows.len() as u32, (heads + c.kv_heads) as u32, 1), block };
+    let dims =
+        Dims { grid: (rows.len() as u32, (heads + c.kv_heads) as u32, 1), block, cluster: 1 };
     // Kernel: rope_store(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
     // max_seq); buffers sized above, every row inside the cache (checked).
     launch!(gpu, &gpu.k.rope_store, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
@@ -142,7 +143,7 @@ pub fn store_kv(
     let (kp, vp, ks, vs, r) = (dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, k), dptr(gpu, v), *rows);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let (kh, hd) = (to_i32(c.kv_heads, "kv_heads")?, to_i32(c.head_dim, "head_dim")?);
-    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128 };
+    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128, cluster: 1 };
     // Kernel: store_kv(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd); rows checked in range.
     launch!(gpu, &gpu.k.store_kv, dims; kp, vp, ks, vs, r, l, sl, ms, kh, hd)
 }
@@ -194,10 +195,16 @@ pub fn attention(
     attention_launch(gpu, &a, None, part, out)
 }
 
-/// One decode step's RoPE, KV store and attention in one kernel (plus the split combine): as
-/// [`rope_store`] then [`attention`], for rows that each have a slot of their own (checked
-/// pairwise: meant for a few rows). `q` and `k` arrive unrotated and are left so; `k` and `v`
-/// hold `rows x kv_heads x hd` values.
+/// One decode step's RoPE, KV store and attention in one kernel (plus the split combine, which
+/// on sm_90+ runs inside the kernel: a thread-block cluster per head): as [`rope_store`] then
+/// [`attention`], for rows that each have a slot of their own (checked pairwise: meant for a
+/// few rows). `q` and `k` arrive unrotated and are left so; `k` and `v` hold
+/// `rows x kv_heads x hd` values.
+///
+/// `early`: the kernel loads cache positions before each row's own while its predecessor still
+/// runs (before its PDL wait). Only for positions written by kernels that finished before the
+/// previous kernel on the stream started: e.g. before the last [`super::embed`], which lets the
+/// next kernel launch only after everything queued before it has finished.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_attention(
     gpu: &Gpu,
@@ -215,6 +222,7 @@ pub fn rope_attention(
     splits: usize,
     part: &mut CudaSlice<f32>,
     out: &mut CudaSlice<f32>,
+    early: bool,
 ) -> Result<()> {
     let hd = c.head_dim;
     if !slots_distinct(host_rows.iter().map(|r| r.0)) {
@@ -224,7 +232,7 @@ pub fn rope_attention(
     need(k.len().min(v.len()), rows.len() * c.kv_heads * hd, "rope_attention k/v")?;
     need(inv_freq.len(), hd / 2, "rope frequencies")?;
     let a = AttnArgs { q, kc, vc, c, layer, rows, host_rows, heads, splits };
-    let rope = (dptr(gpu, k), dptr(gpu, v), dptr(gpu, inv_freq));
+    let rope = (dptr(gpu, k), dptr(gpu, v), dptr(gpu, inv_freq), i32::from(early));
     attention_launch(gpu, &a, Some(rope), part, out)
 }
 
@@ -246,7 +254,7 @@ struct AttnArgs<'a> {
 fn attention_launch(
     gpu: &Gpu,
     a: &AttnArgs<'_>,
-    rope: Option<(u64, u64, u64)>,
+    rope: Option<(u64, u64, u64, i32)>,
     part: &mut CudaSlice<f32>,
     out: &mut CudaSlice<f32>,
 ) -> Result<()> {
@@ -282,21 +290,31 @@ fn attention_launch(
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let (h, kh, d, sp) = (heads as i32, c.kv_heads as i32, hd as i32, splits as i32);
     let scale = 1.0f32 / (hd as f32).sqrt();
-    let dims = Dims { grid: (splits as u32, heads as u32, rows.len() as u32), block: 128 };
+    // With RoPE (decode), the splits of a (head, row) can merge inside a thread-block cluster
+    // instead of in attn_combine: one kernel less per layer.
+    let merge = rope.is_some() && splits > 1 && splits as u32 <= gpu.cluster_max();
+    let cluster = if merge { splits as u32 } else { 1 };
+    let dims = Dims { grid: (splits as u32, heads as u32, rows.len() as u32), block: 128, cluster };
     match rope {
         // Kernel: attention_ndN(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh,
         // hd, scale, splits); every row's positions are inside the cache (checked), part sized
         // above.
         None => launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp)?,
-        // Kernel: attention_rope_ndN(same, kin, vin, inv_freq): kin/vin hold rows x kvh x hd,
-        // inv_freq hd / 2 values, every row has a slot of its own (checked by the caller).
-        Some((ki, vi, fi)) => {
-            launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp, ki, vi, fi)?
+        // Kernel: attention_rope_ndN(same, kin, vin, inv_freq, pre, merge): kin/vin hold
+        // rows x kvh x hd values, inv_freq hd / 2, every row has a slot of its own (checked by
+        // the caller); pre as `early` (the caller's promise); merge: launched as clusters of
+        // `splits` blocks along x.
+        Some((ki, vi, fi, pre)) => {
+            let merge = i32::from(merge);
+            launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp, ki, vi, fi, pre, merge)?
         }
     }
-    if splits > 1 {
-        let dims =
-            Dims { grid: (heads as u32, rows.len() as u32, 1), block: hd.div_ceil(32) as u32 * 32 };
+    if splits > 1 && !merge {
+        let dims = Dims {
+            grid: (heads as u32, rows.len() as u32, 1),
+            block: hd.div_ceil(32) as u32 * 32,
+            cluster: 1,
+        };
         // Kernel: attn_combine(part, out, heads, hd, splits); same buffers as above.
         launch!(gpu, &gpu.k.attn_combine, dims; pp, op, h, d, sp)?;
     }

@@ -164,11 +164,13 @@ pub fn download<T: DeviceRepr>(gpu: &Gpu, src: &CudaSlice<T>, out: &mut [T]) -> 
     gpu.sync()
 }
 
-/// Grid and block of a launch.
+/// Grid and block of a launch, and the blocks per thread-block cluster along x (1: none;
+/// more only on sm_90+, see `Gpu::cluster_max`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct Dims {
     pub grid: (u32, u32, u32),
     pub block: u32,
+    pub cluster: u32,
 }
 
 /// Launches `f` with the argument pointers `params`.
@@ -201,21 +203,35 @@ pub(crate) unsafe fn launch_raw(
 }
 
 /// Launches `f` on `gpu`'s stream with the programmatic-dependent-launch attribute when the
-/// device supports it (every kernel waits for its predecessor with `PDL_WAIT`, common.cuh).
+/// device supports it (every kernel waits for its predecessor with `PDL_WAIT`, common.cuh), and
+/// as thread-block clusters when `Dims::cluster` > 1.
 ///
 /// # Safety
 /// As [`launch_raw`]: `params` must match `f`'s signature and point to valid arguments.
 pub(crate) unsafe fn launch_on(
     gpu: &Gpu,
     f: cudarc::driver::sys::CUfunction,
-    (Dims { grid, block }, smem): (Dims, u32),
+    (Dims { grid, block, cluster }, smem): (Dims, u32),
     params: &mut [*mut c_void],
 ) -> Result<()> {
     use cudarc::driver::sys;
     // SAFETY: a zeroed attribute is a valid value of this plain C struct/union.
-    let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
+    let mut attrs: [sys::CUlaunchAttribute; 2] = std::mem::zeroed();
+    let mut n = 0;
+    if gpu.pdl() {
+        let a = &mut attrs[n];
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        a.value.programmaticStreamSerializationAllowed = 1;
+        n += 1;
+    }
+    if cluster > 1 {
+        let a = &mut attrs[n];
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        a.value.clusterDim.x = cluster;
+        a.value.clusterDim.y = 1;
+        a.value.clusterDim.z = 1;
+        n += 1;
+    }
     let cfg = sys::CUlaunchConfig {
         gridDimX: grid.0,
         gridDimY: grid.1,
@@ -225,10 +241,10 @@ pub(crate) unsafe fn launch_on(
         blockDimZ: 1,
         sharedMemBytes: smem,
         hStream: gpu.stream().cu_stream(),
-        attrs: &mut attr,
-        numAttrs: u32::from(gpu.pdl()),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: n as u32,
     };
-    // SAFETY: `cfg` and `attr` live across the call; the caller vouches for `f` and `params`.
+    // SAFETY: `cfg` and `attrs` live across the call; the caller vouches for `f` and `params`.
     sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
         .result()
         .map_err(|e| dev_err("kernel launch", e))

@@ -157,7 +157,7 @@ fn launch_sample(
     let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
     let (top_p, min_p) = (cfg.top_p, cfg.min_p);
-    let dims = Dims { grid: (grid, 1, 1), block: THREADS };
+    let dims = Dims { grid: (grid, 1, 1), block: THREADS, cluster: 1 };
     // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, n, stride, greedy, inv_t, top_k,
     // top_p, min_p); logits hold rows * n values and out rows ids (checked); wbuf and ibuf
     // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms

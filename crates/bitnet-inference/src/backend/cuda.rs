@@ -18,9 +18,11 @@ mod profile;
 mod sample;
 mod step;
 mod support;
+mod writes;
 
 use step::Step;
 use support::{cache_fits, i32_of, norm_width, with_data};
+use writes::LayerWrites;
 
 use super::{
     AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, RowPos,
@@ -68,6 +70,8 @@ struct Scratch {
     ids_dev: Option<CudaSlice<i32>>,
     step: Step,
     sample: sample::SampleState,
+    /// Embedding lookups queued so far (`writes.rs`).
+    embeds: u64,
 }
 
 /// An f32 activation buffer on the GPU, with the int8 copy of its rows that `rms_norm` wrote.
@@ -102,6 +106,8 @@ pub struct CudaCache {
     dims: CacheDims,
     k: CudaSlice<f32>,
     v: CudaSlice<f32>,
+    /// Which layers attention may read early (`writes.rs`).
+    written: LayerWrites,
 }
 
 fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
@@ -245,7 +251,8 @@ impl Backend for CudaBackend {
             head_dim: shape.head_dim,
         };
         let n = dims.len()?;
-        Ok(CudaCache { dims, k: ops::zeros(&self.gpu, n)?, v: ops::zeros(&self.gpu, n)? })
+        let (k, v) = (ops::zeros(&self.gpu, n)?, ops::zeros(&self.gpu, n)?);
+        Ok(CudaCache { dims, k, v, written: LayerWrites::new(shape.layers) })
     }
 
     fn prepare_stack(
@@ -270,6 +277,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         self.timed(11, || {
             let mut s = lock(&self.scratch);
+            cache.written.wrote(None, s.embeds);
             let a = s.rows(&self.gpu, &[row])?;
             let f = s.inv_freq(&self.gpu, theta, cache.dims.head_dim)?;
             let c = &mut *cache;
@@ -287,7 +295,10 @@ impl Backend for CudaBackend {
                 None => s.ids(&self.gpu, ids)?,
             };
             drop(s);
-            ops::embed(&self.gpu, e, &a, ids, out.touched())
+            ops::embed(&self.gpu, e, &a, ids, out.touched())?;
+            // A launched embedding kernel is the fence `writes.rs` counts.
+            lock(&self.scratch).embeds += u64::from(!ids.is_empty());
+            Ok(())
         })
     }
 
@@ -416,6 +427,7 @@ impl Backend for CudaBackend {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             let c = &mut *cache;
+            c.written.wrote(Some(layer), s.embeds);
             ops::store_kv(
                 &self.gpu,
                 &mut c.k,
@@ -446,10 +458,11 @@ impl Backend for CudaBackend {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             s.inv_freq(&self.gpu, theta, shape.head_dim)?;
-            let Scratch { rope, rows_host, .. } = &mut *s;
+            let Scratch { rope, rows_host, embeds, .. } = &mut *s;
             let key = (theta.to_bits(), shape.head_dim);
             let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
             let c = &mut *cache;
+            c.written.wrote(Some(layer), *embeds);
             ops::rope_store(
                 &self.gpu,
                 q.touched(),
@@ -510,16 +523,20 @@ impl Backend for CudaBackend {
         }
         self.timed(6, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
-            let Scratch { part, rows_host, rope, .. } = &mut *s;
+            let Scratch { part, rows_host, rope, embeds, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
             let key = (theta.to_bits(), shape.head_dim);
             let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
             let c = &mut *cache;
+            // The positions before each row's own were all written before the last embedding
+            // (earlier steps) unless something wrote this layer since.
+            let early = c.written.settled(layer, *embeds);
+            c.written.wrote(Some(layer), *embeds);
             let (q, k, v, o) = (&q.data, &k.data, &v.data, out.touched());
             let h = shape.heads;
             ops::rope_attention(
                 &self.gpu, q, k, v, f, &mut c.k, &mut c.v, &c.dims, layer, &a, rows_host, h,
-                splits, part, o,
+                splits, part, o, early,
             )
         })
     }
