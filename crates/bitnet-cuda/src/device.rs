@@ -116,7 +116,7 @@ kernels! {
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
-    sample_rows: "sample_rows", decode_layers: "decode_layers",
+    sample_rows: "sample_rows", sample_greedy: "sample_greedy", decode_layers: "decode_layers",
 }
 
 impl Kernels {

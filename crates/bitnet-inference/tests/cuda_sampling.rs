@@ -221,6 +221,46 @@ fn non_finite<B: Backend>(b: &B) {
 }
 
 #[test]
+fn greedy_over_many_blocks_matches_the_host_on_the_device() {
+    let Some(b) = cuda() else { return };
+    greedy_blocks(&b);
+}
+
+#[test]
+fn greedy_over_many_blocks_matches_the_host_on_the_cpu_backend() {
+    greedy_blocks(&cpu());
+}
+
+/// Greedy rows long enough that the device splits each over several blocks (of ~2048
+/// logits): ties and +inf in different blocks, -0 against +0, an odd length.
+fn greedy_blocks<B: Backend>(b: &B) {
+    let greedy = SamplingParams::greedy();
+    for vocab in [20_000usize, 20_003] {
+        let mut rows = vec![vec![-4.0f32; vocab]; 3];
+        for i in [vocab - 1, 4_100, 12_000] {
+            rows[0][i] = 3.0;
+        }
+        rows[1][10] = 5.0;
+        rows[1][15_000] = f32::INFINITY;
+        rows[1][18_500] = f32::INFINITY;
+        rows[1][2] = f32::NAN;
+        rows[2][9_000] = 0.0;
+        rows[2][2_050] = -0.0;
+        rows[2][19_990] = f32::NAN;
+        let got = device_pick(b, &rows.concat(), 3, vocab, &greedy, &[]).unwrap();
+        assert_eq!(got, [4_100, 15_000, 2_050], "vocab {vocab}");
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(got[r], host_pick(&greedy, row, 0.0).unwrap(), "vocab {vocab} row {r}");
+        }
+        // Nothing finite in any block: the host's error.
+        let mut none = vec![f32::NEG_INFINITY; vocab];
+        none[7_777] = f32::NAN;
+        let err = device_pick(b, &none, 1, vocab, &greedy, &[]).unwrap_err().to_string();
+        assert_eq!(err, host_pick(&greedy, &none, 0.0).unwrap_err().to_string());
+    }
+}
+
+#[test]
 fn a_row_with_nothing_to_sample_is_the_host_error_on_the_device() {
     let Some(b) = cuda() else { return };
     nothing(&b);

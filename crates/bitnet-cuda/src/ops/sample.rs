@@ -49,6 +49,10 @@ pub struct SampleScratch {
     cand_ids: Option<CudaSlice<i32>>,
     uniforms: Option<CudaSlice<f64>>,
     ids: Option<CudaSlice<i32>>,
+    /// Greedy: each block's best key (rows x parts), and one ticket word per row (zero between
+    /// launches: the kernel resets it).
+    parts: Option<CudaSlice<u64>>,
+    tickets: Option<CudaSlice<u32>>,
 }
 
 impl SampleScratch {
@@ -153,6 +157,10 @@ fn launch_sample(
         cp = dptr(gpu, scratch.cand_ids.as_ref().ok_or_else(|| Error::invalid("ids"))?);
     }
     let (lp, ip) = (dptr(gpu, logits), dptr(gpu, out));
+    // Greedy rows go over several blocks each (grid y holds at most 65,535 rows).
+    if cfg.greedy && rows <= 65_535 {
+        return launch_greedy(gpu, lp, ip, rows, vocab, scratch);
+    }
     let greedy = i32::from(cfg.greedy);
     let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
@@ -164,6 +172,35 @@ fn launch_sample(
     // (rows) are allocated unless greedy, when the kernel returns before touching them.
     launch!(gpu, &gpu.k.sample_rows, dims;
         lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)
+}
+
+/// Logits per block of `sample_greedy` (about): 2B-4T's 128,256-token rows take 63 blocks.
+const GREEDY_CHUNK: usize = 2048;
+/// Threads per block of `sample_greedy` (`GREEDY_THREADS`).
+const GREEDY_THREADS: u32 = 256;
+
+/// Greedy picks of `rows` rows of `vocab` logits at `lp` into the ids at `ip`, each row split
+/// over up to 64 blocks (`sample_greedy`).
+fn launch_greedy(
+    gpu: &Gpu,
+    lp: u64,
+    ip: u64,
+    rows: usize,
+    vocab: usize,
+    scratch: &mut SampleScratch,
+) -> Result<()> {
+    let parts = vocab.div_ceil(GREEDY_CHUNK).clamp(1, 64);
+    let chunk = vocab.div_ceil(parts).next_multiple_of(4);
+    grow(gpu, &mut scratch.parts, rows * parts)?;
+    grow(gpu, &mut scratch.tickets, rows)?;
+    let pp = dptr(gpu, scratch.parts.as_ref().ok_or_else(|| Error::invalid("greedy parts"))?);
+    let tp = dptr(gpu, scratch.tickets.as_ref().ok_or_else(|| Error::invalid("tickets"))?);
+    let (n, c) = (to_i32(vocab, "vocabulary")?, to_i32(chunk, "greedy chunk")?);
+    let dims = Dims { grid: (parts as u32, rows as u32, 1), block: GREEDY_THREADS, cluster: 1 };
+    // Kernel: sample_greedy(logits, parts, tickets, out, n, chunk); logits hold rows * n values
+    // and out rows ids (checked by the caller), parts rows * parts words, tickets rows zeroed
+    // words; parts * chunk >= n.
+    launch!(gpu, &gpu.k.sample_greedy, dims; lp, pp, tp, ip, n, c)
 }
 
 /// Brings single ids back from the device without waiting for the whole stream: [`IdFetch::start`]
