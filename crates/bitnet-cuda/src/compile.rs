@@ -5,7 +5,7 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CStr;
 
 /// Every kernel source, in order (`common.cuh` first: the others use its definitions).
-pub(crate) const SOURCES: [(&str, &str); 10] = [
+pub(crate) const SOURCES: [(&str, &str); 11] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
@@ -15,6 +15,7 @@ pub(crate) const SOURCES: [(&str, &str); 10] = [
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("lm_head.cu", include_str!("../kernels/lm_head.cu")),
     ("sample.cu", include_str!("../kernels/sample.cu")),
+    ("sample_greedy.cu", include_str!("../kernels/sample_greedy.cu")),
     ("decode.cu", include_str!("../kernels/decode.cu")),
 ];
 
@@ -149,6 +150,7 @@ mod tests {
             "LM_KERNELS(8)",
             "embed_f16",
             "sample_rows",
+            "sample_greedy",
         ] {
             assert!(s.contains(k), "{k} missing");
         }
