@@ -52,7 +52,10 @@ impl EmbedTable {
     }
 }
 
-/// `out[r] = table[ids[r]]`; `host_ids` are the ids `ids` carries (range-checked here).
+/// `out[r] = table[ids[r]]`; `host_ids` are the ids `ids` carries (range-checked here). The
+/// kernel waits for its predecessor before it lets the next kernel launch, so nothing queued
+/// after it starts before everything queued before it has finished (what
+/// [`super::rope_attention`]'s `early` relies on).
 pub fn embed(
     gpu: &Gpu,
     t: &EmbedTable,
