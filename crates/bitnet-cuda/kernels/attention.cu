@@ -92,8 +92,8 @@ __device__ __forceinline__ void attn_load_step(const float* K, const float* V, i
             const int d = lane + 32 * i;
             const bool ok = p < lim && d < hd;
             const size_t at = (size_t)p * hd + d;
-            kv[j][i] = ok ? (L2 ? __ldcg(K + at) : K[at]) : 0.0f;
-            vv[j][i] = ok ? (L2 ? __ldcg(V + at) : V[at]) : 0.0f;
+            kv[j][i] = ok ? ld_act<L2>(K + at) : 0.0f;
+            vv[j][i] = ok ? ld_act<L2>(V + at) : 0.0f;
         }
     }
 }

@@ -10,7 +10,7 @@ __device__ __forceinline__ size_t embed_row(const IdsArg& ids, int i, int rows) 
 // The embedding kernels wait for their predecessor before they let the next kernel launch
 // (the other kernels trigger first): every kernel queued after an embedding starts only once all
 // work queued before it has finished, which lets a decode step's attention read the KV cache
-// of earlier steps before its own PDL wait (ops::rope_attention, `pre`).
+// of earlier steps before its own PDL wait (ops::rope_attention, `early`).
 #define EMBED_ENTER() \
     do {              \
         PDL_WAIT();   \

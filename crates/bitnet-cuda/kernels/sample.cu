@@ -81,8 +81,8 @@ __device__ __forceinline__ void block_stats(int (&c)[K], double (&m)[K], Red& re
     }
 }
 
-// Block-wide maximum of a u64 (every thread gets it).
-// Block-wide max of u64 values; `slots` holds one per warp (Red::k, or any 32 u64s).
+// Block-wide maximum of a u64 (every thread gets it); `slots` holds one per warp (Red::k, or
+// any 32 u64s).
 __device__ __forceinline__ u64 block_max_u64(u64 v, u64* slots) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
 #pragma unroll
@@ -393,6 +393,12 @@ __device__ int last_candidate(const Sel& s, bool desc, Red& red) {
     return (int)(block_max_u64(best, red.k) & 0xffffffffull);
 }
 
+// The greedy order as one u64: larger value first, then the lower id (-0 and +0 are equal on
+// the host, where the lower id wins, so -0 takes the key of +0). 0 for no logit at all.
+__device__ __forceinline__ u64 argmax_key(float x, int id) {
+    return ((u64)order_key(x == 0.0f ? 0.0f : x) << 32) | (unsigned)(~id);
+}
+
 // The largest finite logit (lowest index among ties), the first +inf, the finite count.
 struct Scan {
     float max;
@@ -417,10 +423,8 @@ __device__ Scan scan_row(const float* l, int n, Red& red) {
         }
     };
     each_logit(l, n, f);
-    // Largest value, then lowest id: a u64 max over (value key, ~id). -0 and +0 are equal on
-    // the host (the lower id wins), so -0 takes the key of +0.
-    const u64 k =
-        arg < n ? ((u64)order_key(best == 0.0f ? 0.0f : best) << 32) | (unsigned)(~arg) : 0ull;
+    // Largest value, then lowest id: a u64 max over argmax_key.
+    const u64 k = arg < n ? argmax_key(best, arg) : 0ull;
     const u64 kb = block_max_u64(k, red.k);
     double unused[1] = {0.0};
     block_stats<1, false>(fin, unused, red);

@@ -1,4 +1,4 @@
-// Greedy token picks over many blocks per row (uses sample.cu's order_key, each_logit and
+// Greedy token picks over many blocks per row (uses sample.cu's argmax_key, each_logit and
 // block_max_u64; compiled after it).
 
 // Greedy picks split over gridDim.x blocks per row (grid: parts x rows, chunks of `chunk`
@@ -19,7 +19,7 @@ extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
     u64 best = 0ull;
     auto f = [&](int i, float x) {
         if (x == POS_INF || fabsf(x) <= FLT_BIG) {
-            const u64 k = ((u64)order_key(x == 0.0f ? 0.0f : x) << 32) | (u32)(~(i0 + i));
+            const u64 k = argmax_key(x, i0 + i);
             best = k > best ? k : best;
         }
     };
