@@ -15,6 +15,22 @@ __device__ __forceinline__ float rope_at(const float* x, int d, int hd, float fp
                     : __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
 }
 
+// Rotary embedding of a head held across a warp's lanes, lane l holding values l + 32 i
+// (i < ND) of a head of exactly 32 ND values: value i pairs with value i + ND / 2, so each lane
+// rotates its own pairs, with rope_at's arithmetic (one sincosf per pair).
+template <int ND>
+__device__ __forceinline__ void rope_lanes(float (&x)[ND], int lane, float fpos,
+                                           const float* __restrict__ inv_freq) {
+#pragma unroll
+    for (int i = 0; i < ND / 2; ++i) {
+        float sn, cs;
+        sincosf(__fmul_rn(fpos, inv_freq[lane + 32 * i]), &sn, &cs);
+        const float x1 = x[i], x2 = x[i + ND / 2];
+        x[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
+        x[i + ND / 2] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+    }
+}
+
 // An activation written earlier in the same kernel by another block (CG: through L2 only, never
 // a stale L1 or read-only-cache line), or by an earlier kernel.
 template <bool CG>
@@ -78,6 +94,69 @@ struct AttnSmem {
     float sx[2][ND * 32];
 };
 
+// The cluster merge's shared memory (attention_item's `cm`; only rank 0's is used): each
+// split's partial (max, sum, acc[hd]) and the mbarrier the other ranks' stores complete on.
+template <int ND>
+struct ClusterMerge {
+    unsigned long long bar;
+    float part[16][32 * ND + 2];
+};
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+// The cluster merge's barrier, before the item: rank 0 initializes its mbarrier (one arrival:
+// its own, with the bytes the other ranks will store), and every thread arrives on the cluster
+// barrier whose wait (cluster_merge_ready) orders that before any rank's stores.
+template <int ND>
+__device__ __forceinline__ void cluster_merge_init(ClusterMerge<ND>& cm) {
+    if (cluster_rank() == 0 && threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n\tfence.mbarrier_init.release.cluster;"
+                     ::"r"((u32)__cvta_generic_to_shared(&cm.bar)) : "memory");
+    }
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_merge_ready() {
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+// Stores v at `p` (this block's address of a shared variable) in rank 0's shared memory,
+// completing 4 bytes on rank 0's mbarrier `bar` (this block's address of it).
+__device__ __forceinline__ void st_rank0(const float* p, float v, const unsigned long long* bar) {
+    u32 a = (u32)__cvta_generic_to_shared(p), b = (u32)__cvta_generic_to_shared(bar);
+    asm volatile("mapa.shared::cluster.u32 %0, %0, 0;\n\tmapa.shared::cluster.u32 %1, %1, 0;"
+                 : "+r"(a), "+r"(b));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+                 ::"r"(a), "r"(__float_as_uint(v)), "r"(b) : "memory");
+}
+// Rank 0: arrives on its mbarrier expecting `bytes` from the other ranks (thread 0), or waits
+// for that phase to complete (every thread; acquire: the stores are visible after it).
+__device__ __forceinline__ void cluster_merge_expect(unsigned long long* bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;"
+                 ::"r"((u32)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+}
+// A wait of more than 2 s traps (the launch fails) instead of hanging: a store that never
+// lands is a bug.
+__device__ __forceinline__ void cluster_merge_wait(unsigned long long* bar) {
+    const u32 b = (u32)__cvta_generic_to_shared(bar);
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    for (u32 done = 0, turns = 0; !done; ++turns) {
+        asm volatile(
+            "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
+            " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(b) : "memory");
+        if ((turns & 1023u) == 1023u) {
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            if (t - t0 > 2000000000ull) __trap();
+        }
+    }
+}
+#else
+template <int ND>
+__device__ __forceinline__ void cluster_merge_init(ClusterMerge<ND>&) { __trap(); }
+__device__ __forceinline__ void cluster_merge_ready() { __trap(); }
+__device__ __forceinline__ void st_rank0(const float*, float, const unsigned long long*) { __trap(); }
+__device__ __forceinline__ void cluster_merge_expect(unsigned long long*, u32) { __trap(); }
+__device__ __forceinline__ void cluster_merge_wait(unsigned long long*) { __trap(); }
+#endif
+
 // Keys and values of positions pb .. pb + 3 (those below `lim`) for this lane's dims. L2: load
 // through L2 only (before the PDL wait: no line an earlier kernel left in this SM's L1).
 template <int ND, bool L2 = false>
@@ -105,16 +184,17 @@ __device__ __forceinline__ void attn_load_step(const float* K, const float* V, i
 // cache (items of one kv head write the same values) before reading it back. CG: q, kin and vin
 // were written earlier in the same kernel (decode.cu).
 //
-// cpart (set: the `splits` items of this (head, row) run as one thread-block cluster, split s
-// its block of rank s; hd + 2 floats of shared memory): the partials are merged in the cluster
-// (block 0 reads the others' shared memory, attn_merge) and written to out, instead of going
-// to `part` for attn_combine.
+// cm (set: the `splits` items of this (head, row) run as one thread-block cluster, split s
+// its block of rank s, and cluster_merge_init has run): ranks 1.. store their partials into
+// rank 0's shared memory, which merges them (attn_merge) and writes out, instead of going to
+// `part` for attn_combine.
 //
 // PRE (the decode kernel, which has not waited for its predecessor yet): the item waits itself
 // (PDL_WAIT), and with `pre` set first loads its first step of keys and values from the cache,
-// all positions but the row's own (that one from `own_kv`, 2 x 32 ND floats of shared memory,
-// which the item fills as it writes the position): the caller vouches that whatever wrote those
-// positions finished before the previous kernel started (ops::rope_attention).
+// all positions but the row's own (that one from registers, or from `own_kv`, 2 x 32 ND floats
+// of shared memory, which the item fills as it writes the position): the caller vouches that
+// whatever wrote those positions finished before the previous kernel started
+// (ops::rope_attention).
 template <int ND, bool ROPE, bool CG, bool PRE = false>
 __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, int r, int tid,
                                                int bar, const float* q, const float* kc,
@@ -125,7 +205,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
                                                const float* vin,
                                                const float* __restrict__ inv_freq,
                                                bool pre = false, float* own_kv = 0,
-                                               float* cpart = 0) {
+                                               ClusterMerge<ND>* cm = 0) {
     const int warp = tid >> 5, lane = tid & 31;
     const int slot = row_slot(rows, r), len = row_pos(rows, r) + 1;
     const int per = (len + splits - 1) / splits;
@@ -147,7 +227,36 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     }
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
-    if (ROPE) {
+    // A head of exactly 32 ND values (even ND): each lane loads and rotates its own values of q,
+    // and the warp whose positions include the row's own (wown) those of the key and value, in
+    // registers (ok, ov) and into the cache: no shared memory, no barrier before the positions.
+    const bool lanes = ROPE && (ND % 2 == 0) && hd == 32 * ND;
+    const int wown = own ? ((len - 1 - p0) & 15) >> 2 : -1;
+    float ok[ND], ov[ND];
+    if (lanes) {
+        const float fpos = (float)(len - 1);
+#pragma unroll
+        for (int i = 0; i < ND; ++i) {
+            qv[i] = ld_act<CG>(qr + lane + 32 * i);
+            acc[i] = 0.0f;
+        }
+        rope_lanes<ND>(qv, lane, fpos, inv_freq);
+        if (warp == wown) {
+            const size_t kv_at = ((size_t)r * kvh + kh) * hd, at = (size_t)(len - 1) * hd;
+#pragma unroll
+            for (int i = 0; i < ND; ++i) {
+                ok[i] = ld_act<CG>(kin + kv_at + lane + 32 * i);
+                ov[i] = ld_act<CG>(vin + kv_at + lane + 32 * i);
+            }
+            rope_lanes<ND>(ok, lane, fpos, inv_freq);
+#pragma unroll
+            for (int i = 0; i < ND; ++i) {
+                // Read back only by this lane (the same addresses, in program order).
+                ((float*)K)[at + lane + 32 * i] = ok[i];
+                ((float*)V)[at + lane + 32 * i] = ov[i];
+            }
+        }
+    } else if (ROPE) {
         const float fpos = (float)(len - 1);
         const float* kr = kin + ((size_t)r * kvh + kh) * hd;
         for (int d = tid; d < hd; d += 128) {
@@ -190,15 +299,16 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         if (!ahead || pb != pb0) {
             attn_load_step<ND>(K, V, pb, p1, hd, lane, kv, vv);
         } else if (own) {
-            // The row's own position (in registers by constant index only: no local memory).
+            // The row's own position (in registers by constant index only: no local memory);
+            // with `lanes`, only warp wown has it, and in registers.
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 if (pb + j != len - 1) continue;
 #pragma unroll
                 for (int i = 0; i < ND; ++i) {
                     const int d = lane + 32 * i;
-                    kv[j][i] = d < hd ? own_kv[d] : 0.0f;
-                    vv[j][i] = d < hd ? own_kv[32 * ND + d] : 0.0f;
+                    kv[j][i] = lanes ? ok[i] : d < hd ? own_kv[d] : 0.0f;
+                    vv[j][i] = lanes ? ov[i] : d < hd ? own_kv[32 * ND + d] : 0.0f;
                 }
             }
         }
@@ -250,15 +360,29 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         L += sm.l[w] * f[w];
     }
     const size_t o = ((size_t)r * heads + h) * hd;
-    const bool in_cluster = cpart != 0 && splits > 1;
+    const bool in_cluster = cm != 0 && splits > 1;
+    // In a cluster, rank s's block is split s: ranks 1.. store their partials into rank 0's
+    // shared memory (st.async, completing on its mbarrier) and are done; rank 0 merges.
+    const bool push = in_cluster && s != 0;
+    if (in_cluster) {
+        cluster_merge_ready();
+        if (s == 0 && tid == 0) cluster_merge_expect(&cm->bar, (u32)(splits - 1) * (hd + 2) * 4);
+    }
     for (int d = tid; d < hd; d += 128) {
         const float A = sm.acc[0][d] * f[0] + sm.acc[1][d] * f[1] + sm.acc[2][d] * f[2] +
                         sm.acc[3][d] * f[3];
         if (splits == 1) {
             out[o + d] = A / L;
+        } else if (push) {
+            float* pp = cm->part[s];
+            st_rank0(pp + 2 + d, A, &cm->bar);
+            if (d == 0) {
+                st_rank0(pp, M, &cm->bar);
+                st_rank0(pp + 1, L, &cm->bar);
+            }
         } else {
-            float* pp =
-                in_cluster ? cpart : part + (((size_t)r * heads + h) * splits + s) * (hd + 2);
+            float* pp = in_cluster ? cm->part[0]
+                                   : part + (((size_t)r * heads + h) * splits + s) * (hd + 2);
             pp[2 + d] = A;
             if (d == 0) {
                 pp[0] = M;
@@ -266,13 +390,11 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             }
         }
     }
-    if (in_cluster) {
-        cluster_sync();  // every split's partial is in its block's shared memory
-        if (cluster_rank() == 0) {
-            auto ld = [&](int sp, int i) { return ld_cluster(cpart + i, sp); };
-            for (int d = tid; d < hd; d += 128) out[o + d] = attn_merge(ld, hd, splits, d);
-        }
-        cluster_sync();  // the other blocks keep their shared memory until block 0 has read it
+    if (in_cluster && s == 0) {
+        team_sync(bar, 128);  // rank 0's own partial
+        cluster_merge_wait(&cm->bar);
+        auto ld = [&](int sp, int i) { return cm->part[sp][i]; };
+        for (int d = tid; d < hd; d += 128) out[o + d] = attn_merge(ld, hd, splits, d);
     }
     team_sync(bar, 128);  // sm is reused by the next item
 }
@@ -287,11 +409,16 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
                                                int merge) {
     __shared__ AttnSmem<ND> sm;
     __shared__ float own_kv[ROPE ? 2 * 32 * ND : 1];
-    __shared__ float cpart[ROPE ? 32 * ND + 2 : 1];
+    __shared__ __align__(8) unsigned char cm_raw[ROPE ? sizeof(ClusterMerge<ND>) : 8];
+    ClusterMerge<ND>* cm = 0;
+    if (ROPE && merge && splits > 1) {
+        cm = (ClusterMerge<ND>*)cm_raw;
+        cluster_merge_init(*cm);
+    }
     attention_item<ND, ROPE, false, ROPE>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0,
                                           q, kc, vc, out, part, rows, layer, slots, max_seq,
                                           heads, kvh, hd, scale, splits, kin, vin, inv_freq,
-                                          pre != 0, own_kv, merge ? cpart : 0);
+                                          pre != 0, own_kv, cm);
 }
 
 #define ATTN_KERNEL(ND)                                                                        \
@@ -305,7 +432,7 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
                                   kvh, hd, scale, splits, 0, 0, 0, 0, 0);                      \
     }                                                                                          \
     /* Waits for its predecessor inside attention_item (PRE): see `pre` there; `merge`: */     \
-    /* launched as clusters of `splits` blocks along x (cpart in attention_item). */           \
+    /* launched as clusters of `splits` blocks along x (cm in attention_item). */              \
     extern "C" __global__ void __launch_bounds__(128) attention_rope_nd##ND(                  \
         const float* __restrict__ q, float* kc, float* vc, float* __restrict__ out,            \
         float* __restrict__ part, const __grid_constant__ RowsArg rows, int layer, int slots,  \

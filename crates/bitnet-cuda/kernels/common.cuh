@@ -155,34 +155,14 @@ __device__ __forceinline__ void team_sync(int id, int n) {
     }
 }
 
-// Thread-block clusters (sm_90+; the host launches clusters only there). cluster_sync: every
-// thread of every block of the cluster arrives (release) and waits (acquire): shared-memory
-// writes before it are visible to the other blocks' reads after it.
+// Thread-block clusters (sm_90+; the host launches clusters only there): this block's rank in
+// its cluster.
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;"
-                 ::: "memory");
-}
 __device__ __forceinline__ u32 cluster_rank() {
     u32 r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
     return r;
 }
-// The float at `p` in the shared memory of the cluster's block `rank` (p: this block's address
-// of the same variable).
-__device__ __forceinline__ float ld_cluster(const float* p, int rank) {
-    const u32 a = (u32)__cvta_generic_to_shared(p);
-    u32 ra;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
-    return v;
-}
 #else
-__device__ __forceinline__ void cluster_sync() { __trap(); }
 __device__ __forceinline__ u32 cluster_rank() { return 0; }
-__device__ __forceinline__ float ld_cluster(const float*, int) {
-    __trap();
-    return 0.0f;
-}
 #endif

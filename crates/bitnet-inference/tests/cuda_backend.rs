@@ -260,6 +260,16 @@ fn every_op_matches_the_cpu_backend_2b4t_heads() {
     let _ = c.f;
 }
 
+/// Heads of 64 values (attention's per-lane RoPE with two values a lane) and of 100 (not a
+/// multiple of 32: its shared-memory RoPE with four).
+#[test]
+fn every_op_matches_the_cpu_backend_other_head_widths() {
+    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 64, vocab: 300 };
+    compare(&c, 5, DType::F32, LmHeadMode::I8);
+    let c = Case { d: 200, f: 0, heads: 4, kv: 1, hd: 100, vocab: 300 };
+    compare(&c, 6, DType::F32, LmHeadMode::I8);
+}
+
 #[test]
 fn bad_arguments_are_errors_not_crashes() {
     let Some(b) = cuda() else { return };
