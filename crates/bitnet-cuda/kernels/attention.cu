@@ -96,6 +96,7 @@ struct AttnSmem {
 
 // The cluster merge's shared memory (attention_item's `cm`; only rank 0's is used): each
 // split's partial (max, sum, acc[hd]) and the mbarrier the other ranks' stores complete on.
+// 16 slots: the host never launches larger clusters (device.rs, cluster_max).
 template <int ND>
 struct ClusterMerge {
     unsigned long long bar;
