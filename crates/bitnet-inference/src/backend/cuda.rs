@@ -18,10 +18,12 @@ mod profile;
 mod sample;
 mod step;
 mod support;
+mod types;
 mod writes;
 
-use step::Step;
 use support::{cache_fits, i32_of, norm_width, with_data};
+use types::{lock, Scratch};
+pub use types::{CudaBuf, CudaCache, CudaLinear, CudaLmHead};
 use writes::LayerWrites;
 
 use super::{
@@ -29,15 +31,12 @@ use super::{
     StackParts, StackShape,
 };
 use bitnet_core::{Error, Result};
-use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{
-    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, QuantActs,
-    Ticket,
+    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, Ticket,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Opens CUDA device `ordinal` without compiling kernels (the engine's device probe).
@@ -54,64 +53,6 @@ pub struct CudaBackend {
     profile: Option<profile::Profiler>,
     /// One-token steps run every layer in one kernel where the model fits it.
     one_kernel: bool,
-}
-
-/// Reused device buffers and small host staging vectors.
-#[derive(Default)]
-struct Scratch {
-    quant: Option<QuantActs>,
-    part: Option<CudaSlice<f32>>,
-    rope: HashMap<(u32, usize), CudaSlice<f32>>,
-    rows_host: Vec<(usize, usize)>,
-    rows_table: Vec<i32>,
-    rows_dev: Option<CudaSlice<i32>>,
-    rows_dev_valid: bool,
-    ids_host: Vec<i32>,
-    ids_dev: Option<CudaSlice<i32>>,
-    step: Step,
-    sample: sample::SampleState,
-    /// Embedding lookups queued so far (`writes.rs`).
-    embeds: u64,
-}
-
-/// An f32 activation buffer on the GPU, with the int8 copy of its rows that `rms_norm` wrote.
-pub struct CudaBuf {
-    data: CudaSlice<f32>,
-    len: usize,
-    q: Option<QuantActs>,
-    /// `(rows, width)` the int8 copy holds, while it matches `data`.
-    q_shape: Option<(usize, usize)>,
-}
-
-impl CudaBuf {
-    fn touched(&mut self) -> &mut CudaSlice<f32> {
-        self.q_shape = None;
-        &mut self.data
-    }
-}
-
-/// A ternary projection in the GPU layout.
-pub struct CudaLinear(DeviceTernary);
-
-/// The vocabulary projection on the GPU.
-pub enum CudaLmHead {
-    /// Exact f32 rows.
-    F32(LmF32),
-    /// int8 rows with per-row scales.
-    I8(LmI8),
-}
-
-/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]` f32.
-pub struct CudaCache {
-    dims: CacheDims,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-    /// Which layers attention may read early (`writes.rs`).
-    written: LayerWrites,
-}
-
-fn lock(m: &Mutex<Scratch>) -> std::sync::MutexGuard<'_, Scratch> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl CudaBackend {
