@@ -2,7 +2,7 @@
 //!
 //! Layout (little-endian): `"GGUF"`, `u32` version, `u64` tensor count, `u64` metadata
 //! count, the metadata pairs (`string` key, `u32` type, value), the tensor infos (`string`
-//! name, `u32` n_dims, `u64` ne[n_dims] innermost first, `u32` ggml type, `u64` offset
+//! name, `u32` n_dims, `u64 ne[n_dims]` innermost first, `u32` ggml type, `u64` offset
 //! relative to the data section), padding to `general.alignment` (default 32), the data.
 //!
 //! Every count, length and offset is checked against the bytes that are really there
