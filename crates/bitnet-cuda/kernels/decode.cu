@@ -186,59 +186,64 @@ __device__ __forceinline__ void dec_wait(u32 bar, u32 parity) {
 
 #endif
 
+// Float4 slots of a normed row per thread (rows of a multiple of 4 values, as gemv_norm.cu's).
+#define DEC_SLOTS4 (DEC_MAX_D / 4 / DEC_THREADS)
+
 // The norm weights this thread applies (constant: loaded before the barrier that precedes use).
-__device__ __forceinline__ void dec_norm_weights(float (&wv)[DEC_MAX_D / DEC_THREADS],
+__device__ __forceinline__ void dec_norm_weights(float4 (&wv)[DEC_SLOTS4],
                                                  const float* __restrict__ w, int d) {
 #pragma unroll
-    for (int j = 0; j < DEC_MAX_D / DEC_THREADS; ++j) {
-        const int i = threadIdx.x + j * DEC_THREADS;
-        wv[j] = i < d ? __ldg(w + i) : 0.0f;
+    for (int j = 0; j < DEC_SLOTS4; ++j) {
+        const int f = threadIdx.x + j * DEC_THREADS;
+        wv[j] = 4 * f < d ? __ldg((const float4*)w + f) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 }
 
 // RMSNorm (weights wv) and BitLinear quantization of one row of d values into xs (zero from d
 // to kp), read through L2 (written by other blocks): x, or relu(x)^2 * y with `act`. Returns
-// the scale. Sums in the order of gemv_norm.cu's norm_to_smem. Σq is not needed: dec_gemv
-// subtracts each chunk's activations itself (dot_chunk with MINUS_SUM). Ends with a barrier
-// (xs is complete).
+// the scale. Reads and sums in the order of gemv_norm.cu's norm_to_smem (float4 slots). Σq is
+// not needed: dec_gemv subtracts each chunk's activations itself (dot_chunk with MINUS_SUM).
+// Ends with a barrier (xs is complete).
 __device__ __forceinline__ float dec_norm(const float* x, const float* y, int act,
-                                          const float (&wv)[DEC_MAX_D / DEC_THREADS], int d,
-                                          int kp, float eps, i8* xs, float* red1, float* red2) {
-    constexpr int PER = DEC_MAX_D / DEC_THREADS;
-    const int tid = threadIdx.x;
-    float v[PER];
+                                          const float4 (&wv)[DEC_SLOTS4], int d, int kp,
+                                          float eps, i8* xs, float* red1, float* red2) {
+    constexpr int P = DEC_SLOTS4;
+    const int tid = threadIdx.x, d4 = d >> 2, kp4 = kp >> 2;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v[P], b[P];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+        const int f = tid + j * DEC_THREADS;
+        v[j] = b[j] = zero;
+        if (f < d4) {
+            v[j] = __ldcg((const float4*)x + f);
+            if (act) b[j] = __ldcg((const float4*)y + f);
+        }
+    }
     float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        const int i = tid + j * DEC_THREADS;
-        float t = 0.0f;
-        if (i < d) {
-            t = __ldcg(x + i);
-            if (act) {
-                const float g = fmaxf(t, 0.0f);
-                t = __fmul_rn(__fmul_rn(g, g), __ldcg(y + i));
-            }
-        }
-        v[j] = t;
-        ss += t * t;
+    for (int j = 0; j < P; ++j) {
+        v[j] = norm_combine4(v[j], b[j], act, act != 0);
+        ss = sum_sq4(ss, v[j]);
     }
     // red1 and red2 were last read several barriers ago: no barrier before writing them.
     ss = block_sum(ss, red1, true);
     const float inv = norm_inv(ss, d, eps);
     float amax = 0.0f;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        if (tid + j * DEC_THREADS < d) {
-            v[j] = norm_scale(wv[j], v[j], inv);
-            amax = fmaxf(amax, fabsf(v[j]));
+    for (int j = 0; j < P; ++j) {
+        if (tid + j * DEC_THREADS < d4) {
+            v[j] = norm_scale4(wv[j], v[j], inv);
+            amax = max_abs4(amax, v[j]);
         }
     }
     amax = block_max(amax, red2, true);
     const float s = quant_scale(amax);
+    int sum = 0;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        const int i = tid + j * DEC_THREADS;
-        if (i < kp) xs[i] = (i8)(i < d ? quant_value(v[j], s) : 0);
+    for (int j = 0; j < P; ++j) {
+        const int f = tid + j * DEC_THREADS;
+        if (f < kp4) ((u32*)xs)[f] = f < d4 ? quant4(v[j], s, sum) : 0u;
     }
     __syncthreads();
     return s;
@@ -339,7 +344,6 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 1)
     // Bulk copies and transaction mbarriers are sm_90+: the host does not launch it there.
     __trap();
 #else
-    constexpr int PER = DEC_MAX_D / DEC_THREADS;
     // Dynamic shared memory: four mbarriers, the int8 row, then the four weight slots.
     extern __shared__ __align__(128) unsigned char dsm[];
     __shared__ float red1[32], red2[32];
@@ -366,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 1)
         for (int p = 0; p < 4; ++p)
             dec_load(a.layers[0].m[p], bars + a.slot_off[p], bars + 8 * p);
     }
-    float wv[PER];
+    float4 wv[DEC_SLOTS4];
     dec_norm_weights(wv, a.layers[0].norm[0], a.hidden);
     fetch_layer(0);
     fetch_layer(1);

@@ -9,8 +9,7 @@
 // residual the last block to read x (a ticket) writes x + y back, so callers see the same
 // buffers either way.
 
-// Rows of up to 8192 values (GEMV_NORM_MAX); a block of SUBS GEMV blocks of 256 threads holds
-// 8192 / (256 * SUBS) values per thread.
+// Rows of up to 8192 values (GEMV_NORM_MAX), a multiple of 4.
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
@@ -30,17 +29,24 @@ struct NormArg {
     float eps;
 };
 
+// Float4 slots of a row per thread of the 1024 (rows of up to GEMV_NORM_MAX values, a multiple
+// of 4: see sum_sq4 in norm.cu).
+#define NORM4_SLOTS (GEMV_NORM_MAX / 4 / 1024)
+
+// True when slot j and all later ones lie at or past n4 (float4s) for every thread of the block:
+// the same answer block-wide, so the loops over slots break there.
+__device__ __forceinline__ bool slots4_past(int j, int n4) { return j * (int)blockDim.x >= n4; }
+
 // Thread-private copy of the norm weights into shared memory (issued before the PDL wait:
-// they are constant); each thread later reads only the elements it copied.
-template <int PER, bool SKIP>
-__device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, int d) {
+// they are constant); each thread later reads only the slots it copied.
+__device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, int d4) {
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, d)) break;
-        const int i = threadIdx.x + j * blockDim.x;
-        if (i < d) {
-            const u32 dst = (u32)__cvta_generic_to_shared(wsm + i);
-            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(w + i)
+    for (int j = 0; j < NORM4_SLOTS; ++j) {
+        if (slots4_past(j, d4)) break;
+        const int f = threadIdx.x + j * blockDim.x;
+        if (f < d4) {
+            const u32 dst = (u32)__cvta_generic_to_shared(wsm + 4 * f);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(w + 4 * f)
                          : "memory");
         }
     }
@@ -50,20 +56,35 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
 // The norm of the block's single input row into shared memory: xs gets its int8 quantization
 // (zero from d to kp), wsm the raw input (x + y for a residual), qpart each warp's part of Σq;
 // returns the scale. Block 0 also writes the norm's outputs (out, q, qscale; qsum later).
-template <int PER, bool SKIP>
+//
+// The row is read in float4 slots (NORM4_SLOTS per thread; a 2560-wide row is one slot of 640
+// threads): against one value per slot (up to 8 slots, most of them dead for 2560), the norm
+// issues a quarter of the loads and a fraction of the per-slot instructions, and with 32 warps
+// to a block its phase is issue-bound.
 __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* wsm, int* qpart,
                                               float* red1, float* red2, u32& ticket) {
-    const int tid = threadIdx.x, nt = blockDim.x;
+    constexpr int P = NORM4_SLOTS;
+    const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
     const bool residual = n.y != 0 && !n.act;
-    float v[PER];
-    norm_inputs<PER, SKIP>(v, n.x, n.y, n.act, n.d);
-    // Slots past d (or kp) are skipped (slots_past): with PER = 8 for every width, a 2560-wide
-    // row would otherwise issue five dead slots of each loop.
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float4 v[P], b[P];
+    // Every load goes out before any value is combined.
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+        v[j] = b[j] = zero;
+        if (slots4_past(j, d4)) break;
+        const int f = tid + j * nt;
+        if (f < d4) {
+            v[j] = ((const float4*)n.x)[f];
+            if (n.y != 0) b[j] = ((const float4*)n.y)[f];
+        }
+    }
     float ss = 0.0f;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, n.d)) break;
-        ss += v[j] * v[j];
+    for (int j = 0; j < P; ++j) {
+        if (slots4_past(j, d4)) break;
+        v[j] = norm_combine4(v[j], b[j], n.act, n.y != 0);
+        ss = sum_sq4(ss, v[j]);
     }
     ss = block_sum(ss, red1, true);
     // Every thread of this block has read x (the sum used it): for a residual, take a ticket
@@ -71,16 +92,17 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     if (residual && tid == 0) ticket = atomicAdd(n.ticket, 1u);
     const float inv = norm_inv(ss, n.d, n.eps);
     asm volatile("cp.async.wait_all;" ::: "memory");
+    float4* w4 = (float4*)wsm;
     float amax = 0.0f;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, n.d)) break;
-        const int i = tid + j * nt;
-        if (i < n.d) {
-            const float t = norm_scale(wsm[i], v[j], inv);
-            wsm[i] = v[j];
+    for (int j = 0; j < P; ++j) {
+        if (slots4_past(j, d4)) break;
+        const int f = tid + j * nt;
+        if (f < d4) {
+            const float4 t = norm_scale4(w4[f], v[j], inv);
+            w4[f] = v[j];
             v[j] = t;
-            amax = fmaxf(amax, fabsf(t));
+            amax = max_abs4(amax, t);
         }
     }
     amax = block_max(amax, red2, true);
@@ -88,18 +110,17 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     int part = 0;
     const bool first = blockIdx.x == 0;
 #pragma unroll
-    for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, n.kp)) break;
-        const int i = tid + j * nt;
-        int q = 0;
-        if (i < n.d) {
-            q = quant_value(v[j], s);
-            part += q;
-            if (first) n.out[i] = v[j];
+    for (int j = 0; j < P; ++j) {
+        if (slots4_past(j, kp4)) break;
+        const int f = tid + j * nt;
+        u32 q = 0;
+        if (f < d4) {
+            q = quant4(v[j], s, part);
+            if (first) ((float4*)n.out)[f] = v[j];
         }
-        if (i < n.kp) {
-            xs[i] = (i8)q;
-            if (first) n.q[i] = (i8)q;
+        if (f < kp4) {
+            ((u32*)xs)[f] = q;
+            if (first) ((u32*)n.q)[f] = q;
         }
     }
     part = warp_sum_i(part);
@@ -116,13 +137,13 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 #ifndef GEMV_NORM_U
 #define GEMV_NORM_U 3
 #endif
-template <int G, bool SKIP>
+template <int G>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
                                                const OutArg& o, int kc, int tiles) {
-    constexpr int NT = 1024, PER = GEMV_NORM_MAX / NT, SUB = 128 * G, SUBS = NT / SUB;
+    constexpr int NT = 1024, SUB = 128 * G, SUBS = NT / SUB;
     __shared__ __align__(16) i8 xs[GEMV_NORM_MAX];
     // The norm weights; then the norm's input (x + y for a residual).
-    __shared__ float wsm[GEMV_NORM_MAX];
+    __shared__ __align__(16) float wsm[GEMV_NORM_MAX];
     __shared__ float red1[32], red2[32];
     __shared__ int qpart[NT / 32];
     __shared__ int tred[SUBS][4 * G][1][8];
@@ -134,10 +155,10 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
-    norm_weights_async<PER, SKIP>(wsm, n.w, n.d);
+    norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     u32 ticket = 0;
-    const float s = norm_to_smem<PER, SKIP>(n, xs, wsm, qpart, red1, red2, ticket);
+    const float s = norm_to_smem(n, xs, wsm, qpart, red1, red2, ticket);
     if (tid == 0) s_sa = s;
     __syncthreads();
     if (blockIdx.x == 0 && tid == 0) {
@@ -160,18 +181,11 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
 extern "C" __global__ void __launch_bounds__(1024, 1)
     gemv_norm_m1_g2(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
                     const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<2, true>(W, n, o, kc, tiles);
+    gemv_norm_body<2>(W, n, o, kc, tiles);
 }
 // One group per tile (many tiles).
 extern "C" __global__ void __launch_bounds__(1024, 1)
     gemv_norm_m1_g1(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
                     const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<1, true>(W, n, o, kc, tiles);
-}
-// Two groups, every norm slot issued (no skip branches): rows of more than 6 x 1024 values,
-// where at most one slot is dead.
-extern "C" __global__ void __launch_bounds__(1024, 1)
-    gemv_norm_m1_g2_full(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
-                         const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<2, false>(W, n, o, kc, tiles);
+    gemv_norm_body<1>(W, n, o, kc, tiles);
 }

@@ -3,41 +3,35 @@
 // Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER.
 #define NORM_PER 8
 
-// True when this thread's slot j and all later ones lie at or past n for every thread of the
-// block (i = threadIdx.x + j * blockDim.x >= n): the same answer block-wide, so a loop over
-// slots can break there instead of issuing the remaining slots predicated off.
-__device__ __forceinline__ bool slots_past(int j, int n) { return j * (int)blockDim.x >= n; }
+// One value of a norm's input: x, x + y (residual add: `has_y`), or relu(x)^2 * y (act).
+__device__ __forceinline__ float norm_combine(float x, float y, int act, bool has_y) {
+    if (act) {
+        const float g = fmaxf(x, 0.0f);
+        return __fmul_rn(__fmul_rn(g, g), y);
+    }
+    return has_y ? x + y : x;
+}
 
 // The values a norm reads, in this thread's slots i = threadIdx.x + j * blockDim.x (zero from d
 // on): x, x + y (residual add, y set), or relu(x)^2 * y (act). Every load is issued before any
-// value is combined: combined slot by slot (the load of y inside the branch on the mode, the add
-// right after it), each slot waited for its round trip to L2 before the next slot's loads went
-// out: 3 round trips for a 2560-wide residual row at 1024 threads, 7 for a 6912-wide relu² row.
-//
-// SKIP: slots wholly past d are skipped by a branch the whole block takes instead of being
-// issued predicated off (the fused norm + GEMV, PER = 8 at every width: a 2560-wide row has five
-// dead slots; H100 tg64 +4.6%). rms_norm_q sizes its block to the row and keeps the plain loop:
-// with the branches its batch-8 decode was 8% slower.
-template <int PER, bool SKIP = false>
+// value is combined (combined slot by slot, each slot waited for its round trip to L2 before the
+// next slot's loads went out).
+template <int PER>
 __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, const float* y,
                                             int act, int d) {
     const int tid = threadIdx.x, nt = blockDim.x;
     float b[PER];
-    if (SKIP) {
-#pragma unroll
-        for (int j = 0; j < PER; ++j) v[j] = b[j] = 0.0f;
-    }
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, d)) break;
         const int i = tid + j * nt;
-        if (!SKIP) v[j] = b[j] = 0.0f;
+        v[j] = b[j] = 0.0f;
         if (i < d) v[j] = x[i];
         if (i < d && y != 0) b[j] = y[i];
     }
+    // The same arithmetic as norm_combine, spelled out: with norm_combine here rms_norm_q
+    // compiled to 8 more instructions and batched decode was ~3% slower (H100).
 #pragma unroll
     for (int j = 0; j < PER; ++j) {
-        if (SKIP && slots_past(j, d)) break;
         if (act) {
             const float g = fmaxf(v[j], 0.0f);
             v[j] = __fmul_rn(__fmul_rn(g, g), b[j]);
@@ -60,6 +54,36 @@ __device__ __forceinline__ float quant_scale(float amax) { return 127.0f / fmaxf
 // q = clamp(round_half_even(v * s), -128, 127).
 __device__ __forceinline__ int quant_value(float v, float s) {
     return (int)fminf(fmaxf(rintf(__fmul_rn(v, s)), -128.0f), 127.0f);
+}
+
+// Rows read four values at a time (the fused norm + GEMV and the one-kernel decode, rows of a
+// multiple of 4 values): slot j of thread t holds values 4f .. 4f + 3, f = t + j * blockDim.x.
+// Each thread sums its squares in this order (slots, then the four values), so that both
+// kernels get the same Σx² bit for bit.
+__device__ __forceinline__ float sum_sq4(float ss, float4 v) {
+    ss = __fmaf_rn(v.x, v.x, ss);
+    ss = __fmaf_rn(v.y, v.y, ss);
+    ss = __fmaf_rn(v.z, v.z, ss);
+    return __fmaf_rn(v.w, v.w, ss);
+}
+__device__ __forceinline__ float4 norm_combine4(float4 x, float4 y, int act, bool has_y) {
+    return make_float4(norm_combine(x.x, y.x, act, has_y), norm_combine(x.y, y.y, act, has_y),
+                       norm_combine(x.z, y.z, act, has_y), norm_combine(x.w, y.w, act, has_y));
+}
+__device__ __forceinline__ float4 norm_scale4(float4 w, float4 v, float inv) {
+    return make_float4(norm_scale(w.x, v.x, inv), norm_scale(w.y, v.y, inv),
+                       norm_scale(w.z, v.z, inv), norm_scale(w.w, v.w, inv));
+}
+__device__ __forceinline__ float max_abs4(float m, float4 v) {
+    return fmaxf(fmaxf(fmaxf(m, fabsf(v.x)), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+}
+// The four values' quantization (quant_value), packed little-endian into one word; `sum` gets
+// their sum added.
+__device__ __forceinline__ u32 quant4(float4 v, float s, int& sum) {
+    const int a = quant_value(v.x, s), b = quant_value(v.y, s), c = quant_value(v.z, s),
+              d = quant_value(v.w, s);
+    sum += a + b + c + d;
+    return (u32)(a & 0xff) | ((u32)(b & 0xff) << 8) | ((u32)(c & 0xff) << 16) | ((u32)d << 24);
 }
 
 // RMSNorm of one row spread over the block, PER values per thread (i = tid + j * blockDim.x,

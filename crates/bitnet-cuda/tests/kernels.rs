@@ -267,13 +267,14 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
     let mut rng = Rng(7);
     let ticket = ops::Ticket::new(&g).unwrap();
     // (input width, stacked parts, mode: 0 plain, 1 residual, 2 relu²; input scale)
-    let cases: [(usize, &[usize], u8, f32); 7] = [
+    let cases: [(usize, &[usize], u8, f32); 8] = [
         (2560, &[2560, 640, 640], 1, 3.0),
         (2560, &[2560], 0, 1.0),
         (2560, &[6912, 6912], 1, 0.5),
         (6912, &[2560], 2, 2.0),
         (200, &[9, 130], 0, 1.0),
         (8192, &[64], 2, 1.0),
+        (4100, &[24], 1, 1.0),  // one thread's second float4 slot
         (2560, &[640], 0, 0.0), // all-zero input
     ];
     for (d, parts, mode, scale) in cases {
@@ -379,6 +380,24 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         &mut [&mut out],
     );
     assert!(r.is_err());
+    // Rows the kernel cannot read four values at a time: an error too.
+    let d = 202;
+    let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
+    let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
+    let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());
+    let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
+    let r = ops::norm_ternary_gemv(
+        &g,
+        ops::NormSrc::Plain(&dx),
+        &dx,
+        1e-5,
+        &mut xn,
+        &mut q,
+        &ticket,
+        &w,
+        &mut [&mut out],
+    );
+    assert!(r.is_err() && !ops::norm_gemv_fits(d));
 }
 
 /// The bandwidth probe's read stream covers every word exactly once: its XOR equals the

@@ -133,6 +133,9 @@ fn check(layers: &[StackLayer<'_>], d: &StackDims) -> std::result::Result<(), St
     if d.head_dim > MAX_HEAD_DIM || !d.head_dim.is_multiple_of(2) {
         return Err(format!("head dimension {} (at most {MAX_HEAD_DIM}, even)", d.head_dim));
     }
+    if [h, qd, d.inter].iter().any(|w| !w.is_multiple_of(4)) {
+        return Err(format!("normed rows of {h}, {qd} and {} values (multiples of 4)", d.inter));
+    }
     let want: [(&[usize], usize); 4] =
         [(&[qd, kvd, kvd], h), (&[h], qd), (&[d.inter; 2], h), (&[h], d.inter)];
     for (i, l) in layers.iter().enumerate() {

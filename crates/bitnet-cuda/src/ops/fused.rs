@@ -11,6 +11,12 @@ use cudarc::driver::CudaSlice;
 /// Most input features of the fused kernel (`GEMV_NORM_MAX`).
 pub const NORM_GEMV_MAX_COLS: usize = 8192;
 
+/// Whether the fused kernel takes rows of `d` features: at most [`NORM_GEMV_MAX_COLS`], a
+/// multiple of 4 (it reads them four at a time).
+pub fn norm_gemv_fits(d: usize) -> bool {
+    d <= NORM_GEMV_MAX_COLS && d.is_multiple_of(4)
+}
+
 /// What the norm normalizes (one row of `w.cols()` values each).
 pub enum NormSrc<'a> {
     /// The row itself.
@@ -67,9 +73,9 @@ pub fn norm_ternary_gemv(
 ) -> Result<()> {
     let d = w.cols();
     let kp = padded_cols(d);
-    if d > NORM_GEMV_MAX_COLS || kp > NORM_GEMV_MAX_COLS || kp != w.kp {
+    if !norm_gemv_fits(d) || kp > NORM_GEMV_MAX_COLS || kp != w.kp {
         return Err(Error::unsupported(format!(
-            "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS})"
+            "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS}, a multiple of 4)"
         )));
     }
     let (x, y, act) = match src {
@@ -99,15 +105,17 @@ pub fn norm_ternary_gemv(
         act,
         eps,
     };
+    // The kernel reads and writes the rows four floats (or four int8) at a time.
+    let ptrs = [n.x, n.y, n.w, n.out, n.q];
+    if ptrs.iter().any(|p| !p.is_multiple_of(16)) {
+        return Err(Error::unsupported("fused norm + GEMV on buffers not 16-byte aligned"));
+    }
     let tiles = w.rows_padded / TILE_ROWS;
     // One block of 1024 threads per SM: 8 / groups GEMV blocks of `groups` x 128 threads (the
     // GEMV's groups per tile for one token).
     let sms = gpu.info().sms as usize;
     let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
-    // Rows of more than 6 x 1024 values leave at most one of the norm's 8 slots per thread dead:
-    // the kernel without the skip branches (H100 pair 2560x6912 relu²: 5.78 against 6.23 µs).
     let (f, subs) = match groups {
-        2 if d > 6 * 1024 => (&gpu.k.gemv_norm2_full, 4),
         2 => (&gpu.k.gemv_norm2, 4),
         _ => (&gpu.k.gemv_norm1, 8),
     };
@@ -115,7 +123,8 @@ pub fn norm_ternary_gemv(
     let dims = Dims { grid: (grid as u32, 1, 1), block: 1024, cluster: 1 };
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
     // Kernel: gemv_norm_m1_gG(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
-    // w, out hold d values and q kp <= 8192 (checked above), qscale/qsum one, ticket one word
-    // that is zero between launches; each o.y[j] holds o.n[j] values (out_arg).
+    // w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and q kp <=
+    // 8192 (checked above), qscale/qsum one, ticket one word that is zero between launches;
+    // each o.y[j] holds o.n[j] values (out_arg).
     launch!(gpu, f, dims; wp, n, o, kc, tiles)
 }

@@ -22,7 +22,7 @@ pub use attn::{
 pub use decode::{
     decode_layers, DecodeStack, StackDims, StackLayer, DECODE_MAX_WIDTH, DECODE_STAMPS,
 };
-pub use fused::{norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
+pub use fused::{norm_gemv_fits, norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
 pub(crate) use knobs::Knobs;
 pub(crate) use linear::GEMM_ROWS;
 pub use linear::{

@@ -320,7 +320,7 @@ impl Backend for CudaBackend {
         outs: &mut [&mut Self::Buf],
     ) -> Result<()> {
         let (w, d) = (&proj.0, norm.weight.len);
-        let fits = d == norm.width && w.cols() == d && d <= ops::NORM_GEMV_MAX_COLS;
+        let fits = d == norm.width && w.cols() == d && ops::norm_gemv_fits(d);
         if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
             return super::norm_then_linear(self, norm, rows, xn, proj, outs);
         }
