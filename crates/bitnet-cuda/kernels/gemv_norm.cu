@@ -13,7 +13,12 @@
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
-// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y (act).
+// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y (act). Each kernel is
+// compiled for one of these modes (NORM_PLAIN, NORM_RESIDUAL, NORM_RELU2), which must match y
+// and act.
+#define NORM_PLAIN 0
+#define NORM_RESIDUAL 1
+#define NORM_RELU2 2
 struct NormArg {
     float* x;
     const float* y;
@@ -25,7 +30,6 @@ struct NormArg {
     u32* ticket;
     int d;
     int kp;
-    int act;
     float eps;
 };
 
@@ -61,11 +65,12 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
 // threads): against one value per slot (up to 8 slots, most of them dead for 2560), the norm
 // issues a quarter of the loads and a fraction of the per-slot instructions, and with 32 warps
 // to a block its phase is issue-bound.
+template <int MODE>
 __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* wsm, int* qpart,
                                               float* red1, float* red2, u32& ticket) {
     constexpr int P = NORM4_SLOTS;
     const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
-    const bool residual = n.y != 0 && !n.act;
+    constexpr bool has_y = MODE != NORM_PLAIN;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[P], b[P];
     // Every load goes out before any value is combined.
@@ -76,20 +81,20 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         const int f = tid + j * nt;
         if (f < d4) {
             v[j] = ((const float4*)n.x)[f];
-            if (n.y != 0) b[j] = ((const float4*)n.y)[f];
+            if (has_y) b[j] = ((const float4*)n.y)[f];
         }
     }
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
         if (slots4_past(j, d4)) break;
-        v[j] = norm_combine4(v[j], b[j], n.act, n.y != 0);
+        v[j] = norm_combine4(v[j], b[j], MODE == NORM_RELU2, has_y);
         ss = sum_sq4(ss, v[j]);
     }
     ss = block_sum(ss, red1, true);
     // Every thread of this block has read x (the sum used it): for a residual, take a ticket
     // now; its number is looked at only at the end, so its latency hides behind the GEMV.
-    if (residual && tid == 0) ticket = atomicAdd(n.ticket, 1u);
+    if (MODE == NORM_RESIDUAL && tid == 0) ticket = atomicAdd(n.ticket, 1u);
     const float inv = norm_inv(ss, n.d, n.eps);
     asm volatile("cp.async.wait_all;" ::: "memory");
     float4* w4 = (float4*)wsm;
@@ -137,7 +142,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 #ifndef GEMV_NORM_U
 #define GEMV_NORM_U 3
 #endif
-template <int G>
+template <int G, int MODE>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
                                                const OutArg& o, int kc, int tiles) {
     constexpr int NT = 1024, SUB = 128 * G, SUBS = NT / SUB;
@@ -158,7 +163,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     u32 ticket = 0;
-    const float s = norm_to_smem(n, xs, wsm, qpart, red1, red2, ticket);
+    const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2, ticket);
     if (tid == 0) s_sa = s;
     __syncthreads();
     if (blockIdx.x == 0 && tid == 0) {
@@ -168,7 +173,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     }
     gemv_tiles<1, true>(g, xs, &s_sa, qpart, NT / 32, o, n.kp, vb, lt, G, w0, w1, tred[sub],
                         1 + sub);
-    if (n.y == 0 || n.act) return;
+    if (MODE != NORM_RESIDUAL) return;
     // The last block to take a ticket writes x + y back: every block has read x by then.
     if (tid == 0) last = ticket == gridDim.x - 1;
     __syncthreads();
@@ -177,15 +182,18 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     for (int i = tid; i < n.d; i += NT) n.x[i] = wsm[i];
 }
 
-// Two groups of 128 threads per tile (short matrices, long rows: more loads in flight).
-extern "C" __global__ void __launch_bounds__(1024, 1)
-    gemv_norm_m1_g2(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
-                    const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<2>(W, n, o, kc, tiles);
-}
-// One group per tile (many tiles).
-extern "C" __global__ void __launch_bounds__(1024, 1)
-    gemv_norm_m1_g1(const uint4* __restrict__ W, const __grid_constant__ NormArg n,
-                    const __grid_constant__ OutArg o, int kc, int tiles) {
-    gemv_norm_body<1>(W, n, o, kc, tiles);
-}
+// gemv_norm_m1_g<G>_<MODE>: G groups of 128 threads per tile (2: short matrices, long rows, more
+// loads in flight; 1: many tiles), the norm's input mode as NormArg says.
+#define GEMV_NORM_KERNEL(G, MODE, NAME)                                                 \
+    extern "C" __global__ void __launch_bounds__(1024, 1)                              \
+        gemv_norm_m1_g##G##_##NAME(const uint4* __restrict__ W,                        \
+                                   const __grid_constant__ NormArg n,                  \
+                                   const __grid_constant__ OutArg o, int kc, int tiles) { \
+        gemv_norm_body<G, MODE>(W, n, o, kc, tiles);                                    \
+    }
+GEMV_NORM_KERNEL(1, NORM_PLAIN, plain)
+GEMV_NORM_KERNEL(1, NORM_RESIDUAL, residual)
+GEMV_NORM_KERNEL(1, NORM_RELU2, relu2)
+GEMV_NORM_KERNEL(2, NORM_PLAIN, plain)
+GEMV_NORM_KERNEL(2, NORM_RESIDUAL, residual)
+GEMV_NORM_KERNEL(2, NORM_RELU2, relu2)

@@ -143,7 +143,7 @@ mod tests {
         assert!(s.find("struct RowsArg").unwrap() < s.find("rms_norm_q").unwrap());
         for k in [
             "GEMV_KERNEL(8)",
-            "gemv_norm_m1_g1",
+            "GEMV_NORM_KERNEL(1, NORM_RELU2",
             "gemm_mma",
             "ATTN_KERNEL(8)",
             "attn_combine",

@@ -41,7 +41,6 @@ struct NormArg {
     ticket: u64,
     d: i32,
     kp: i32,
-    act: i32,
     eps: f32,
 }
 
@@ -78,10 +77,11 @@ pub fn norm_ternary_gemv(
             "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS}, a multiple of 4)"
         )));
     }
-    let (x, y, act) = match src {
+    // Mode: 0 plain, 1 residual, 2 relu² (the kernel's NORM_* mode).
+    let (x, y, mode) = match src {
         NormSrc::Plain(x) => (x as &CudaSlice<f32>, None, 0),
-        NormSrc::Residual(x, y) => (&*x, Some(y), 0),
-        NormSrc::Relu2(g, u) => (g, Some(u), 1),
+        NormSrc::Residual(x, y) => (&*x, Some(y), 1),
+        NormSrc::Relu2(g, u) => (g, Some(u), 2),
     };
     need(x.len(), d, "fused norm input")?;
     if let Some(y) = y {
@@ -102,7 +102,6 @@ pub fn norm_ternary_gemv(
         ticket: dptr(gpu, &ticket.0),
         d: d as i32,
         kp: kp as i32,
-        act,
         eps,
     };
     // The kernel reads and writes the rows four floats (or four int8) at a time.
@@ -115,14 +114,19 @@ pub fn norm_ternary_gemv(
     // GEMV's groups per tile for one token).
     let sms = gpu.info().sms as usize;
     let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
-    let (f, subs) = match groups {
-        2 => (&gpu.k.gemv_norm2, 4),
-        _ => (&gpu.k.gemv_norm1, 8),
+    let k = &gpu.k;
+    let (f, subs) = match (groups, mode) {
+        (2, 0) => (&k.gemv_norm2_plain, 4),
+        (2, 1) => (&k.gemv_norm2_residual, 4),
+        (2, _) => (&k.gemv_norm2_relu2, 4),
+        (_, 0) => (&k.gemv_norm1_plain, 8),
+        (_, 1) => (&k.gemv_norm1_residual, 8),
+        (_, _) => (&k.gemv_norm1_relu2, 8),
     };
     let grid = tiles.div_ceil(subs).min(sms).max(1);
     let dims = Dims { grid: (grid as u32, 1, 1), block: 1024, cluster: 1 };
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
-    // Kernel: gemv_norm_m1_gG(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
+    // Kernel: gemv_norm_m1_gG_<mode>(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
     // w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and q kp <=
     // 8192 (checked above), qscale/qsum one, ticket one word that is zero between launches;
     // each o.y[j] holds o.n[j] values (out_arg).
