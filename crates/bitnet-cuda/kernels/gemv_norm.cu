@@ -137,10 +137,11 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 // Every block (1024 threads, one per SM) computes the norm itself (norm_to_smem), then runs
 // 8 / G GEMV blocks of G groups of 128 threads (gemv_tiles) over tiles blockIdx.x * SUBS + sub,
 // + SUBS * gridDim.x, ... with the activations from shared memory.
-// Chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS): with two
-// batches in flight, four would spill registers at 1024 threads.
+// Chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS). Two batches are
+// in flight; with the float4 norm, H100 tg64 at U = 2 / 3 / 4 was 1,261 / 1,250 / 1,176 (U = 2
+// ahead in all four same-run rounds, by 0.5-0.9%).
 #ifndef GEMV_NORM_U
-#define GEMV_NORM_U 3
+#define GEMV_NORM_U 2
 #endif
 template <int G, int MODE>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
