@@ -127,27 +127,11 @@ __device__ __forceinline__ void st_rank0(const float* p, float v, const unsigned
     asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
                  ::"r"(a), "r"(__float_as_uint(v)), "r"(b) : "memory");
 }
-// Rank 0: arrives on its mbarrier expecting `bytes` from the other ranks (thread 0), or waits
-// for that phase to complete (every thread; acquire: the stores are visible after it).
+// Rank 0, thread 0: arrives on its mbarrier expecting `bytes` from the other ranks (every
+// thread then waits for that phase: mbar_wait<true>, after which the stores are visible).
 __device__ __forceinline__ void cluster_merge_expect(unsigned long long* bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;"
                  ::"r"((u32)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
-}
-// A wait of more than 2 s traps (the launch fails) instead of hanging: a store that never
-// lands is a bug.
-__device__ __forceinline__ void cluster_merge_wait(unsigned long long* bar) {
-    const u32 b = (u32)__cvta_generic_to_shared(bar);
-    unsigned long long t0, t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
-    for (u32 done = 0, turns = 0; !done; ++turns) {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
-            " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(b) : "memory");
-        if ((turns & 1023u) == 1023u) {
-            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-            if (t - t0 > 2000000000ull) __trap();
-        }
-    }
 }
 #else
 template <int ND>
@@ -155,7 +139,6 @@ __device__ __forceinline__ void cluster_merge_init(ClusterMerge<ND>&) { __trap()
 __device__ __forceinline__ void cluster_merge_ready() { __trap(); }
 __device__ __forceinline__ void st_rank0(const float*, float, const unsigned long long*) { __trap(); }
 __device__ __forceinline__ void cluster_merge_expect(unsigned long long*, u32) { __trap(); }
-__device__ __forceinline__ void cluster_merge_wait(unsigned long long*) { __trap(); }
 #endif
 
 // Keys and values of positions pb .. pb + 3 (those below `lim`) for this lane's dims. L2: load
@@ -393,7 +376,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     }
     if (in_cluster && s == 0) {
         team_sync(bar, 128);  // rank 0's own partial
-        cluster_merge_wait(&cm->bar);
+        mbar_wait<true>((u32)__cvta_generic_to_shared(&cm->bar), 0);
         auto ld = [&](int sp, int i) { return cm->part[sp][i]; };
         for (int d = tid; d < hd; d += 128) out[o + d] = attn_merge(ld, hd, splits, d);
     }

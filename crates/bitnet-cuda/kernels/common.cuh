@@ -166,3 +166,46 @@ __device__ __forceinline__ u32 cluster_rank() {
 #else
 __device__ __forceinline__ u32 cluster_rank() { return 0; }
 #endif
+
+// A spin that has waited SPIN_LIMIT_NS traps (the launch fails with an error) instead of
+// hanging the process: a block that never arrives, or a copy that never lands, is a bug.
+#define SPIN_LIMIT_NS 2000000000ull
+
+__device__ __forceinline__ unsigned long long globaltimer_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Called on every turn of a spin that began at `t0`: traps past the limit (checked every 1024
+// turns).
+__device__ __forceinline__ void spin_check(unsigned long long t0, u32& turns) {
+    if ((++turns & 1023u) == 0 && globaltimer_ns() - t0 > SPIN_LIMIT_NS) __trap();
+}
+
+// Waits until the mbarrier at shared address `bar` has completed the phase of the given
+// parity (sm_90+). CLUSTER: acquire at cluster scope (writes from other blocks of the cluster,
+// st.async), else at block scope (bulk copies).
+template <bool CLUSTER>
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+    u32 done = 0, turns = 0;
+    const unsigned long long t0 = globaltimer_ns();
+    while (true) {
+        if (CLUSTER) {
+            asm volatile(
+                "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, "
+                "[%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity)
+                : "memory");
+        } else {
+            asm volatile(
+                "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+        }
+        if (done) break;
+        spin_check(t0, turns);
+    }
+#else
+    __trap();
+#endif
+}

@@ -93,28 +93,13 @@ struct DecArgs {
 // 4p + {0 start, 1 norm done, 2 weights ready, 3 rows stored}; attention stamps 4 (start) and 5
 // (done) of slot 1.
 #define DEC_STAMPS 20
-#define DEC_STAMP(a, L, k)                                                                    \
-    do {                                                                                       \
-        if ((a).trace && threadIdx.x == 0) {                                                   \
-            (a).trace[((size_t)blockIdx.x * (a).nlayers + (L)) * DEC_STAMPS + (k)] = dec_now(); \
-        }                                                                                      \
+#define DEC_STAMP(a, L, k)                                                                \
+    do {                                                                                   \
+        if ((a).trace && threadIdx.x == 0) {                                               \
+            const size_t at = ((size_t)blockIdx.x * (a).nlayers + (L)) * DEC_STAMPS + (k); \
+            (a).trace[at] = globaltimer_ns();                                              \
+        }                                                                                  \
     } while (0)
-
-// A spin that has waited DEC_SPIN_LIMIT_NS traps (the launch fails with an error) instead of
-// hanging the process: a block that never arrives, or a copy that never lands, is a bug.
-#define DEC_SPIN_LIMIT_NS 2000000000ull
-
-__device__ __forceinline__ unsigned long long dec_now() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
-// Called on every turn of a spin that began at `t0`: traps past the limit (checked every 1024
-// turns).
-__device__ __forceinline__ void dec_spin_check(unsigned long long t0, u32& turns) {
-    if ((++turns & 1023u) == 0 && dec_now() - t0 > DEC_SPIN_LIMIT_NS) __trap();
-}
 
 // Grid-wide barrier (every block resident, one per SM), in two halves so that a block can
 // issue work between them: arrivals count up in `count` within a launch; barrier number k waits
@@ -127,13 +112,13 @@ __device__ __forceinline__ void grid_arrive(u32* count) {
 __device__ __forceinline__ void grid_wait(const u32* count, u32 target) {
     if (threadIdx.x == 0) {
         u32 v, turns = 0;
-        const unsigned long long t0 = dec_now();
+        const unsigned long long t0 = globaltimer_ns();
         // Relaxed loads while spinning (an acquire load invalidates L1 each time), one acquire
         // once the count is reached.
         while (true) {
             asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
             if (v >= target) break;
-            dec_spin_check(t0, turns);
+            spin_check(t0, turns);
         }
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
     }
@@ -168,19 +153,6 @@ __device__ __forceinline__ void dec_load(const DecMat& m, u32 dst, u32 bar) {
             "[%3];" ::"r"(dst + o),
             "l"(src + o), "r"(n), "r"(bar)
             : "memory");
-    }
-}
-
-// Waits until the mbarrier at `bar` has completed the phase of the given parity.
-__device__ __forceinline__ void dec_wait(u32 bar, u32 parity) {
-    u32 done = 0, turns = 0;
-    const unsigned long long t0 = dec_now();
-    while (true) {
-        asm volatile(
-            "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-            " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-        if (done) break;
-        dec_spin_check(t0, turns);
     }
 }
 
@@ -398,7 +370,7 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS, 1)
         const float sa =
             (DEC_SKIP & 2) ? 1.0f : dec_norm(x, y, act, wv, d, kp, a.eps, xs, red1, red2);
         DEC_STAMP(a, L, st + 1);
-        dec_wait(bars + 8 * p, (u32)L & 1u);
+        mbar_wait<false>(bars + 8 * p, (u32)L & 1u);
         DEC_STAMP(a, L, st + 2);
         if (!(DEC_SKIP & 1))
             dec_gemv(l.m[p], (const uint4*)(dsm + a.slot_off[p]), xs, sa, red, a.x, xres);
