@@ -13,9 +13,9 @@
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
-// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y (act). Each kernel is
-// compiled for one of these modes (NORM_PLAIN, NORM_RESIDUAL, NORM_RELU2), which must match y
-// and act.
+// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y. Each kernel is
+// compiled for one of these modes (NORM_PLAIN, NORM_RESIDUAL, NORM_RELU2); the host picks it from
+// its input (y is set for the last two).
 #define NORM_PLAIN 0
 #define NORM_RESIDUAL 1
 #define NORM_RELU2 2
@@ -138,8 +138,8 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 // 8 / G GEMV blocks of G groups of 128 threads (gemv_tiles) over tiles blockIdx.x * SUBS + sub,
 // + SUBS * gridDim.x, ... with the activations from shared memory.
 // Chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS). Two batches are
-// in flight; with the float4 norm, H100 tg64 at U = 2 / 3 / 4 was 1,261 / 1,250 / 1,176 (U = 2
-// ahead in all four same-run rounds, by 0.5-0.9%).
+// in flight; with the float4 norm, H100 tg64 at U = 2 was ahead of U = 3 by 0.5-0.9% in all four
+// same-run rounds, and U = 4 was 6% behind (NOTES.md, twelfth session).
 #ifndef GEMV_NORM_U
 #define GEMV_NORM_U 2
 #endif

@@ -226,6 +226,10 @@ impl DecodeStack {
                 };
                 dl.norm[p] = dptr(gpu, l.norms[p]);
             }
+            // The norms read their weights four at a time.
+            if dl.norm.iter().any(|p| !p.is_multiple_of(16)) {
+                return off("norm weights not 16-byte aligned".into());
+            }
             host.push(dl);
         }
         // Split as the separate attention kernels split one row (bit-identical results): their
@@ -299,6 +303,9 @@ pub fn decode_layers(
     need(x.len(), d.hidden, "hidden state")?;
     need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
     need(inv_freq.len(), d.head_dim / 2, "rope frequencies")?;
+    if !dptr(gpu, x).is_multiple_of(16) {
+        return Err(Error::invalid("one-kernel decode: hidden state not 16-byte aligned"));
+    }
     let p = |i: usize| dptr(gpu, &s.scratch[i]);
     let a = DecArgs {
         layers: dptr(gpu, &s.layers),
