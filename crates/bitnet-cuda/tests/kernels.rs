@@ -361,43 +361,19 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
             }
         }
     }
-    // Wider than the kernel takes: an error, not a launch.
-    let d = 8320;
-    let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
-    let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
-    let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());
-    let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
+    // Rows wider than the kernel takes, or not a multiple of 4 values (it reads them four at a
+    // time): an error, not a launch.
     let mut out = ops::zeros::<f32>(&g, 8).unwrap();
-    let r = ops::norm_ternary_gemv(
-        &g,
-        ops::NormSrc::Plain(&dx),
-        &dx,
-        1e-5,
-        &mut xn,
-        &mut q,
-        &ticket,
-        &w,
-        &mut [&mut out],
-    );
-    assert!(r.is_err());
-    // Rows the kernel cannot read four values at a time: an error too.
-    let d = 202;
-    let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
-    let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
-    let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());
-    let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
-    let r = ops::norm_ternary_gemv(
-        &g,
-        ops::NormSrc::Plain(&dx),
-        &dx,
-        1e-5,
-        &mut xn,
-        &mut q,
-        &ticket,
-        &w,
-        &mut [&mut out],
-    );
-    assert!(r.is_err() && !ops::norm_gemv_fits(d));
+    for d in [8320, 202] {
+        let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
+        let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
+        let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());
+        let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
+        let src = ops::NormSrc::Plain(&dx);
+        let outs = &mut [&mut out];
+        let r = ops::norm_ternary_gemv(&g, src, &dx, 1e-5, &mut xn, &mut q, &ticket, &w, outs);
+        assert!(r.is_err() && !ops::norm_gemv_fits(d), "d = {d}");
+    }
 }
 
 /// The bandwidth probe's read stream covers every word exactly once: its XOR equals the
