@@ -50,7 +50,7 @@ pub fn rope(
     let (xp, fp, r) = (dptr(gpu, x), dptr(gpu, inv_freq), *rows);
     let (h, d) = (to_i32(heads, "heads")?, to_i32(hd, "head_dim")?);
     let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
-    let dims = Dims { grid: (rows.len() as u32, heads as u32, 1), block, cluster: 1 };
+    let dims = Dims::new((rows.len() as u32, heads as u32, 1), block);
     // Kernel: rope(x, inv_freq, rows, heads, hd); x holds rows x heads x hd (checked).
     launch!(gpu, &gpu.k.rope, dims; xp, fp, r, h, d)
 }
@@ -87,8 +87,7 @@ pub fn rope_store(
     let (h, kh, d) = (to_i32(heads, "heads")?, to_i32(c.kv_heads, "kv_heads")?, to_i32(hd, "hd")?);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
-    let dims =
-        Dims { grid: (rows.len() as u32, (heads + c.kv_heads) as u32, 1), block, cluster: 1 };
+    let dims = Dims::new((rows.len() as u32, (heads + c.kv_heads) as u32, 1), block);
     // Kernel: rope_store(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
     // max_seq); buffers sized above, every row inside the cache (checked).
     launch!(gpu, &gpu.k.rope_store, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
@@ -143,7 +142,7 @@ pub fn store_kv(
     let (kp, vp, ks, vs, r) = (dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, k), dptr(gpu, v), *rows);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let (kh, hd) = (to_i32(c.kv_heads, "kv_heads")?, to_i32(c.head_dim, "head_dim")?);
-    let dims = Dims { grid: (rows.len() as u32, 1, 1), block: 128, cluster: 1 };
+    let dims = Dims::line(rows.len() as u32, 128);
     // Kernel: store_kv(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd); rows checked in range.
     launch!(gpu, &gpu.k.store_kv, dims; kp, vp, ks, vs, r, l, sl, ms, kh, hd)
 }
@@ -310,11 +309,7 @@ fn attention_launch(
         }
     }
     if splits > 1 && !merge {
-        let dims = Dims {
-            grid: (heads as u32, rows.len() as u32, 1),
-            block: hd.div_ceil(32) as u32 * 32,
-            cluster: 1,
-        };
+        let dims = Dims::new((heads as u32, rows.len() as u32, 1), hd.div_ceil(32) as u32 * 32);
         // Kernel: attn_combine(part, out, heads, hd, splits); same buffers as above.
         launch!(gpu, &gpu.k.attn_combine, dims; pp, op, h, d, sp)?;
     }

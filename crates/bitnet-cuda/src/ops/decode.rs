@@ -337,7 +337,7 @@ pub fn decode_layers(
         slot_off: s.slot_off,
         trace: s.trace.as_ref().map_or(0, |t| dptr(gpu, t)),
     };
-    let dims = Dims { grid: (s.grid, 1, 1), block: THREADS, cluster: 1 };
+    let dims = Dims::line(s.grid, THREADS);
     // Kernel: decode_layers(a): every address in `a` is a live buffer of the size the kernel
     // reads (checked here and in DecodeStack::new); grid = SMs, one resident block each
     // (occupancy checked in new), so the grid barriers cannot wait on an unscheduled block.

@@ -124,7 +124,7 @@ pub fn norm_ternary_gemv(
         (_, _) => (&k.gemv_norm1_relu2, 8),
     };
     let grid = tiles.div_ceil(subs).min(sms).max(1);
-    let dims = Dims { grid: (grid as u32, 1, 1), block: 1024, cluster: 1 };
+    let dims = Dims::line(grid as u32, 1024);
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
     // Kernel: gemv_norm_m1_gG_<mode>(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
     // w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and q kp <=

@@ -250,7 +250,7 @@ fn norm_launch(
         (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
     }
     let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
-    let dims = Dims { grid: (rows as u32, 1, 1), block, cluster: 1 };
+    let dims = Dims::line(rows as u32, block);
     // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps, act); lengths checked by
     // the callers and above (y, when set, as long as x), and block * NORM_PER >= d.
     launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps, act)
@@ -269,7 +269,7 @@ pub fn quantize_act(
     q.claim(rows, d)?;
     let (xp, qp, sp, mp) = (dptr(gpu, x), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let kp = q.kp as i32;
-    let dims = Dims { grid: (rows as u32, 1, 1), block: NORM_THREADS, cluster: 1 };
+    let dims = Dims::line(rows as u32, NORM_THREADS);
     // Kernel: quantize_act(x, q, qscale, qsum, d, kp); lengths checked above.
     launch!(gpu, &gpu.k.quantize_act, dims; xp, qp, sp, mp, dd, kp)
 }
@@ -309,7 +309,7 @@ pub fn ternary_matmul_multi(
         let tiles = w.rows_padded / TILE_ROWS;
         let (bps, groups) = gpu.knobs().gemv_shape(tiles, rows, gpu.info().sms as usize);
         let grid = if bps == 0 { tiles } else { tiles.min(bps * gpu.info().sms as usize) };
-        let dims = Dims { grid: (grid as u32, 1, 1), block: 128 * groups as u32, cluster: 1 };
+        let dims = Dims::line(grid as u32, 128 * groups as u32);
         let tiles = to_i32(tiles, "tiles")?;
         // Kernel: gemv_mM(W, xq, sa, sx, o, kc, kp, tiles); W holds tiles x 8 rows x kc chunks,
         // xq rows x kp, each o.y[j] rows x o.n[j] (checked above).
@@ -333,8 +333,7 @@ pub fn ternary_matmul_multi(
         (gpu.knobs().split_blocks_per_sm() * gpu.info().sms as usize).div_ceil(row_blocks * groups);
     let splits = want.clamp(1, (kc_n / 2).clamp(1, 16).min(most.max(1)));
     let (ws_stride, rows_padded) = (ws_stride as i32, to_i32(w.rows_padded, "rows")?);
-    let dims =
-        Dims { grid: (row_blocks as u32, groups as u32, splits as u32), block: 128, cluster: 1 };
+    let dims = Dims::new((row_blocks as u32, groups as u32, splits as u32), 128);
     // Kernel: gemm_mma_tNT(W, xq, sa, sx, o, m_tok, kc, kp, rows_padded, ws, ws_stride): same
     // buffers as the GEMV (weight rows past rows_padded are not read); with splits > 1, ws
     // holds SPLIT_SLOTS x ws_stride int32 (splits x slots <= SPLIT_SLOTS token rows, rows <
@@ -344,8 +343,7 @@ pub fn ternary_matmul_multi(
         return Ok(());
     }
     let (slots, sp) = (slots as i32, splits as i32);
-    let dims =
-        Dims { grid: ((rows * w.rows_padded).div_ceil(256) as u32, 1, 1), block: 256, cluster: 1 };
+    let dims = Dims::line((rows * w.rows_padded).div_ceil(256) as u32, 256);
     // Kernel: gemm_reduce(ws, sa, sx, o, m_tok, rows_padded, slots, ws_stride, splits): reads
     // the slices the GEMM just wrote (same bounds), writes o as the GEMV would.
     launch!(gpu, &gpu.k.gemm_reduce, dims; ws, sa, sx, o, m_tok, rows_padded, slots, ws_stride, sp)

@@ -151,7 +151,7 @@ pub fn lm_head_i8_with(
     let (vocab, d) = (head.rows as i32, head.cols as i32);
     if kernel == LmKernel::Mma {
         let (dp, m_tok) = (head.dp as i32, to_i32(rows, "rows")?);
-        let dims = Dims { grid: (head.rows.div_ceil(128) as u32, 1, 1), block: 256, cluster: 1 };
+        let dims = Dims::line(head.rows.div_ceil(128) as u32, 256);
         for t0 in (0..rows).step_by(64) {
             let left = rows - t0;
             let f = match left {
@@ -169,7 +169,7 @@ pub fn lm_head_i8_with(
         return Ok(());
     }
     let dq = (head.dp / 16) as i32;
-    let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS, cluster: 1 };
+    let dims = Dims::line(head.rows.div_ceil(8) as u32, LM_THREADS);
     for (t0, m) in batches(rows) {
         let f = match m {
             8 => &gpu.k.lm_i8_8,
@@ -196,7 +196,7 @@ pub fn lm_head_f32(
     need(out.len(), rows * head.rows, "lm_head output")?;
     let (wp, xp, op) = (dptr(gpu, &head.data), dptr(gpu, x), dptr(gpu, out));
     let (vocab, dq) = (head.rows as i32, (head.cols / 4) as i32);
-    let dims = Dims { grid: (head.rows.div_ceil(8) as u32, 1, 1), block: LM_THREADS, cluster: 1 };
+    let dims = Dims::line(head.rows.div_ceil(8) as u32, LM_THREADS);
     for (t0, m) in batches(rows) {
         let f = match m {
             8 => &gpu.k.lm_f32_8,

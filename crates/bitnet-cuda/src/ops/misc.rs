@@ -75,7 +75,7 @@ pub fn embed(
     need(out.len(), ids.len() * cols, "embed")?;
     let (op, a, d, n) =
         (dptr(gpu, out), *ids, to_i32(cols, "hidden")?, to_i32(rows, "vocabulary")?);
-    let dims = Dims { grid: (ids.len() as u32, 1, 1), block: 256, cluster: 1 };
+    let dims = Dims::line(ids.len() as u32, 256);
     match t {
         EmbedTable::F16 { data, .. } => {
             let tp = dptr(gpu, data);
@@ -93,7 +93,7 @@ pub fn embed(
 
 fn elementwise_dims(gpu: &Gpu, len: usize) -> Dims {
     let blocks = len.div_ceil(256).min(gpu.info().sms as usize * 8).max(1);
-    Dims { grid: (blocks as u32, 1, 1), block: 256, cluster: 1 }
+    Dims::line(blocks as u32, 256)
 }
 
 /// `gate = relu(gate)^2 * up` over the first `len` values.
@@ -165,7 +165,7 @@ pub fn read_xor(
         return Ok(());
     }
     let (p, o, n) = (dptr(gpu, data), dptr(gpu, out), words16 as i64);
-    let dims = Dims { grid: (blocks as u32, 1, 1), block: READ_THREADS as u32, cluster: 1 };
+    let dims = Dims::line(blocks as u32, READ_THREADS as u32);
     // Kernel: read_xor(p, n, out); p holds n 16-byte words and out one u32 per block (checked).
     launch!(gpu, &gpu.k.read_xor, dims; p, n, o)
 }

@@ -173,6 +173,17 @@ pub(crate) struct Dims {
     pub cluster: u32,
 }
 
+impl Dims {
+    /// A grid of `grid` blocks of `block` threads, no clusters.
+    pub(crate) fn new(grid: (u32, u32, u32), block: u32) -> Self {
+        Dims { grid, block, cluster: 1 }
+    }
+    /// A one-dimensional grid of `blocks` blocks of `block` threads, no clusters.
+    pub(crate) fn line(blocks: u32, block: u32) -> Self {
+        Dims::new((blocks, 1, 1), block)
+    }
+}
+
 /// Launches `f` with the argument pointers `params`.
 ///
 /// # Safety

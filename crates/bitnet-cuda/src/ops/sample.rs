@@ -165,7 +165,7 @@ fn launch_sample(
     let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
     let (top_p, min_p) = (cfg.top_p, cfg.min_p);
-    let dims = Dims { grid: (grid, 1, 1), block: THREADS, cluster: 1 };
+    let dims = Dims::line(grid, THREADS);
     // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, n, stride, greedy, inv_t, top_k,
     // top_p, min_p); logits hold rows * n values and out rows ids (checked); wbuf and ibuf
     // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms
@@ -196,7 +196,7 @@ fn launch_greedy(
     let pp = dptr(gpu, scratch.parts.as_ref().ok_or_else(|| Error::invalid("greedy parts"))?);
     let tp = dptr(gpu, scratch.tickets.as_ref().ok_or_else(|| Error::invalid("tickets"))?);
     let (n, c) = (to_i32(vocab, "vocabulary")?, to_i32(chunk, "greedy chunk")?);
-    let dims = Dims { grid: (parts as u32, rows as u32, 1), block: GREEDY_THREADS, cluster: 1 };
+    let dims = Dims::new((parts as u32, rows as u32, 1), GREEDY_THREADS);
     // Kernel: sample_greedy(logits, parts, tickets, out, n, chunk); logits hold rows * n values
     // and out rows ids (checked by the caller), parts rows * parts words, tickets rows zeroed
     // words; parts * chunk >= n.
