@@ -399,6 +399,11 @@ __device__ __forceinline__ u64 argmax_key(float x, int id) {
     return ((u64)order_key(x == 0.0f ? 0.0f : x) << 32) | (unsigned)(~id);
 }
 
+// The id an argmax_key (or a max over them) names; -1 for the zero key (no candidate).
+__device__ __forceinline__ int argmax_id(u64 k) {
+    return k == 0ull ? -1 : (int)~(u32)(k & 0xffffffffull);
+}
+
 // The largest finite logit (lowest index among ties), the first +inf, the finite count.
 struct Scan {
     float max;
@@ -431,7 +436,7 @@ __device__ Scan scan_row(const float* l, int n, Red& red) {
     Scan s;
     s.finite = fin[0];
     s.pinf = n - (int)block_max_u64((u64)(n - pinf), red.k);
-    s.arg = kb == 0ull ? -1 : (int)~(u32)(kb & 0xffffffffull);
+    s.arg = argmax_id(kb);
     s.max = s.arg < 0 ? NEG_INF : l[s.arg];
     return s;
 }

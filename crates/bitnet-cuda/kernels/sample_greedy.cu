@@ -1,5 +1,5 @@
-// Greedy token picks over many blocks per row (uses sample.cu's argmax_key, each_logit and
-// block_max_u64; compiled after it).
+// Greedy token picks over many blocks per row (uses sample.cu's argmax_key, argmax_id,
+// each_logit and block_max_u64; compiled after it).
 
 // Greedy picks split over gridDim.x blocks per row (grid: parts x rows, chunks of `chunk`
 // logits, a multiple of 4): each block's best (value key, ~id) goes to parts[row][p], and the
@@ -41,7 +41,7 @@ extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
     }
     k = block_max_u64(k, slots);
     if (threadIdx.x == 0) {
-        out[row] = k == 0ull ? -1 : (int)~(u32)(k & 0xffffffffull);
+        out[row] = argmax_id(k);
         tickets[row] = 0u;
     }
 }
