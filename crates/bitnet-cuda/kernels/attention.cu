@@ -17,17 +17,24 @@ __device__ __forceinline__ float rope_at(const float* x, int d, int hd, float fp
 
 // Rotary embedding of a head held across a warp's lanes, lane l holding values l + 32 i
 // (i < ND) of a head of exactly 32 ND values: value i pairs with value i + ND / 2, so each lane
-// rotates its own pairs, with rope_at's arithmetic (one sincosf per pair).
+// rotates its own pairs, with rope_at's arithmetic (one sincosf per pair, rope_angles).
+#define ROPE_PAIRS(ND) ((ND) / 2 > 0 ? (ND) / 2 : 1)
 template <int ND>
-__device__ __forceinline__ void rope_lanes(float (&x)[ND], int lane, float fpos,
-                                           const float* __restrict__ inv_freq) {
+__device__ __forceinline__ void rope_angles(float (&sn)[ROPE_PAIRS(ND)],
+                                            float (&cs)[ROPE_PAIRS(ND)], int lane, float fpos,
+                                            const float* __restrict__ inv_freq) {
+#pragma unroll
+    for (int i = 0; i < ND / 2; ++i)
+        sincosf(__fmul_rn(fpos, inv_freq[lane + 32 * i]), &sn[i], &cs[i]);
+}
+template <int ND>
+__device__ __forceinline__ void rope_lanes(float (&x)[ND], const float (&sn)[ROPE_PAIRS(ND)],
+                                           const float (&cs)[ROPE_PAIRS(ND)]) {
 #pragma unroll
     for (int i = 0; i < ND / 2; ++i) {
-        float sn, cs;
-        sincosf(__fmul_rn(fpos, inv_freq[lane + 32 * i]), &sn, &cs);
         const float x1 = x[i], x2 = x[i + ND / 2];
-        x[i] = __fsub_rn(__fmul_rn(x1, cs), __fmul_rn(x2, sn));
-        x[i + ND / 2] = __fadd_rn(__fmul_rn(x2, cs), __fmul_rn(x1, sn));
+        x[i] = __fsub_rn(__fmul_rn(x1, cs[i]), __fmul_rn(x2, sn[i]));
+        x[i + ND / 2] = __fadd_rn(__fmul_rn(x2, cs[i]), __fmul_rn(x1, sn[i]));
     }
 }
 
@@ -201,6 +208,14 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     const int pb0 = p0 + 4 * warp;
     const bool own = p0 <= len - 1 && len - 1 < p1;
     float kv[4][ND], vv[4][ND];
+    // A head of exactly 32 ND values (even ND): each lane loads and rotates its own values of q,
+    // and the warp whose positions include the row's own (wown) those of the key and value, in
+    // registers (ok, ov) and into the cache: no shared memory, no barrier before the positions.
+    // The rotation's angles depend on the position alone: computed first (before the PDL wait
+    // where the item waits itself, PRE), off the path from q's load to the scores.
+    const bool lanes = ROPE && (ND % 2 == 0) && hd == 32 * ND;
+    float rsn[ROPE_PAIRS(ND)], rcs[ROPE_PAIRS(ND)];
+    if (lanes) rope_angles<ND>(rsn, rcs, lane, (float)(len - 1), inv_freq);
     const bool ahead = PRE && pre;
     if (ahead) attn_load_step<ND, true>(K, V, pb0, min(p1, len - 1), hd, lane, kv, vv);
     if (PRE) {
@@ -211,20 +226,15 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     }
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
-    // A head of exactly 32 ND values (even ND): each lane loads and rotates its own values of q,
-    // and the warp whose positions include the row's own (wown) those of the key and value, in
-    // registers (ok, ov) and into the cache: no shared memory, no barrier before the positions.
-    const bool lanes = ROPE && (ND % 2 == 0) && hd == 32 * ND;
     const int wown = own ? ((len - 1 - p0) & 15) >> 2 : -1;
     float ok[ND], ov[ND];
     if (lanes) {
-        const float fpos = (float)(len - 1);
 #pragma unroll
         for (int i = 0; i < ND; ++i) {
             qv[i] = ld_act<CG>(qr + lane + 32 * i);
             acc[i] = 0.0f;
         }
-        rope_lanes<ND>(qv, lane, fpos, inv_freq);
+        rope_lanes<ND>(qv, rsn, rcs);
         if (warp == wown) {
             const size_t kv_at = ((size_t)r * kvh + kh) * hd, at = (size_t)(len - 1) * hd;
 #pragma unroll
@@ -232,7 +242,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
                 ok[i] = ld_act<CG>(kin + kv_at + lane + 32 * i);
                 ov[i] = ld_act<CG>(vin + kv_at + lane + 32 * i);
             }
-            rope_lanes<ND>(ok, lane, fpos, inv_freq);
+            rope_lanes<ND>(ok, rsn, rcs);
 #pragma unroll
             for (int i = 0; i < ND; ++i) {
                 // Read back only by this lane (the same addresses, in program order).
