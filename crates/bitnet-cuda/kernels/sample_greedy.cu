@@ -1,5 +1,5 @@
-// Greedy token picks over many blocks per row (uses sample.cu's argmax_key, argmax_id,
-// each_logit and block_max_u64; compiled after it).
+// Greedy token picks over many blocks per row (uses argmax_key and argmax_id from sample.cu,
+// each_logit and block_max_u64 from sample_search.cu; compiled after both).
 
 // Greedy picks split over gridDim.x blocks per row (grid: parts x rows, chunks of `chunk`
 // logits, a multiple of 4): each block's best (value key, ~id) goes to parts[row][p], and the

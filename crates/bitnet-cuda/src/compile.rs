@@ -5,7 +5,7 @@ use cudarc::nvrtc::{result, sys};
 use std::ffi::CStr;
 
 /// Every kernel source, in order (`common.cuh` first: the others use its definitions).
-pub(crate) const SOURCES: [(&str, &str); 11] = [
+pub(crate) const SOURCES: [(&str, &str); 12] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("gemv.cu", include_str!("../kernels/gemv.cu")),
@@ -14,6 +14,7 @@ pub(crate) const SOURCES: [(&str, &str); 11] = [
     ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("lm_head.cu", include_str!("../kernels/lm_head.cu")),
+    ("sample_search.cu", include_str!("../kernels/sample_search.cu")),
     ("sample.cu", include_str!("../kernels/sample.cu")),
     ("sample_greedy.cu", include_str!("../kernels/sample_greedy.cu")),
     ("decode.cu", include_str!("../kernels/decode.cu")),

@@ -6,7 +6,7 @@ use crate::device::{dev_err, Gpu};
 use bitnet_core::{Error, Result};
 use cudarc::driver::{sys, CudaEvent, CudaSlice, PinnedHostSlice};
 
-/// Threads per row (`SAMPLE_THREADS` in sample.cu, its `__launch_bounds__`).
+/// Threads per row (`SAMPLE_THREADS` in sample_search.cu; sample.cu's `__launch_bounds__`).
 const THREADS: u32 = 1024;
 
 /// How to pick a token (the host sampler's parameters, without the repetition penalty, which
