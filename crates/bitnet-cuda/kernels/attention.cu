@@ -220,6 +220,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     if (ahead) attn_load_step<ND, true>(K, V, pb0, min(p1, len - 1), hd, lane, kv, vv);
     if (PRE) {
         PDL_WAIT();
+        STAMP(1);
         q = after_wait(q);
         kin = after_wait(kin);
         vin = after_wait(vin);
@@ -384,6 +385,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             }
         }
     }
+    if (PRE) STAMP(2);
     if (in_cluster && s == 0) {
         team_sync(bar, 128);  // rank 0's own partial
         mbar_wait<true>((u32)__cvta_generic_to_shared(&cm->bar), 0);
@@ -391,6 +393,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         for (int d = tid; d < hd; d += 128) out[o + d] = attn_merge(ld, hd, splits, d);
     }
     team_sync(bar, 128);  // sm is reused by the next item
+    if (PRE) STAMP(3);
 }
 
 template <int ND, bool ROPE>
@@ -433,6 +436,7 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
         int max_seq, int heads, int kvh, int hd, float scale, int splits,                      \
         const float* __restrict__ kin, const float* __restrict__ vin,                          \
         const float* __restrict__ inv_freq, int pre, int merge) {                              \
+        STAMP_BEGIN(1);                                                                        \
         PDL_TRIGGER();                                                                         \
         attention_body<ND, true>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,     \
                                  kvh, hd, scale, splits, kin, vin, inv_freq, pre, merge);      \

@@ -177,6 +177,57 @@ __device__ __forceinline__ unsigned long long globaltimer_ns() {
     return t;
 }
 
+// Per-block timeline stamps for measurements (compile with -DBITNET_STAMPS through
+// BITNET_NVRTC_OPTIONS; off otherwise, when the macros are empty). Thread 0 of each block of an
+// instrumented kernel takes a ticket of its kind and fills a record of a ring per kind: header
+// (ticket | block << 32 | grid << 48), SM id, then global-timer stamps at points 0 (start), 1
+// (after the PDL wait), 2 (kernel-specific), 3 (end) and 4..7 (kernel-specific). The host dumps
+// the rings when a Gpu is dropped with BITNET_CUDA_STAMPS=<file> set (device.rs);
+// tools/stamps.py reads them.
+#ifdef BITNET_STAMPS
+#define STAMP_KINDS 8
+#define STAMP_CAP 131072
+#define STAMP_WORDS 10
+__device__ unsigned long long g_stamp[STAMP_KINDS * STAMP_CAP * STAMP_WORDS];
+__device__ u32 g_stamp_ticket[STAMP_KINDS];
+__device__ __forceinline__ unsigned long long*& stamp_rec() {
+    __shared__ unsigned long long* rec;
+    return rec;
+}
+__device__ __forceinline__ void stamp_begin(int kind) {
+    if (threadIdx.x | threadIdx.y | threadIdx.z) return;
+    const unsigned long long t0 = globaltimer_ns();
+    const u32 blk = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const u32 grid = gridDim.x * gridDim.y * gridDim.z;
+    u32 sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    const u32 t = atomicAdd(&g_stamp_ticket[kind], 1u);
+    unsigned long long* r = g_stamp + ((size_t)kind * STAMP_CAP + t % STAMP_CAP) * STAMP_WORDS;
+    r[0] = (unsigned long long)t | ((unsigned long long)(blk & 0xffff) << 32) |
+           ((unsigned long long)(grid & 0xffff) << 48);
+    r[1] = sm;
+    r[2] = t0;
+    for (int i = 3; i < STAMP_WORDS; ++i) r[i] = 0;
+    stamp_rec() = r;
+}
+__device__ __forceinline__ void stamp_at(int point) {
+    if (threadIdx.x | threadIdx.y | threadIdx.z) return;
+    stamp_rec()[2 + point] = globaltimer_ns();
+}
+#define STAMP_BEGIN(kind) stamp_begin(kind)
+#define STAMP(point) stamp_at(point)
+// The end of the whole block (every thread past this point).
+#define STAMP_END()      \
+    do {                 \
+        __syncthreads(); \
+        stamp_at(3);     \
+    } while (0)
+#else
+#define STAMP_BEGIN(kind)
+#define STAMP(point)
+#define STAMP_END()
+#endif
+
 // Called on every turn of a spin that began at `t0`: traps past the limit (checked every 1024
 // turns).
 __device__ __forceinline__ void spin_check(unsigned long long t0, u32& turns) {

@@ -20,16 +20,21 @@ __device__ __forceinline__ size_t embed_row(const IdsArg& ids, int i, int rows) 
 // out[r] = table[ids[r]] (f16 table, `rows` rows); grid: one block per row.
 extern "C" __global__ void embed_f16(const u16* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d, int rows) {
+    STAMP_BEGIN(4);
     EMBED_ENTER();
+    STAMP(1);
     const int r = blockIdx.x;
     const u16* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = h2f(src[i]);
+    STAMP_END();
 }
 
 // out[r] = table[ids[r]] (f32 table).
 extern "C" __global__ void embed_f32(const float* __restrict__ table, const __grid_constant__ IdsArg ids,
                                      float* __restrict__ out, int d, int rows) {
+    STAMP_BEGIN(4);
     EMBED_ENTER();
+    STAMP(1);
     const int r = blockIdx.x;
     const float* src = table + embed_row(ids, r, rows) * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) out[(size_t)r * d + i] = src[i];

@@ -171,6 +171,9 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         }
     };
     // After a tile's last batch: reduces acc over the block and stores the tile's rows.
+#ifdef BITNET_STAMPS
+    int done = 0;  // tiles stored (stamps 4 and 5: the first two)
+#endif
     auto finish = [&](const typename GemvWalk<U>::At& a) {
         if (a.j != g.nb - 1) return;
 #pragma unroll
@@ -188,6 +191,10 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
             store_row(o, mine, a.tile * 8 + (tid & 7), s, sxm, sam);
         }
         team_sync(bar, 128 * groups);  // red is rewritten by the next tile
+#ifdef BITNET_STAMPS
+        if (done < 2) STAMP(4 + done);
+        ++done;
+#endif
     };
     // Each buffer is refilled as soon as it is multiplied, before the tile's reduction. The
     // two halves of the loop differ only in the buffer; written once as a lambda called on each,
@@ -209,6 +216,7 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         finish(at);
         g.next(at);
     }
+    STAMP(6);
 }
 
 // Block: G groups of 128 threads (G = blockDim.x / 128, 1 or 2) on one 8-row tile at a time:
@@ -226,12 +234,15 @@ __device__ __forceinline__ void gemv_body(const uint4* __restrict__ W, const i8*
     const GemvWalk<U> g(W, kc, tiles, gridDim.x, tid, groups);
     // Weights are constant: the first two batches are in flight before waiting for the
     // previous kernel (PDL).
+    STAMP_BEGIN(6);
     PDL_TRIGGER();
     uint4 w0[U], w1[U];
     g.prefetch(w0, w1, blockIdx.x);
     PDL_WAIT();
+    STAMP(1);
     gemv_tiles<M, false>(g, after_wait(xq), after_wait(sa), after_wait(sx), 1, o, kp,
                          blockIdx.x, tid, groups, w0, w1, red, 0);
+    STAMP_END();
 }
 
 // One token: chunks per weight batch (overridable for experiments, BITNET_NVRTC_OPTIONS).

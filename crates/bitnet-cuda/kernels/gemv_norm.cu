@@ -92,6 +92,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         ss = sum_sq4(ss, v[j]);
     }
     ss = block_sum(ss, red1, true);
+    STAMP(7);
     // Every thread of this block has read x (the sum used it): for a residual, take a ticket
     // now; its number is looked at only at the end, so its latency hides behind the GEMV.
     if (MODE == NORM_RESIDUAL && tid == 0) ticket = atomicAdd(n.ticket, 1u);
@@ -157,16 +158,19 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     __shared__ float s_sa;
     const int tid = threadIdx.x, sub = tid / SUB, lt = tid % SUB;
     const int vb = blockIdx.x * SUBS + sub, nvb = gridDim.x * SUBS;
+    STAMP_BEGIN(0);
     PDL_TRIGGER();
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
     norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
+    STAMP(1);
     u32 ticket = 0;
     const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2, ticket);
     if (tid == 0) s_sa = s;
     __syncthreads();
+    STAMP(2);
     if (blockIdx.x == 0 && tid == 0) {
         int sum = 0;
         for (int w = 0; w < NT / 32; ++w) sum += qpart[w];
@@ -174,6 +178,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     }
     gemv_tiles<1, true>(g, xs, &s_sa, qpart, NT / 32, o, n.kp, vb, lt, G, w0, w1, tred[sub],
                         1 + sub);
+    STAMP_END();
     if (MODE != NORM_RESIDUAL) return;
     // The last block to take a ticket writes x + y back: every block has read x by then.
     if (tid == 0) last = ticket == gridDim.x - 1;

@@ -128,8 +128,11 @@ __device__ __forceinline__ void lm_f32_body(const float4* __restrict__ W,
         lm_i8_m##M(const uint4* __restrict__ W, const float* __restrict__ wscale,              \
                    const float* __restrict__ x, float* __restrict__ out, int vocab, int dq,    \
                    int d, int tok0) {                                                          \
+        STAMP_BEGIN(2);                                                                        \
         PDL_ENTER();                                                                           \
+        STAMP(1);                                                                              \
         lm_i8_body<M>(W, wscale, x, out, vocab, dq, d, tok0);                                  \
+        STAMP(3);                                                                              \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                          \
         lm_f32_m##M(const float4* __restrict__ W, const float* __restrict__ x,                 \
@@ -231,6 +234,7 @@ __device__ __forceinline__ void lm_mma_body(const i8* __restrict__ W,
     PDL_TRIGGER();
     uint4 nA = ld_stream(wa), nB = ld_stream(wb);  // weights: constant, read before the wait
     PDL_WAIT();
+    STAMP(1);
     float2 xv[LMM_XV(NT)];
     lmm_load<NT>(xv, x, tok0, m_tok, d, 0);
     lmm_store<NT>(xs[0], xv);
@@ -283,7 +287,9 @@ __device__ __forceinline__ void lm_mma_body(const i8* __restrict__ W,
         lm_i8_mma_t##NT(const i8* __restrict__ W, const float* __restrict__ wscale,            \
                         const float* __restrict__ x, float* __restrict__ out, int vocab,       \
                         int dp, int d, int m_tok, int tok0) {                                  \
+        STAMP_BEGIN(2);                                                                        \
         lm_mma_body<NT>(W, wscale, x, out, vocab, dp, d, m_tok, tok0);                         \
+        STAMP(3);                                                                              \
     }
 LMM_KERNEL(1)
 LMM_KERNEL(2)

@@ -133,7 +133,9 @@ extern "C" __global__ void __launch_bounds__(1024)
     rms_norm_q(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w,
                float* __restrict__ out, i8* __restrict__ q, float* __restrict__ qscale,
                int* __restrict__ qsum, int d, int kp, float eps, int act) {
+    STAMP_BEGIN(5);
     PDL_ENTER();
+    STAMP(1);
     __shared__ float red[32];
     __shared__ int redi[32];
     const int r = blockIdx.x, bd = blockDim.x, tid = threadIdx.x;
@@ -154,6 +156,7 @@ extern "C" __global__ void __launch_bounds__(1024)
 #pragma unroll
     for (int j = 0; j < NORM_PER; ++j)
         if (tid + j * bd < d) o[tid + j * bd] = v[j];
+    STAMP(2);
     if (q == 0) return;
     int qv[NORM_PER], sum;
     const float s = quant_apply<NORM_PER>(v, qv, d, red, redi, sum);
@@ -166,6 +169,7 @@ extern "C" __global__ void __launch_bounds__(1024)
         qscale[r] = s;
         qsum[r] = sum;
     }
+    STAMP(3);
 }
 
 // BitLinear quantization of rows that did not come out of rms_norm_q (same maths).

@@ -11,7 +11,9 @@
 extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
     sample_greedy(const float* __restrict__ logits, u64* parts, u32* tickets,
                   int* __restrict__ out, int n, int chunk) {
+    STAMP_BEGIN(3);
     PDL_ENTER();
+    STAMP(1);
     __shared__ u64 slots[32];
     __shared__ int last;
     const int row = blockIdx.y, p = blockIdx.x, np = gridDim.x;
@@ -32,6 +34,7 @@ extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
         last = atomicAdd(tickets + row, 1u) == (u32)(np - 1);
     }
     __syncthreads();
+    STAMP(2);
     if (!last) return;
     __threadfence();
     u64 k = 0ull;
@@ -44,4 +47,5 @@ extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
         out[row] = argmax_id(k);
         tickets[row] = 0u;
     }
+    STAMP(3);
 }

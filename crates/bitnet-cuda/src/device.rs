@@ -140,6 +140,7 @@ impl Kernels {
 /// The compiled program of one device, shared by every [`Gpu`] handle on it.
 struct Program {
     ctx: Arc<CudaContext>,
+    module: Arc<CudaModule>,
     /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
     pdl: bool,
     /// Most blocks of a thread-block cluster the attention kernels may be launched with (sm_90+:
@@ -206,6 +207,28 @@ impl Gpu {
     }
 }
 
+impl Drop for Gpu {
+    /// With `BITNET_CUDA_STAMPS=<file>` and kernels built with `-DBITNET_STAMPS`
+    /// (`BITNET_NVRTC_OPTIONS`): writes the per-block timeline rings (common.cuh) to the file,
+    /// the eight kind tickets (u32) first, for `tools/stamps.py`.
+    fn drop(&mut self) {
+        let Some(path) = std::env::var_os("BITNET_CUDA_STAMPS") else { return };
+        let dump = || -> std::result::Result<(), String> {
+            self.stream.synchronize().map_err(|e| format!("{e:?}"))?;
+            let m = &self.prog.module;
+            let t = m.get_global("g_stamp_ticket", &self.stream).map_err(|e| format!("{e:?}"))?;
+            let mut bytes = self.stream.clone_dtoh(&t).map_err(|e| format!("{e:?}"))?;
+            let r = m.get_global("g_stamp", &self.stream).map_err(|e| format!("{e:?}"))?;
+            bytes.extend(self.stream.clone_dtoh(&r).map_err(|e| format!("{e:?}"))?);
+            std::fs::write(&path, bytes).map_err(|e| e.to_string())
+        };
+        match dump() {
+            Ok(()) => eprintln!("stamps written to {}", path.to_string_lossy()),
+            Err(e) => eprintln!("stamps not written (built without -DBITNET_STAMPS?): {e}"),
+        }
+    }
+}
+
 /// See `Program::cluster_max`: what the driver reports for every attention kernel at 128
 /// threads (after allowing the non-portable size), at most 16.
 fn cluster_max(info: &DeviceInfo, k: &Kernels) -> u32 {
@@ -251,7 +274,7 @@ impl Program {
         let knobs = crate::ops::Knobs::from_env();
         let cluster_max = cluster_max(&info, &k);
         let compile_s = t.elapsed().as_secs_f64();
-        Ok(Program { ctx, pdl, cluster_max, knobs, k, info, compile_s })
+        Ok(Program { ctx, module, pdl, cluster_max, knobs, k, info, compile_s })
     }
 }
 
