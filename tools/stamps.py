@@ -13,9 +13,9 @@ global-timer stamps at points 0 start, 1 after the PDL wait, 2 kernel-specific, 
 kernel-specific (0 = not stamped). Kinds: 0 fused norm + GEMV (2 norm done, 7 its first block
 reduction, 4 / 5 first / second tile stored by sub 0, 6 sub 0 done), 1 attention (2 partial
 done), 2 lm_head (not yet run with stamps on a GPU), 3 greedy sampling, 4 embedding, 5
-rms_norm_q, 6 GEMV. Thread 0 of a block
-stamps; its ticket is an atomic taken at the start, whose latency delays that block's later
-stamps when it starts after its predecessor has finished (~3% slower decode with stamps).
+rms_norm_q, 6 GEMV. Thread 0 of a block stamps; its ticket is an atomic taken at the start,
+whose latency delays that block's later stamps when it starts after its predecessor has
+finished (~3% slower decode with stamps).
 The last complete decode steps (an embedding to the next) are cut into kernels, and each
 kernel's place in a layer (q/k/v, attention, o, gate/up, down) is summarized over layers and
 steps, in µs: `crit` is the time from the previous kernel's last block end to this one's (its
