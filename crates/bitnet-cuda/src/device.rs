@@ -140,6 +140,7 @@ impl Kernels {
 /// The compiled program of one device, shared by every [`Gpu`] handle on it.
 struct Program {
     ctx: Arc<CudaContext>,
+    /// The loaded kernels (read for their globals: the timeline stamps of `impl Drop for Gpu`).
     module: Arc<CudaModule>,
     /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
     pdl: bool,
