@@ -8,10 +8,12 @@ Build the kernels with stamps and dump them when the GPU handle closes:
     python3 tools/stamps.py stamps.bin
 
 The file (device.rs, `impl Drop for Gpu`) holds the eight per-kind tickets (u32), then the
-rings of common.cuh: [kind][STAMP_CAP][10] u64 = header (ticket | block << 32 | grid << 48), SM,
-global-timer stamps at points 0 start, 1 after the PDL wait, 2 kernel-specific, 3 end, 4..7
+rings of common.cuh: [kind][STAMP_CAP][14] u64 = header (ticket | block << 32 | grid << 48), SM,
+global-timer stamps at points 0 start, 1 after the PDL wait, 2 kernel-specific, 3 end, 4..11
 kernel-specific (0 = not stamped). Kinds: 0 fused norm + GEMV (2 norm done, 7 its first block
-reduction, 4 / 5 first / second tile stored by sub 0, 6 sub 0 done), 1 attention (2 partial
+reduction, 4 / 5 first / second tile stored by sub 0, 6 sub 0 done; inside sub 0's first tile
+11 scale and Σq read, 8 first batch multiplied, 9 past the partial sums' barrier, 10 rows
+stored), 1 attention (2 partial
 done), 2 lm_head (not yet run with stamps on a GPU), 3 greedy sampling, 4 embedding, 5
 rms_norm_q, 6 GEMV. Thread 0 of a block stamps; its ticket is an atomic taken at the start,
 whose latency delays that block's later stamps when it starts after its predecessor has
@@ -30,7 +32,7 @@ from collections import defaultdict
 
 KINDS = 8
 CAP = 131072
-WORDS = 10
+WORDS = 14
 POINTS = WORDS - 2
 NAMES = ["gemv_norm", "attention", "lm_head", "greedy", "embed", "rms_norm_q", "gemv", "k7"]
 
@@ -138,7 +140,9 @@ def main():
             for ph, (x, y) in (("p1-p0", (0, 1)), ("p2-p1", (1, 2)), ("p3-p2", (2, 3)),
                                ("p3-p1", (1, 3)), ("p7-p1", (1, 7)), ("p2-p7", (7, 2)),
                                ("p4-p2", (2, 4)), ("p5-p4", (4, 5)), ("p6-p5", (5, 6)),
-                               ("p6-p4", (4, 6)), ("p3-p6", (6, 3))):
+                               ("p6-p4", (4, 6)), ("p3-p6", (6, 3)), ("p11-p2", (2, 11)),
+                               ("p8-p11", (11, 8)), ("p9-p8", (8, 9)), ("p10-p9", (9, 10)),
+                               ("p4-p10", (10, 4))):
                 ds = [b[2][y] - b[2][x] for b in l["blocks"] if b[2][x] and b[2][y]]
                 if ds:
                     a[ph + " med"].append(med(ds))
@@ -171,9 +175,11 @@ def main():
             row.append(f"{v:.0f}" if c in ("grid", "late") else f"{v / 1000:.2f}")
         print(f"| {name} | {len(a['crit'])} | " + " | ".join(row) + " |")
     cols = ["p7-p1 med", "p2-p7 med", "p4-p2 med", "p4-p2 max", "p5-p4 med", "p5-p4 max",
-            "p6-p5 med", "p6-p4 med", "p3-p6 med", "p3-p6 max"]
+            "p6-p5 med", "p6-p4 med", "p3-p6 med", "p3-p6 max", "p11-p2 med", "p8-p11 med",
+            "p9-p8 med", "p10-p9 med", "p4-p10 med"]
     print("\nprojection phases (µs): 7 first norm sum, 2 norm done, 4 / 5 first / second tile"
-          " stored by sub 0, 6 sub 0 done, 3 block done")
+          " stored by sub 0, 6 sub 0 done, 3 block done; in the first tile 11 scale and Σq read,"
+          " 8 first batch multiplied, 9 past the partial sums' barrier, 10 rows stored")
     print("| kernel | " + " | ".join(cols) + " |")
     print("| --- " * (len(cols) + 1) + "|")
     for name, a in agg.items():

@@ -181,13 +181,13 @@ __device__ __forceinline__ unsigned long long globaltimer_ns() {
 // BITNET_NVRTC_OPTIONS; off otherwise, when the macros are empty). Thread 0 of each block of an
 // instrumented kernel takes a ticket of its kind and fills a record of a ring per kind: header
 // (ticket | block << 32 | grid << 48), SM id, then global-timer stamps at points 0 (start), 1
-// (after the PDL wait), 2 (kernel-specific), 3 (end) and 4..7 (kernel-specific). The host dumps
+// (after the PDL wait), 2 (kernel-specific), 3 (end) and 4..11 (kernel-specific). The host dumps
 // the rings when a Gpu is dropped with BITNET_CUDA_STAMPS=<file> set (device.rs);
 // tools/stamps.py reads them.
 #ifdef BITNET_STAMPS
 #define STAMP_KINDS 8
 #define STAMP_CAP 131072
-#define STAMP_WORDS 10
+#define STAMP_WORDS 14
 __device__ unsigned long long g_stamp[STAMP_KINDS * STAMP_CAP * STAMP_WORDS];
 __device__ u32 g_stamp_ticket[STAMP_KINDS];
 __device__ __forceinline__ unsigned long long*& stamp_rec() {

@@ -146,6 +146,7 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
         sam = sa[mine];
         for (int p = 0; p < sx_parts; ++p) sxm += sx[mine * sx_parts + p];
     }
+    STAMP(11);
     int acc[M][4];
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0;
@@ -172,7 +173,9 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
     };
     // After a tile's last batch: reduces acc over the block and stores the tile's rows.
 #ifdef BITNET_STAMPS
-    int done = 0;  // tiles stored (stamps 4 and 5: the first two)
+    // Tiles stored (stamps 4 and 5: the first two; 8 the first multiply, 9 and 10 after the
+    // first tile's barrier and store).
+    int done = 0;
 #endif
     auto finish = [&](const typename GemvWalk<U>::At& a) {
         if (a.j != g.nb - 1) return;
@@ -185,11 +188,17 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
             acc[m][0] = acc[m][1] = acc[m][2] = acc[m][3] = 0;
         }
         team_sync(bar, 128 * groups);
+#ifdef BITNET_STAMPS
+        if (done == 0) STAMP(9);
+#endif
         if (tid < 8 * M) {
             int s = 0;
             for (int w = 0; w < 4 * groups; ++w) s += red[w][mine][tid & 7];
             store_row(o, mine, a.tile * 8 + (tid & 7), s, sxm, sam);
         }
+#ifdef BITNET_STAMPS
+        if (done == 0) STAMP(10);
+#endif
         team_sync(bar, 128 * groups);  // red is rewritten by the next tile
 #ifdef BITNET_STAMPS
         if (done < 2) STAMP(4 + done);
@@ -205,6 +214,9 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
     g.next(ahead);
     while (at.tile < g.tiles) {
         multiply(w0, at);
+#ifdef BITNET_STAMPS
+        if (done == 0 && at.j == 0) STAMP(8);
+#endif
         g.fetch(w0, ahead);
         g.next(ahead);
         finish(at);
