@@ -80,7 +80,6 @@ def summary(kind, grid, blocks):
         "grid": grid,
         "blocks": blocks,
         "s0": min(p[0]),
-        "s1": max(p[0]),
         "w0": min(x for x in p[1] if x) if any(p[1]) else 0,
         "end": max(p[3]) if any(p[3]) else max(max(x) for x in p),
     }
@@ -108,7 +107,6 @@ def main():
     # Decode steps: from one embedding to the next.
     embeds = [i for i, l in enumerate(launches) if l["kind"] == 4]
     seqs = [launches[a:b] for a, b in zip(embeds, embeds[1:])][-steps_wanted:]
-    names = ["qkv", "attn", "o", "gu", "down"]
     agg = defaultdict(lambda: defaultdict(list))
     for seq in seqs:
         kinds = "".join("GA"[l["kind"]] if l["kind"] < 2 else "." for l in seq)
@@ -117,12 +115,10 @@ def main():
         after_attn = None  # projections since the last attention (None: before it)
         for i, l in enumerate(seq):
             prev = seq[i - 1] if i else None
-            if l["kind"] == 0:
-                name = "qkv" if after_attn is None or after_attn >= 3 else names[2 + after_attn]
-                if after_attn is not None:
-                    after_attn = None if after_attn >= 3 else after_attn + 1
-                if name == "qkv":
-                    after_attn = None
+            if l["kind"] == 0 and after_attn is not None and after_attn < 3:
+                name, after_attn = ("o", "gu", "down")[after_attn], after_attn + 1
+            elif l["kind"] == 0:
+                name, after_attn = "qkv", None
             elif l["kind"] == 1:
                 name, after_attn = "attn", 0
             else:
