@@ -55,13 +55,15 @@ struct IdsArg {
 
 // Where a ternary projection's output rows go: up to 3 stacked matrices (fused q/k/v or
 // gate/up), segment j covering padded weight rows off[j] .. off[j + 1] with n[j] real rows,
-// written to y[j] (tokens x n[j]) and scaled by s[j]. Mirrors `OutArg` in ops/linear.rs.
+// written to y[j] (tokens x n[j]) and scaled by s[j]; with `add` (one segment), added into
+// y[0] instead (a layer's residual add). Mirrors `OutArg` in ops/linear.rs.
 struct OutArg {
     float* y[3];
     int n[3];
     int off[3];
     float s[3];
     int segs;
+    int add;
 };
 
 // y = (Σ code·x − Σx) / sa · s_w for token m, padded weight row `row` (same float operations
@@ -72,7 +74,11 @@ __device__ __forceinline__ void store_row(const OutArg& o, int m, int row, int a
     if (o.segs > 1 && row >= o.off[1]) j = 1;
     if (o.segs > 2 && row >= o.off[2]) j = 2;
     const int local = row - o.off[j];
-    if (local < o.n[j]) o.y[j][(size_t)m * o.n[j] + local] = (float)(acc - sx) / sa * o.s[j];
+    if (local >= o.n[j]) return;
+    float* y = o.y[j] + (size_t)m * o.n[j] + local;
+    const float v = (float)(acc - sx) / sa * o.s[j];
+    // The residual add rounds the product first, as a separate add would (no fused multiply-add).
+    *y = o.add ? __fadd_rn(*y, v) : v;
 }
 
 __device__ __forceinline__ int row_slot(const RowsArg& r, int i) {

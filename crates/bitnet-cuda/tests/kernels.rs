@@ -307,8 +307,10 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
                 _ => ops::NormSrc::Relu2(&dx, &dy),
             };
             let mut refs: Vec<_> = outs.iter_mut().collect();
-            ops::norm_ternary_gemv(&g, src, &dnw, 1e-5, &mut xn, &mut q, &ticket, &w, &mut refs)
-                .unwrap();
+            ops::norm_ternary_gemv(
+                &g, src, &dnw, 1e-5, &mut xn, &mut q, &ticket, &w, &mut refs, false,
+            )
+            .unwrap();
             // The residual sum is written back once (twice after the second run).
             let mut gx = vec![0f32; d];
             ops::download(&g, &dx, &mut gx).unwrap();
@@ -371,7 +373,8 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
         let src = ops::NormSrc::Plain(&dx);
         let outs = &mut [&mut out];
-        let r = ops::norm_ternary_gemv(&g, src, &dx, 1e-5, &mut xn, &mut q, &ticket, &w, outs);
+        let r =
+            ops::norm_ternary_gemv(&g, src, &dx, 1e-5, &mut xn, &mut q, &ticket, &w, outs, false);
         assert!(r.is_err() && !ops::norm_gemv_fits(d), "d = {d}");
     }
 }

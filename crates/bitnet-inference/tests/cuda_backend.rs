@@ -204,6 +204,15 @@ fn run<B: Backend>(
         }
         outs.push(("add_rms_norm_x", get(b, &xr, n * d)));
     }
+    // The norm and the projection added into a buffer (a layer's last projection and its
+    // residual add; one kernel for one row on the GPU).
+    let mut acc = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
+    let mut tmp = b.alloc(n * qd).unwrap();
+    for rows in [1, 12] {
+        let norm = NormSpec { input: NormInput::Plain(&x), weight: &w, width: d, eps: 1e-5 };
+        b.norm_linear_add(norm, rows, &mut xn, &lin, &mut tmp, &mut acc, qd).unwrap();
+        outs.push(("norm_linear_add", get(b, &acc, n * qd)));
+    }
     // Element-wise ops.
     let mut g = b.upload(&rng.vec(1000, 3.0)).unwrap();
     let u = b.upload(&rng.vec(1000, 3.0)).unwrap();
@@ -233,7 +242,7 @@ fn compare(c: &Case, seed: u64, dtype: DType, head: LmHeadMode) {
         let tol = match *name {
             "embed1" | "embed12" | "relu2_mul" | "add" | "copy" | "add_rms_norm_x" => 0.0,
             // One int8 step of difference at a rounding boundary of the RMSNorm output.
-            "bitlinear_fused" | "logits" => 2e-2,
+            "bitlinear_fused" | "norm_linear_add" | "logits" => 2e-2,
             _ => 2e-5,
         };
         assert!(

@@ -349,19 +349,22 @@ fn sweep_shapes(gpu: &Arc<Gpu>, t: &Timer, list: &str, iters: usize, copy: f64) 
 }
 
 /// One token's RMSNorm then GEMV, as two kernels and as the fused kernel, for the 2B-4T
-/// projections (each with the norm input it has in a decode step); weights rotated.
+/// projections (each with the norm input and the output it has in a decode step: o and down
+/// add into the residual stream); weights rotated.
 fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
     println!(
         "\nRMSNorm + GEMV at one token, {iters} pairs in a graph (µs per pair, weights rotated):"
     );
-    println!("| N x K | norm input | norm kernel + GEMV | fused |");
-    println!("| --- | --- | ---: | ---: |");
+    println!("| N x K | norm input | output | norm kernel + GEMV | fused |");
+    println!("| --- | --- | --- | ---: | ---: |");
     let ticket = ops::Ticket::new(gpu)?;
-    for (n, k, mode) in [(3840, 2560, 1), (2560, 2560, 0), (13824, 2560, 1), (2560, 6912, 2)] {
+    let pairs = [(3840, 2560, false, false), (2560, 2560, false, true)];
+    let pairs = pairs.into_iter().chain([(13824, 2560, false, false), (2560, 6912, true, true)]);
+    for (n, k, relu2, add) in pairs {
         let mut rng = Rng(n as u64 + 3 * k as u64);
         let (ws, _, kp) = device_weights(gpu, &mut rng, (n, k), true)?;
         let copies = ws.len();
-        let (mut x, y) = (ops::upload(gpu, &rng.units(k))?, ops::upload(gpu, &rng.units(k))?);
+        let (x, y) = (ops::upload(gpu, &rng.units(k))?, ops::upload(gpu, &rng.units(k))?);
         let nw = ops::upload(gpu, &vec![1.0f32; k])?;
         let mut xn = ops::zeros::<f32>(gpu, k)?;
         let mut q = QuantActs::new(gpu, 1, kp)?;
@@ -369,41 +372,36 @@ fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
         let mut two = || {
             for i in 0..iters {
                 let o = Some(&mut q);
-                match mode {
-                    0 => ops::rms_norm(gpu, &x, &nw, k, 1e-5, 1, &mut xn, o)?,
-                    1 => ops::add_rms_norm(gpu, &mut x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
-                    _ => ops::relu2_rms_norm(gpu, &x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
+                match relu2 {
+                    false => ops::rms_norm(gpu, &x, &nw, k, 1e-5, 1, &mut xn, o)?,
+                    true => ops::relu2_rms_norm(gpu, &x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
                 }
-                ops::ternary_matmul(gpu, &ws[i % copies], &q, 1, &mut out)?;
+                let w = &ws[i % copies];
+                match add {
+                    false => ops::ternary_matmul(gpu, w, &q, 1, &mut out)?,
+                    true => ops::ternary_matmul_add(gpu, w, &q, 1, &mut out)?,
+                }
             }
             Ok(())
         };
         let a = t.time_graph(&mut two)? * 1e3 / iters as f64;
         let mut fused = || {
             for i in 0..iters {
-                let src = match mode {
-                    0 => ops::NormSrc::Plain(&x),
-                    1 => ops::NormSrc::Residual(&mut x, &y),
-                    _ => ops::NormSrc::Relu2(&x, &y),
+                let src = match relu2 {
+                    false => ops::NormSrc::Plain(&x),
+                    true => ops::NormSrc::Relu2(&x, &y),
                 };
-                let w = &ws[i % copies];
+                let (w, outs) = (&ws[i % copies], &mut [&mut out]);
                 ops::norm_ternary_gemv(
-                    gpu,
-                    src,
-                    &nw,
-                    1e-5,
-                    &mut xn,
-                    &mut q,
-                    &ticket,
-                    w,
-                    &mut [&mut out],
+                    gpu, src, &nw, 1e-5, &mut xn, &mut q, &ticket, w, outs, add,
                 )?;
             }
             Ok(())
         };
         let b = t.time_graph(&mut fused)? * 1e3 / iters as f64;
-        let what = ["plain", "residual add", "relu² x up"][mode];
-        println!("| {n}x{k} | {what} | {a:.2} | {b:.2} |");
+        let what = if relu2 { "relu² x up" } else { "plain" };
+        let to = if add { "added" } else { "written" };
+        println!("| {n}x{k} | {what} | {to} | {a:.2} | {b:.2} |");
     }
     Ok(())
 }

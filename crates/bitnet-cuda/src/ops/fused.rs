@@ -57,7 +57,8 @@ impl Ticket {
 
 /// One token: `out = rms_norm(src) * nw` with its int8 quantization in `q` (exactly what
 /// [`super::rms_norm`] writes, bit for bit where the sums agree), then `outs = W · q` as
-/// [`super::ternary_matmul_multi`] computes it; one kernel. `nw` holds `w.cols()` weights.
+/// [`super::ternary_matmul_multi`] computes it (with `add`, `outs[0] += W · q` as
+/// [`super::ternary_matmul_add`]); one kernel. `nw` holds `w.cols()` weights.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_ternary_gemv(
     gpu: &Gpu,
@@ -69,6 +70,7 @@ pub fn norm_ternary_gemv(
     ticket: &Ticket,
     w: &DeviceTernary,
     outs: &mut [&mut CudaSlice<f32>],
+    add: bool,
 ) -> Result<()> {
     let d = w.cols();
     let kp = padded_cols(d);
@@ -90,6 +92,7 @@ pub fn norm_ternary_gemv(
     need(nw.len(), d, "rms_norm weight")?;
     need(out.len(), d, "rms_norm output")?;
     let o = out_arg(gpu, w, 1, outs)?;
+    let o = if add { o.adding()? } else { o };
     q.claim(1, d)?;
     let n = NormArg {
         x: dptr(gpu, x),

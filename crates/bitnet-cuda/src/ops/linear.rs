@@ -30,6 +30,20 @@ pub(super) struct OutArg {
     off: [i32; MAX_SEGMENTS],
     s: [f32; MAX_SEGMENTS],
     segs: i32,
+    add: i32,
+}
+
+impl OutArg {
+    /// The same output added into (one stacked matrix): `y += W · x`.
+    pub(super) fn adding(self) -> Result<Self> {
+        if self.segs != 1 {
+            return Err(Error::unsupported(format!(
+                "adding a projection of {} stacked matrices into one output",
+                self.segs
+            )));
+        }
+        Ok(OutArg { add: 1, ..self })
+    }
 }
 
 impl DeviceTernary {
@@ -286,6 +300,19 @@ pub fn ternary_matmul(
     ternary_matmul_multi(gpu, w, q, rows, &mut [out])
 }
 
+/// `acc[t] += (q[t] · W) * s_w / s_a[t]` (a layer's residual add in the projection's store: the
+/// product rounded, then added, as [`ternary_matmul`] and a separate add would); one matrix.
+pub fn ternary_matmul_add(
+    gpu: &Gpu,
+    w: &DeviceTernary,
+    q: &QuantActs,
+    rows: usize,
+    acc: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let o = out_arg(gpu, w, rows, &mut [acc])?.adding()?;
+    matmul(gpu, w, q, rows, o)
+}
+
 /// [`ternary_matmul`] of a stacked matrix: stacked matrix `j`'s rows go to `outs[j]`
 /// (`rows x` its rows).
 pub fn ternary_matmul_multi(
@@ -295,13 +322,18 @@ pub fn ternary_matmul_multi(
     rows: usize,
     outs: &mut [&mut CudaSlice<f32>],
 ) -> Result<()> {
+    let o = out_arg(gpu, w, rows, outs)?;
+    matmul(gpu, w, q, rows, o)
+}
+
+/// The GEMV or GEMM of `rows` quantized rows into `o`.
+fn matmul(gpu: &Gpu, w: &DeviceTernary, q: &QuantActs, rows: usize, o: OutArg) -> Result<()> {
     if q.kp != w.kp || rows > q.rows || rows == 0 {
         return Err(Error::shape(format!(
             "ternary matmul: weight stride {} vs activations {} ({} of {} rows quantized)",
             w.kp, q.kp, rows, q.rows
         )));
     }
-    let o = out_arg(gpu, w, rows, outs)?;
     let (wp, xp, sa, sx) =
         (dptr(gpu, &w.data), dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum));
     let (kc, kp) = ((w.kp / CHUNK) as i32, w.kp as i32);

@@ -78,6 +78,70 @@ impl CudaBackend {
         self.profile = Some(profile::Profiler::default());
         self.with_graphs(false)
     }
+    /// BitLinear of `x` by `w` into `outs` (with `add`, added into the one output).
+    fn project(
+        &self,
+        w: &CudaLinear,
+        x: &CudaBuf,
+        rows: usize,
+        outs: &mut [&mut CudaBuf],
+        add: bool,
+    ) -> Result<()> {
+        let matmul =
+            |q: &ops::QuantActs, outs: &mut [&mut bitnet_cuda::cudarc::driver::CudaSlice<f32>]| {
+                match (add, outs) {
+                    (true, [acc]) => ops::ternary_matmul_add(&self.gpu, &w.0, q, rows, acc),
+                    (true, _) => Err(Error::invalid("a projection added into several outputs")),
+                    (false, outs) => ops::ternary_matmul_multi(&self.gpu, &w.0, q, rows, outs),
+                }
+            };
+        self.timed(3, || {
+            let w = &w.0;
+            with_data(outs, |outs| match (&x.q, x.q_shape) {
+                (Some(q), Some(shape)) if shape == (rows, w.cols()) => matmul(q, outs),
+                _ => {
+                    let mut s = lock(&self.scratch);
+                    let q = s.quant(&self.gpu, rows, w.padded_cols())?;
+                    ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
+                    matmul(q, outs)
+                }
+            })
+        })
+    }
+
+    /// [`Backend::norm_linear`] (with `add`, [`Backend::norm_linear_add`]): one kernel for one
+    /// row where the fused kernel takes the width, else the norm and then the projection.
+    fn norm_project(
+        &self,
+        norm: NormSpec<'_, CudaBuf>,
+        rows: usize,
+        xn: &mut CudaBuf,
+        proj: &CudaLinear,
+        outs: &mut [&mut CudaBuf],
+        add: bool,
+    ) -> Result<()> {
+        let (w, d) = (&proj.0, norm.weight.len);
+        let fits = d == norm.width && w.cols() == d && ops::norm_gemv_fits(d);
+        if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
+            super::norm_only(self, norm, rows, xn)?;
+            return self.project(proj, xn, rows, outs, add);
+        }
+        self.timed(10, || {
+            let src = match norm.input {
+                NormInput::Plain(x) => NormSrc::Plain(&x.data),
+                NormInput::Residual(x, y) => NormSrc::Residual(x.touched(), &y.data),
+                NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
+            };
+            let (nw, eps, t) = (&norm.weight.data, norm.eps, &self.ticket);
+            self.norm_into(xn, 1, d, |o, q| {
+                let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
+                with_data(outs, |outs| {
+                    ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, outs, add)
+                })
+            })
+        })
+    }
+
     /// Runs `f`, timed as operation `op` when profiling.
     fn timed<T>(&self, op: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
         match &self.profile {
@@ -295,20 +359,7 @@ impl Backend for CudaBackend {
         rows: usize,
         outs: &mut [&mut Self::Buf],
     ) -> Result<()> {
-        self.timed(3, || {
-            let w = &w.0;
-            with_data(outs, |outs| match (&x.q, x.q_shape) {
-                (Some(q), Some(shape)) if shape == (rows, w.cols()) => {
-                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, outs)
-                }
-                _ => {
-                    let mut s = lock(&self.scratch);
-                    let q = s.quant(&self.gpu, rows, w.padded_cols())?;
-                    ops::quantize_act(&self.gpu, &x.data, w.cols(), rows, q)?;
-                    ops::ternary_matmul_multi(&self.gpu, w, q, rows, outs)
-                }
-            })
-        })
+        self.project(w, x, rows, outs, false)
     }
 
     fn norm_linear(
@@ -319,25 +370,26 @@ impl Backend for CudaBackend {
         proj: &Self::Linear,
         outs: &mut [&mut Self::Buf],
     ) -> Result<()> {
-        let (w, d) = (&proj.0, norm.weight.len);
-        let fits = d == norm.width && w.cols() == d && ops::norm_gemv_fits(d);
-        if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
-            return super::norm_then_linear(self, norm, rows, xn, proj, outs);
+        self.norm_project(norm, rows, xn, proj, outs, false)
+    }
+
+    fn norm_linear_add(
+        &self,
+        norm: NormSpec<'_, Self::Buf>,
+        rows: usize,
+        xn: &mut Self::Buf,
+        proj: &Self::Linear,
+        _tmp: &mut Self::Buf,
+        acc: &mut Self::Buf,
+        width: usize,
+    ) -> Result<()> {
+        if proj.0.rows() != width {
+            return Err(Error::shape(format!(
+                "norm_linear_add: {} outputs into rows of {width}",
+                proj.0.rows()
+            )));
         }
-        self.timed(10, || {
-            let src = match norm.input {
-                NormInput::Plain(x) => NormSrc::Plain(&x.data),
-                NormInput::Residual(x, y) => NormSrc::Residual(x.touched(), &y.data),
-                NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
-            };
-            let (nw, eps, t) = (&norm.weight.data, norm.eps, &self.ticket);
-            self.norm_into(xn, 1, d, |o, q| {
-                let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
-                with_data(outs, |outs| {
-                    ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, outs)
-                })
-            })
-        })
+        self.norm_project(norm, rows, xn, proj, &mut [acc], true)
     }
 
     fn rope(

@@ -209,6 +209,24 @@ pub trait Backend: Send + Sync {
     ) -> Result<()> {
         norm_then_linear(self, norm, rows, xn, proj, outs)
     }
+    /// `acc += W · norm(input)` over `rows` rows of `width` outputs: a layer's last projection
+    /// and its residual add. The product goes through `tmp` (`rows * width` values) where the
+    /// backend does not add it into `acc` as it stores it; rounded as the product and a
+    /// separate [`Backend::add`] either way.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear_add(
+        &self,
+        norm: NormSpec<'_, Self::Buf>,
+        rows: usize,
+        xn: &mut Self::Buf,
+        proj: &Self::Linear,
+        tmp: &mut Self::Buf,
+        acc: &mut Self::Buf,
+        width: usize,
+    ) -> Result<()> {
+        self.norm_linear(norm, rows, xn, proj, &mut [&mut *tmp])?;
+        self.add(acc, tmp, rows * width)
+    }
     /// Rotary embedding (rotate-half convention) in place on `rows.len()` rows of
     /// `heads * head_dim` values.
     fn rope(
@@ -408,6 +426,21 @@ pub struct NormSpec<'a, B> {
     pub eps: f32,
 }
 
+/// The norm of [`Backend::norm_linear`] alone, into `xn`.
+pub(crate) fn norm_only<B: Backend + ?Sized>(
+    b: &B,
+    norm: NormSpec<'_, B::Buf>,
+    rows: usize,
+    xn: &mut B::Buf,
+) -> Result<()> {
+    let NormSpec { input, weight: w, width, eps } = norm;
+    match input {
+        NormInput::Plain(x) => b.rms_norm(x, w, eps, rows, xn),
+        NormInput::Residual(x, y) => b.add_rms_norm(x, y, w, width, eps, rows, xn),
+        NormInput::Relu2(g, u) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn),
+    }
+}
+
 /// [`Backend::norm_linear`] as its two steps: the norm into `xn`, then the projection.
 pub(crate) fn norm_then_linear<B: Backend + ?Sized>(
     b: &B,
@@ -417,12 +450,7 @@ pub(crate) fn norm_then_linear<B: Backend + ?Sized>(
     proj: &B::Linear,
     outs: &mut [&mut B::Buf],
 ) -> Result<()> {
-    let NormSpec { input, weight: w, width, eps } = norm;
-    match input {
-        NormInput::Plain(x) => b.rms_norm(x, w, eps, rows, xn)?,
-        NormInput::Residual(x, y) => b.add_rms_norm(x, y, w, width, eps, rows, xn)?,
-        NormInput::Relu2(g, u) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn)?,
-    }
+    norm_only(b, norm, rows, xn)?;
     match outs {
         [out] => b.bitlinear(proj, xn, rows, out),
         _ => b.bitlinear_multi(proj, xn, rows, outs),

@@ -275,27 +275,17 @@ impl<B: Backend> BitNetModel<B> {
             )));
         }
         b.embed(&self.embed, ids, &mut st.x)?;
-        let pending = match (&self.stack, rows) {
+        match (&self.stack, rows) {
             (Some(stack), [row]) => {
-                b.decode_layers(stack, &mut st.x, &mut st.cache, *row, d.rope_theta)?;
-                false
+                b.decode_layers(stack, &mut st.x, &mut st.cache, *row, d.rope_theta)?
             }
             _ => self.run_layers(st, rows)?,
         };
-        // The last layer's residual add, fused into the final norm when every row is normed.
         if matches!(which, LogitsFor::All) || n == 1 {
-            if pending {
-                let (x, y) = (&mut st.x, &st.tmp);
-                b.add_rms_norm(x, y, &self.norm, d.hidden, d.eps, n, &mut st.xn)?;
-            } else {
-                b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
-            }
+            b.rms_norm(&st.x, &self.norm, d.eps, n, &mut st.xn)?;
             b.logits(&self.lm_head, &st.xn, n, &mut st.logits)?;
             st.logit_rows = n;
         } else {
-            if pending {
-                b.add(&mut st.x, &st.tmp, n * d.hidden)?;
-            }
             b.copy(&st.x, (n - 1) * d.hidden, &mut st.last, 0, d.hidden)?;
             b.rms_norm(&st.last, &self.norm, d.eps, 1, &mut st.xn)?;
             b.logits(&self.lm_head, &st.xn, 1, &mut st.logits)?;
@@ -304,35 +294,32 @@ impl<B: Backend> BitNetModel<B> {
         Ok(())
     }
 
-    /// Every layer, op by op, over the embedded rows in `st.x`. Returns whether the last
-    /// layer's residual add is still pending (its output is in `st.tmp`).
-    fn run_layers(&self, st: &mut State<B>, rows: &[RowPos]) -> Result<bool> {
+    /// Every layer, op by op, over the embedded rows in `st.x` (the residual stream: the o and
+    /// down projections add into it).
+    fn run_layers(&self, st: &mut State<B>, rows: &[RowPos]) -> Result<()> {
         let (d, b, n) = (&self.dims, &self.backend, rows.len());
         let attn = d.attn();
         for (li, l) in self.layers.iter().enumerate() {
-            // Attention block (the previous layer's residual add fused into its input norm).
-            let input = if li == 0 {
-                NormInput::Plain(&st.x)
-            } else {
-                NormInput::Residual(&mut st.x, &st.tmp)
-            };
+            // Attention block.
+            let input = NormInput::Plain(&st.x);
             let norm = NormSpec { input, weight: &l.input_norm, width: d.hidden, eps: d.eps };
             l.qkv.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
             b.rope_attention(q, k, v, cache, li, rows, attn, d.rope_theta, &mut st.att)?;
             let input = NormInput::Plain(&st.att);
             let norm = NormSpec { input, weight: &l.attn_sub_norm, width: d.hidden, eps: d.eps };
-            b.norm_linear(norm, n, &mut st.xn, &l.o, &mut [&mut st.tmp])?;
+            let (xn, tmp, x) = (&mut st.xn, &mut st.tmp, &mut st.x);
+            b.norm_linear_add(norm, n, xn, &l.o, tmp, x, d.hidden)?;
             // Feed-forward block.
-            let input = NormInput::Residual(&mut st.x, &st.tmp);
+            let input = NormInput::Plain(&st.x);
             let norm = NormSpec { input, weight: &l.post_norm, width: d.hidden, eps: d.eps };
             l.gate_up.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.gate, &mut st.up])?;
             let input = NormInput::Relu2(&mut st.gate, &st.up);
             let w = &l.ffn_sub_norm;
             let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
-            b.norm_linear(norm, n, &mut st.xn, &l.down, &mut [&mut st.tmp])?;
+            b.norm_linear_add(norm, n, &mut st.xn, &l.down, &mut st.tmp, &mut st.x, d.hidden)?;
         }
-        Ok(!self.layers.is_empty())
+        Ok(())
     }
 
     /// Copies the logits of the last forward call (`logit_rows * vocab` values) to the host.
