@@ -139,10 +139,18 @@ __device__ __forceinline__ void gemv_tiles(const GemvWalk<U>& g, const i8* xq, c
                                            uint4 (&w1)[U], int (*red)[M][8], int bar) {
     const int lane = tid & 31, warp = tid >> 5;
     // The scale and sum of the token this thread stores rows of, read once, before the tiles.
+    // One token: warp 0 sums the parts with one reduction (integers: any order is exact); the
+    // storing threads are in warp 0, and a serial sum there held up the team's first barrier
+    // (H100 tg64 +1.2%).
     const int mine = tid < 8 * M ? tid >> 3 : 0;
     float sam = 0.0f;
     int sxm = 0;
-    if (tid < 8 * M) {
+    if (M == 1 && warp == 0) {
+        int v = 0;
+        for (int p = lane; p < sx_parts; p += 32) v += sx[p];
+        sxm = __reduce_add_sync(FULL_MASK, v);
+        sam = sa[0];
+    } else if (M > 1 && tid < 8 * M) {
         sam = sa[mine];
         for (int p = 0; p < sx_parts; ++p) sxm += sx[mine * sx_parts + p];
     }
