@@ -51,9 +51,13 @@ __device__ __forceinline__ float norm_scale(float w, float v, float inv) {
 }
 // s = 127 / max(max|v|, 1e-5).
 __device__ __forceinline__ float quant_scale(float amax) { return 127.0f / fmaxf(amax, 1e-5f); }
-// q = clamp(round_half_even(v * s), -128, 127).
+// q = clamp(round_half_even(v * s), -128, 127), as one saturating conversion (F2I.S8); NaN gives
+// 0, as the CPU's `as i8` does. Against rintf and two clamps (three instructions more per value,
+// in a phase all 32 warps of a fused projection run): H100 tg64 +2.2%.
 __device__ __forceinline__ int quant_value(float v, float s) {
-    return (int)fminf(fmaxf(rintf(__fmul_rn(v, s)), -128.0f), 127.0f);
+    int q;
+    asm("cvt.rni.sat.s8.f32 %0, %1;" : "=r"(q) : "f"(__fmul_rn(v, s)));
+    return q;
 }
 
 // Rows read four values at a time (the fused norm + GEMV and the one-kernel decode, rows of a

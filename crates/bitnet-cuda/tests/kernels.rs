@@ -156,6 +156,36 @@ fn fused_rms_norm_quantizes_like_the_cpu() {
     }
 }
 
+/// Activation quantization at its edges: exact halves (round half to even), values past ±127
+/// (saturation), an all-zero row and huge values, against the CPU's quantize_row.
+#[test]
+fn quantize_act_rounds_halves_to_even_and_saturates_like_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let d = 100;
+    let halves = [127.0f32, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, 63.5, -127.0];
+    let mut x = vec![0f32; 4 * d];
+    for (i, v) in x[..d].iter_mut().enumerate() {
+        *v = halves[i % halves.len()]; // absmax 127: scale 1, every value as written
+    }
+    for (i, v) in x[d..2 * d].iter_mut().enumerate() {
+        *v = [1e30, -1e30, 3.0, -7.5e29][i % 4];
+    }
+    for (i, v) in x[3 * d..].iter_mut().enumerate() {
+        *v = (i as f32 - 50.0) * 1e-30;
+    }
+    let kp = bitnet_cuda::layout::padded_cols(d);
+    let mut q = QuantActs::new(&g, 4, kp).unwrap();
+    ops::quantize_act(&g, &ops::upload(&g, &x).unwrap(), d, 4, &mut q).unwrap();
+    let (qv, sc, sums) = q.download(&g, 4).unwrap();
+    for r in 0..4 {
+        let mut want = vec![0i8; kp];
+        let a = bitnet_quant::quantize::quantize_row(&x[r * d..(r + 1) * d], &mut want).unwrap();
+        assert_eq!(&qv[r * kp..(r + 1) * kp], &want[..], "row {r}");
+        assert_eq!((sc[r], sums[r]), (a.scale, a.sum), "row {r}");
+    }
+    assert_eq!(&qv[..8], &[127, 0, 2, 2, 0, -2, -2, 126]);
+}
+
 #[test]
 fn shape_errors_are_reported_before_launch() {
     let Some(g) = gpu() else { return };
