@@ -16,6 +16,7 @@ libdir() { find / -xdev \( -path /proc -o -path /sys \) -prune -o -name "$1" -pr
 NV=$(libdir 'libnvrtc.so.13*'); CB=$(libdir 'libcublas.so.13*')
 export LD_LIBRARY_PATH=$NV:$CB:$LD_LIBRARY_PATH BITNET_FIXTURES=$REPO/tests/fixtures
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $LOG/env.log
+echo "BITNET_NVRTC_OPTIONS=${BITNET_NVRTC_OPTIONS:-}" | tee -a $LOG/env.log
 for t in bitnet_cuda_unit kernels cuda_backend cuda_parity cuda_sampling; do ./$t 2>&1 > $LOG/test_$t.log; grep -E "test result|FAILED|panicked" $LOG/test_$t.log; done
 # The GEMV for 3..8 tokens (by default those go to the tensor-core GEMM).
 BITNET_GEMV_MAX_M=8 ./kernels 2>&1 > $LOG/test_kernels_gemv8.log; grep -E "test result|FAILED|panicked" $LOG/test_kernels_gemv8.log
