@@ -358,8 +358,13 @@ fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
     println!("| N x K | norm input | output | norm kernel + GEMV | fused |");
     println!("| --- | --- | --- | ---: | ---: |");
     let ticket = ops::Ticket::new(gpu)?;
-    let pairs = [(3840, 2560, false, false), (2560, 2560, false, true)];
-    let pairs = pairs.into_iter().chain([(13824, 2560, false, false), (2560, 6912, true, true)]);
+    // (N, K, relu² input, output added into)
+    let pairs = [
+        (3840, 2560, false, false),
+        (2560, 2560, false, true),
+        (13824, 2560, false, false),
+        (2560, 6912, true, true),
+    ];
     for (n, k, relu2, add) in pairs {
         let mut rng = Rng(n as u64 + 3 * k as u64);
         let (ws, _, kp) = device_weights(gpu, &mut rng, (n, k), true)?;
@@ -372,14 +377,16 @@ fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
         let mut two = || {
             for i in 0..iters {
                 let o = Some(&mut q);
-                match relu2 {
-                    false => ops::rms_norm(gpu, &x, &nw, k, 1e-5, 1, &mut xn, o)?,
-                    true => ops::relu2_rms_norm(gpu, &x, &y, &nw, k, 1e-5, 1, &mut xn, o)?,
+                if relu2 {
+                    ops::relu2_rms_norm(gpu, &x, &y, &nw, k, 1e-5, 1, &mut xn, o)?;
+                } else {
+                    ops::rms_norm(gpu, &x, &nw, k, 1e-5, 1, &mut xn, o)?;
                 }
                 let w = &ws[i % copies];
-                match add {
-                    false => ops::ternary_matmul(gpu, w, &q, 1, &mut out)?,
-                    true => ops::ternary_matmul_add(gpu, w, &q, 1, &mut out)?,
+                if add {
+                    ops::ternary_matmul_add(gpu, w, &q, 1, &mut out)?;
+                } else {
+                    ops::ternary_matmul(gpu, w, &q, 1, &mut out)?;
                 }
             }
             Ok(())
@@ -387,10 +394,7 @@ fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
         let a = t.time_graph(&mut two)? * 1e3 / iters as f64;
         let mut fused = || {
             for i in 0..iters {
-                let src = match relu2 {
-                    false => ops::NormSrc::Plain(&x),
-                    true => ops::NormSrc::Relu2(&x, &y),
-                };
+                let src = if relu2 { ops::NormSrc::Relu2(&x, &y) } else { ops::NormSrc::Plain(&x) };
                 let (w, outs) = (&ws[i % copies], &mut [&mut out]);
                 ops::norm_ternary_gemv(
                     gpu, src, &nw, 1e-5, &mut xn, &mut q, &ticket, w, outs, add,
