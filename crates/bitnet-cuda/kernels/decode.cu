@@ -195,7 +195,7 @@ __device__ __forceinline__ float dec_norm(const float* x, const float* y, int ac
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
-        v[j] = norm_combine4(v[j], b[j], act, act != 0);
+        v[j] = norm_combine4(v[j], b[j], act);
         ss = sum_sq4(ss, v[j]);
     }
     // red1 and red2 were last read several barriers ago: no barrier before writing them.

@@ -5,29 +5,25 @@
 // the batch-1 time. Here every CUDA block first computes the whole norm of the (single) input
 // row itself, from L2, into shared memory, then runs several independent GEMV blocks of 256
 // threads over its tiles with the activations read from shared memory. Block 0 also writes
-// what the separate norm kernel would have (the f32 norm output and its int8 copy), and for a
-// residual the last block to read x (a ticket) writes x + y back, so callers see the same
-// buffers either way.
+// what the separate norm kernel would have (the f32 norm output and its int8 copy), so callers
+// see the same buffers either way.
 
 // Rows of up to 8192 values (GEMV_NORM_MAX), a multiple of 4.
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
-// x, x + y (residual add; the sum is written back to x) or relu(x)^2 * y. Each kernel is
-// compiled for one of these modes (NORM_PLAIN, NORM_RESIDUAL, NORM_RELU2); the host picks it from
-// its input (y is set for the last two).
+// x or relu(x)^2 * y. Each kernel is compiled for one of these modes (NORM_PLAIN, NORM_RELU2);
+// the host picks it from its input (y is set for the second).
 #define NORM_PLAIN 0
-#define NORM_RESIDUAL 1
-#define NORM_RELU2 2
+#define NORM_RELU2 1
 struct NormArg {
-    float* x;
+    const float* x;
     const float* y;
     const float* w;
     float* out;
     i8* q;
     float* qscale;
     int* qsum;
-    u32* ticket;
     int d;
     int kp;
     float eps;
@@ -58,7 +54,7 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
 }
 
 // The norm of the block's single input row into shared memory: xs gets its int8 quantization
-// (zero from d to kp), wsm the raw input (x + y for a residual), qpart each warp's part of Σq;
+// (zero from d to kp), qpart each warp's part of Σq (wsm holds the norm's weights);
 // returns the scale. Block 0 also writes the norm's outputs (out, q, qscale; qsum later).
 //
 // The row is read in float4 slots (NORM4_SLOTS per thread; a 2560-wide row is one slot of 640
@@ -67,10 +63,10 @@ __device__ __forceinline__ void norm_weights_async(float* wsm, const float* w, i
 // to a block its phase is issue-bound.
 template <int MODE>
 __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* wsm, int* qpart,
-                                              float* red1, float* red2, u32& ticket) {
+                                              float* red1, float* red2) {
     constexpr int P = NORM4_SLOTS;
     const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
-    constexpr bool has_y = MODE != NORM_PLAIN;
+    constexpr bool relu2 = MODE == NORM_RELU2;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[P], b[P];
     // Every load goes out before any value is combined.
@@ -81,34 +77,29 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         const int f = tid + j * nt;
         if (f < d4) {
             v[j] = ((const float4*)n.x)[f];
-            if (has_y) b[j] = ((const float4*)n.y)[f];
+            if (relu2) b[j] = ((const float4*)n.y)[f];
         }
     }
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
         if (slots4_past(j, d4)) break;
-        v[j] = norm_combine4(v[j], b[j], MODE == NORM_RELU2, has_y);
+        v[j] = norm_combine4(v[j], b[j], relu2);
         ss = sum_sq4(ss, v[j]);
     }
     ss = block_sum(ss, red1, true);
     STAMP(7);
-    // Every thread of this block has read x (the sum used it): for a residual, take a ticket
-    // now; its number is looked at only at the end, so its latency hides behind the GEMV.
-    if (MODE == NORM_RESIDUAL && tid == 0) ticket = atomicAdd(n.ticket, 1u);
     const float inv = norm_inv(ss, n.d, n.eps);
     asm volatile("cp.async.wait_all;" ::: "memory");
-    float4* w4 = (float4*)wsm;
+    const float4* w4 = (const float4*)wsm;
     float amax = 0.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
         if (slots4_past(j, d4)) break;
         const int f = tid + j * nt;
         if (f < d4) {
-            const float4 t = norm_scale4(w4[f], v[j], inv);
-            w4[f] = v[j];
-            v[j] = t;
-            amax = max_abs4(amax, t);
+            v[j] = norm_scale4(w4[f], v[j], inv);
+            amax = max_abs4(amax, v[j]);
         }
     }
     amax = block_max(amax, red2, true);
@@ -149,12 +140,11 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
                                                const OutArg& o, int kc, int tiles) {
     constexpr int NT = 1024, SUB = 128 * G, SUBS = NT / SUB;
     __shared__ __align__(16) i8 xs[GEMV_NORM_MAX];
-    // The norm weights; then the norm's input (x + y for a residual).
+    // The norm weights.
     __shared__ __align__(16) float wsm[GEMV_NORM_MAX];
     __shared__ float red1[32], red2[32];
     __shared__ int qpart[NT / 32];
     __shared__ int tred[SUBS][4 * G][1][8];
-    __shared__ int last;
     __shared__ float s_sa;
     const int tid = threadIdx.x, sub = tid / SUB, lt = tid % SUB;
     const int vb = blockIdx.x * SUBS + sub, nvb = gridDim.x * SUBS;
@@ -166,8 +156,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     STAMP(1);
-    u32 ticket = 0;
-    const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2, ticket);
+    const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2);
     if (tid == 0) s_sa = s;
     __syncthreads();
     STAMP(2);
@@ -179,13 +168,6 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     gemv_tiles<1, true>(g, xs, &s_sa, qpart, NT / 32, o, n.kp, vb, lt, G, w0, w1, tred[sub],
                         1 + sub);
     STAMP_END();
-    if (MODE != NORM_RESIDUAL) return;
-    // The last block to take a ticket writes x + y back: every block has read x by then.
-    if (tid == 0) last = ticket == gridDim.x - 1;
-    __syncthreads();
-    if (!last) return;
-    if (tid == 0) *n.ticket = 0;
-    for (int i = tid; i < n.d; i += NT) n.x[i] = wsm[i];
 }
 
 // gemv_norm_m1_g<G>_<MODE>: G groups of 128 threads per tile (2: short matrices, long rows, more
@@ -198,8 +180,6 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
         gemv_norm_body<G, MODE>(W, n, o, kc, tiles);                                    \
     }
 GEMV_NORM_KERNEL(1, NORM_PLAIN, plain)
-GEMV_NORM_KERNEL(1, NORM_RESIDUAL, residual)
 GEMV_NORM_KERNEL(1, NORM_RELU2, relu2)
 GEMV_NORM_KERNEL(2, NORM_PLAIN, plain)
-GEMV_NORM_KERNEL(2, NORM_RESIDUAL, residual)
 GEMV_NORM_KERNEL(2, NORM_RELU2, relu2)

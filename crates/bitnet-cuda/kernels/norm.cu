@@ -3,17 +3,17 @@
 // Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER.
 #define NORM_PER 8
 
-// One value of a norm's input: x, x + y (residual add: `has_y`), or relu(x)^2 * y (act).
-__device__ __forceinline__ float norm_combine(float x, float y, int act, bool has_y) {
+// One value of a norm's input: x, or relu(x)^2 * y (act).
+__device__ __forceinline__ float norm_combine(float x, float y, int act) {
     if (act) {
         const float g = fmaxf(x, 0.0f);
         return __fmul_rn(__fmul_rn(g, g), y);
     }
-    return has_y ? x + y : x;
+    return x;
 }
 
 // The values a norm reads, in this thread's slots i = threadIdx.x + j * blockDim.x (zero from d
-// on): x, x + y (residual add, y set), or relu(x)^2 * y (act). Every load is issued before any
+// on): x, or relu(x)^2 * y (act, y set). Every load is issued before any
 // value is combined (combined slot by slot, each slot waited for its round trip to L2 before the
 // next slot's loads went out).
 template <int PER>
@@ -35,8 +35,6 @@ __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, con
         if (act) {
             const float g = fmaxf(v[j], 0.0f);
             v[j] = __fmul_rn(__fmul_rn(g, g), b[j]);
-        } else if (y != 0) {
-            v[j] = v[j] + b[j];
         }
     }
 }
@@ -70,9 +68,9 @@ __device__ __forceinline__ float sum_sq4(float ss, float4 v) {
     ss = __fmaf_rn(v.z, v.z, ss);
     return __fmaf_rn(v.w, v.w, ss);
 }
-__device__ __forceinline__ float4 norm_combine4(float4 x, float4 y, int act, bool has_y) {
-    return make_float4(norm_combine(x.x, y.x, act, has_y), norm_combine(x.y, y.y, act, has_y),
-                       norm_combine(x.z, y.z, act, has_y), norm_combine(x.w, y.w, act, has_y));
+__device__ __forceinline__ float4 norm_combine4(float4 x, float4 y, int act) {
+    return make_float4(norm_combine(x.x, y.x, act), norm_combine(x.y, y.y, act),
+                       norm_combine(x.z, y.z, act), norm_combine(x.w, y.w, act));
 }
 __device__ __forceinline__ float4 norm_scale4(float4 w, float4 v, float inv) {
     return make_float4(norm_scale(w.x, v.x, inv), norm_scale(w.y, v.y, inv),
@@ -128,13 +126,13 @@ __device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER
     return s;
 }
 
-// out[r] = w * (x[r] / rms(x[r])) (input as norm_inputs; with a residual y, x[r] += y[r] is
-// written back); if `q` is set, also the row's int8 quantization (quant_apply), zero past `d`
-// up to `kp`, with its scale and Σq. Grid: one block per row, NORM_PER values per thread.
-// Bounded to 1024 threads: the host launches up to 1024 (d = 8192) and without the bound the
-// compiler takes more than 64 registers a thread, which a 1024-thread block cannot get.
+// out[r] = w * (x[r] / rms(x[r])) (input as norm_inputs); if `q` is set, also the row's int8
+// quantization (quant_apply), zero past `d` up to `kp`, with its scale and Σq. Grid: one block
+// per row, NORM_PER values per thread. Bounded to 1024 threads: the host launches up to 1024
+// (d = 8192) and without the bound the compiler takes more than 64 registers a thread, which a
+// 1024-thread block cannot get.
 extern "C" __global__ void __launch_bounds__(1024)
-    rms_norm_q(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w,
+    rms_norm_q(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w,
                float* __restrict__ out, i8* __restrict__ q, float* __restrict__ qscale,
                int* __restrict__ qsum, int d, int kp, float eps, int act) {
     STAMP_BEGIN(5);
@@ -143,19 +141,15 @@ extern "C" __global__ void __launch_bounds__(1024)
     __shared__ float red[32];
     __shared__ int redi[32];
     const int r = blockIdx.x, bd = blockDim.x, tid = threadIdx.x;
-    float* xr = x + (size_t)r * d;
-    // y through the read-only path must not be loaded above the PDL wait (after_wait).
+    // x and y through the read-only path must not be loaded above the PDL wait (after_wait).
+    const float* xr = after_wait(x) + (size_t)r * d;
     const float* yr = y != 0 ? after_wait(y) + (size_t)r * d : y;
     float* o = out + (size_t)r * d;
     float v[NORM_PER];
     float ss = 0.0f;
     norm_inputs<NORM_PER>(v, xr, yr, act, d);
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j) {
-        const int i = tid + j * bd;
-        if (y != 0 && !act && i < d) xr[i] = v[j];
-        ss += v[j] * v[j];
-    }
+    for (int j = 0; j < NORM_PER; ++j) ss += v[j] * v[j];
     norm_apply<NORM_PER>(v, ss, w, d, eps, red);
 #pragma unroll
     for (int j = 0; j < NORM_PER; ++j)

@@ -2,7 +2,7 @@
 //! (`gemv_norm.cu`): one kernel where decode otherwise runs a norm kernel and a GEMV.
 
 use super::linear::{out_arg, DeviceTernary, QuantActs};
-use super::{dptr, launch, need, to_i32, zeros, Dims};
+use super::{dptr, launch, need, to_i32, Dims};
 use crate::device::Gpu;
 use crate::layout::{padded_cols, CHUNK, TILE_ROWS};
 use bitnet_core::{Error, Result};
@@ -21,8 +21,6 @@ pub fn norm_gemv_fits(d: usize) -> bool {
 pub enum NormSrc<'a> {
     /// The row itself.
     Plain(&'a CudaSlice<f32>),
-    /// `x += y` (written back), then the new `x`: the residual add.
-    Residual(&'a mut CudaSlice<f32>, &'a CudaSlice<f32>),
     /// `relu(gate)² * up` (`gate` is not written).
     Relu2(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
 }
@@ -38,21 +36,9 @@ struct NormArg {
     q: u64,
     qscale: u64,
     qsum: u64,
-    ticket: u64,
     d: i32,
     kp: i32,
     eps: f32,
-}
-
-/// A device word the fused kernel's blocks take numbers from to find the last one to finish
-/// the norm; zero between launches (each launch resets it). One per stream of launches.
-pub struct Ticket(CudaSlice<u32>);
-
-impl Ticket {
-    /// A zeroed ticket word.
-    pub fn new(gpu: &Gpu) -> Result<Self> {
-        Ok(Ticket(zeros(gpu, 1)?))
-    }
 }
 
 /// One token: `out = rms_norm(src) * nw` with its int8 quantization in `q` (exactly what
@@ -67,7 +53,6 @@ pub fn norm_ternary_gemv(
     eps: f32,
     out: &mut CudaSlice<f32>,
     q: &mut QuantActs,
-    ticket: &Ticket,
     w: &DeviceTernary,
     outs: &mut [&mut CudaSlice<f32>],
     add: bool,
@@ -79,11 +64,9 @@ pub fn norm_ternary_gemv(
             "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS}, a multiple of 4)"
         )));
     }
-    // Mode: 0 plain, 1 residual, 2 relu² (the kernel's NORM_* mode).
-    let (x, y, mode) = match src {
-        NormSrc::Plain(x) => (x as &CudaSlice<f32>, None, 0),
-        NormSrc::Residual(x, y) => (&*x, Some(y), 1),
-        NormSrc::Relu2(g, u) => (g, Some(u), 2),
+    let (x, y) = match src {
+        NormSrc::Plain(x) => (x, None),
+        NormSrc::Relu2(g, u) => (g, Some(u)),
     };
     need(x.len(), d, "fused norm input")?;
     if let Some(y) = y {
@@ -102,7 +85,6 @@ pub fn norm_ternary_gemv(
         q: dptr(gpu, &q.q),
         qscale: dptr(gpu, &q.scale),
         qsum: dptr(gpu, &q.sum),
-        ticket: dptr(gpu, &ticket.0),
         d: d as i32,
         kp: kp as i32,
         eps,
@@ -118,20 +100,17 @@ pub fn norm_ternary_gemv(
     let sms = gpu.info().sms as usize;
     let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
     let k = &gpu.k;
-    let (f, subs) = match (groups, mode) {
-        (2, 0) => (&k.gemv_norm2_plain, 4),
-        (2, 1) => (&k.gemv_norm2_residual, 4),
-        (2, _) => (&k.gemv_norm2_relu2, 4),
-        (_, 0) => (&k.gemv_norm1_plain, 8),
-        (_, 1) => (&k.gemv_norm1_residual, 8),
-        (_, _) => (&k.gemv_norm1_relu2, 8),
+    let (f, subs) = match (groups, y.is_some()) {
+        (2, false) => (&k.gemv_norm2_plain, 4),
+        (2, true) => (&k.gemv_norm2_relu2, 4),
+        (_, false) => (&k.gemv_norm1_plain, 8),
+        (_, true) => (&k.gemv_norm1_relu2, 8),
     };
     let grid = tiles.div_ceil(subs).min(sms).max(1);
     let dims = Dims::line(grid as u32, 1024);
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
-    // Kernel: gemv_norm_m1_gG_<mode>(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks; n's x, y,
-    // w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and q kp <=
-    // 8192 (checked above), qscale/qsum one, ticket one word that is zero between launches;
-    // each o.y[j] holds o.n[j] values (out_arg).
+    // Kernel: gemv_norm_m1_gG_<mode>(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks;
+    // n's x, y, w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and
+    // q kp <= 8192 (checked above), qscale/qsum one; each o.y[j] holds o.n[j] values (out_arg).
     launch!(gpu, f, dims; wp, n, o, kc, tiles)
 }

@@ -220,25 +220,7 @@ pub fn relu2_rms_norm(
     norm_launch(gpu, (dptr(gpu, gate), dptr(gpu, up), 1), w, d, eps, rows, out, q)
 }
 
-/// `x[r] += y[r]`, then [`rms_norm`] of the new `x[r]` (the residual add fused into the norm).
-#[allow(clippy::too_many_arguments)]
-pub fn add_rms_norm(
-    gpu: &Gpu,
-    x: &mut CudaSlice<f32>,
-    y: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
-    d: usize,
-    eps: f32,
-    rows: usize,
-    out: &mut CudaSlice<f32>,
-    q: Option<&mut QuantActs>,
-) -> Result<()> {
-    need(x.len(), rows * d, "add_rms_norm input")?;
-    need(y.len(), rows * d, "add_rms_norm residual")?;
-    norm_launch(gpu, (dptr(gpu, x), dptr(gpu, y), 0), w, d, eps, rows, out, q)
-}
-
-/// Launches `rms_norm_q` on input `xy.0` with residual `xy.1` (0: none), or with `xy.2 = 1` on
+/// Launches `rms_norm_q` on input `xy.0` (`xy.1` 0, `xy.2` 0), or with `xy.2 = 1` on
 /// relu(`xy.0`)² * `xy.1`; lengths of both checked by the callers.
 #[allow(clippy::too_many_arguments)]
 fn norm_launch(
@@ -266,7 +248,8 @@ fn norm_launch(
     let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
     let dims = Dims::line(rows as u32, block);
     // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps, act); lengths checked by
-    // the callers and above (y, when set, as long as x), and block * NORM_PER >= d.
+    // the callers and above (y, set exactly when act is 1, as long as x), and block * NORM_PER
+    // >= d.
     launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps, act)
 }
 

@@ -22,11 +22,11 @@ pub use attn::{
 pub use decode::{
     decode_layers, DecodeStack, StackDims, StackLayer, DECODE_MAX_WIDTH, DECODE_STAMPS,
 };
-pub use fused::{norm_gemv_fits, norm_ternary_gemv, NormSrc, Ticket, NORM_GEMV_MAX_COLS};
+pub use fused::{norm_gemv_fits, norm_ternary_gemv, NormSrc, NORM_GEMV_MAX_COLS};
 pub(crate) use knobs::Knobs;
 pub(crate) use linear::GEMM_ROWS;
 pub use linear::{
-    add_rms_norm, quantize_act, relu2_rms_norm, rms_norm, ternary_matmul, ternary_matmul_add,
+    quantize_act, relu2_rms_norm, rms_norm, ternary_matmul, ternary_matmul_add,
     ternary_matmul_multi, DeviceTernary, QuantActs, MAX_SEGMENTS, SPLIT_SLOTS,
 };
 pub use lm_head::{lm_head_f32, lm_head_i8, lm_head_i8_with, LmF32, LmI8, LmKernel};

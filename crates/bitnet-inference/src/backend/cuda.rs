@@ -33,7 +33,7 @@ use super::{
 use bitnet_core::{Error, Result};
 use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{
-    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc, Ticket,
+    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -47,8 +47,6 @@ pub fn probe(ordinal: usize) -> Result<DeviceInfo> {
 /// Runs the model on one NVIDIA GPU.
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
-    /// The fused norm + GEMV kernel's block counter.
-    ticket: Ticket,
     scratch: Mutex<Scratch>,
     profile: Option<profile::Profiler>,
     /// One-token steps run every layer in one kernel where the model fits it.
@@ -60,7 +58,6 @@ impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
         let gpu = Gpu::open(ordinal)?;
         let b = CudaBackend {
-            ticket: Ticket::new(&gpu)?,
             one_kernel: gpu.one_kernel_decode(),
             gpu,
             scratch: Mutex::new(Scratch::default()),
@@ -95,7 +92,7 @@ impl CudaBackend {
                     (false, outs) => ops::ternary_matmul_multi(&self.gpu, &w.0, q, rows, outs),
                 }
             };
-        self.timed(3, || {
+        self.timed(2, || {
             let w = &w.0;
             with_data(outs, |outs| match (&x.q, x.q_shape) {
                 (Some(q), Some(shape)) if shape == (rows, w.cols()) => matmul(q, outs),
@@ -126,17 +123,16 @@ impl CudaBackend {
             super::norm_only(self, norm, rows, xn)?;
             return self.project(proj, xn, rows, outs, add);
         }
-        self.timed(10, || {
+        self.timed(9, || {
             let src = match norm.input {
                 NormInput::Plain(x) => NormSrc::Plain(&x.data),
-                NormInput::Residual(x, y) => NormSrc::Residual(x.touched(), &y.data),
                 NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
             };
-            let (nw, eps, t) = (&norm.weight.data, norm.eps, &self.ticket);
+            let (nw, eps) = (&norm.weight.data, norm.eps);
             self.norm_into(xn, 1, d, |o, q| {
                 let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
                 with_data(outs, |outs| {
-                    ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, t, w, outs, add)
+                    ops::norm_ternary_gemv(&self.gpu, src, nw, eps, o, q, w, outs, add)
                 })
             })
         })
@@ -280,7 +276,7 @@ impl Backend for CudaBackend {
         row: RowPos,
         theta: f32,
     ) -> Result<()> {
-        self.timed(11, || {
+        self.timed(10, || {
             let mut s = lock(&self.scratch);
             cache.written.wrote(None, s.embeds);
             let a = s.rows(&self.gpu, &[row])?;
@@ -319,25 +315,6 @@ impl Backend for CudaBackend {
             let d = w.len;
             self.norm_into(out, rows, d, |o, q| {
                 ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, o, q)
-            })
-        })
-    }
-
-    fn add_rms_norm(
-        &self,
-        x: &mut Self::Buf,
-        y: &Self::Buf,
-        w: &Self::Buf,
-        width: usize,
-        eps: f32,
-        rows: usize,
-        out: &mut Self::Buf,
-    ) -> Result<()> {
-        self.timed(2, || {
-            let d = norm_width("add_rms_norm", w, width)?;
-            let xd = x.touched();
-            self.norm_into(out, rows, d, |o, q| {
-                ops::add_rms_norm(&self.gpu, xd, &y.data, &w.data, d, eps, rows, o, q)
             })
         })
     }
@@ -400,7 +377,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        self.timed(4, || {
+        self.timed(3, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             let f = s.inv_freq(&self.gpu, theta, head_dim)?;
@@ -416,7 +393,7 @@ impl Backend for CudaBackend {
         v: &Self::Buf,
         rows: &[RowPos],
     ) -> Result<()> {
-        self.timed(5, || {
+        self.timed(4, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             let c = &mut *cache;
@@ -447,7 +424,7 @@ impl Backend for CudaBackend {
         theta: f32,
     ) -> Result<()> {
         cache_fits("rope_store_kv", shape, &cache.dims)?;
-        self.timed(4, || {
+        self.timed(3, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             s.inv_freq(&self.gpu, theta, shape.head_dim)?;
@@ -482,7 +459,7 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.timed(6, || {
+        self.timed(5, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, None)?;
             let Scratch { part, rows_host, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
@@ -514,7 +491,7 @@ impl Backend for CudaBackend {
                 self, q, k, v, cache, layer, rows, shape, theta, out,
             );
         }
-        self.timed(6, || {
+        self.timed(5, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
             let Scratch { part, rows_host, rope, embeds, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
@@ -546,7 +523,7 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         let d = norm_width("relu2_rms_norm", w, width)?;
-        self.timed(7, || {
+        self.timed(6, || {
             let (g, u) = (&gate.data, &up.data);
             self.norm_into(out, rows, d, |o, q| {
                 ops::relu2_rms_norm(&self.gpu, g, u, &w.data, d, eps, rows, o, q)
@@ -555,7 +532,7 @@ impl Backend for CudaBackend {
     }
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(7, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
+        self.timed(6, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
     }
 
     fn copy(
@@ -566,11 +543,11 @@ impl Backend for CudaBackend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        self.timed(8, || ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len))
+        self.timed(7, || ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len))
     }
 
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(8, || ops::add(&self.gpu, x.touched(), &y.data, len))
+        self.timed(7, || ops::add(&self.gpu, x.touched(), &y.data, len))
     }
 
     fn logits(
@@ -580,7 +557,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.timed(9, || match head {
+        self.timed(8, || match head {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
             CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
         })

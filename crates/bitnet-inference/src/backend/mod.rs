@@ -161,22 +161,6 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()>;
-    /// `x += y` over `rows` rows of `width` (the length of `w`), then [`Backend::rms_norm`] of
-    /// the new `x` into `out` (one kernel where the device fuses the residual add into the norm).
-    #[allow(clippy::too_many_arguments)]
-    fn add_rms_norm(
-        &self,
-        x: &mut Self::Buf,
-        y: &Self::Buf,
-        w: &Self::Buf,
-        width: usize,
-        eps: f32,
-        rows: usize,
-        out: &mut Self::Buf,
-    ) -> Result<()> {
-        self.add(x, y, rows * width)?;
-        self.rms_norm(x, w, eps, rows, out)
-    }
     /// BitLinear: per-token int8 activations times the ternary weight, scales applied.
     fn bitlinear(
         &self,
@@ -408,8 +392,6 @@ pub struct StackShape {
 pub enum NormInput<'a, B> {
     /// The rows themselves.
     Plain(&'a B),
-    /// `x += y` first (the residual add, written back to `x`), then the new `x`.
-    Residual(&'a mut B, &'a B),
     /// `relu(gate)² * up` (`gate` may be left as it was).
     Relu2(&'a mut B, &'a B),
 }
@@ -436,7 +418,6 @@ pub(crate) fn norm_only<B: Backend + ?Sized>(
     let NormSpec { input, weight: w, width, eps } = norm;
     match input {
         NormInput::Plain(x) => b.rms_norm(x, w, eps, rows, xn),
-        NormInput::Residual(x, y) => b.add_rms_norm(x, y, w, width, eps, rows, xn),
         NormInput::Relu2(g, u) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn),
     }
 }

@@ -8,10 +8,9 @@ use bitnet_cuda::Gpu;
 use std::sync::Mutex;
 
 /// Operations timed, in report order.
-pub(super) const OPS: [&str; 12] = [
+pub(super) const OPS: [&str; 11] = [
     "embed",
     "rms_norm",
-    "add_rms_norm",
     "bitlinear",
     "rope(+store_kv)",
     "store_kv",
