@@ -40,7 +40,9 @@ __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, con
 }
 
 // The norm's and BitLinear quantization's arithmetic, exactly as the CPU's (rms_norm and
-// bitnet_quant::quantize::quantize_row); every kernel that norms or quantizes uses these.
+// bitnet_quant::quantize::quantize_row); every kernel that norms or quantizes uses these (the
+// fused norm + GEMV scales a value as (x·w)·inv instead of norm_scale's w·(x·inv): see
+// gemv_norm.cu).
 __device__ __forceinline__ float norm_inv(float ss, int d, float eps) {
     return 1.0f / sqrtf(ss / (float)d + eps);
 }

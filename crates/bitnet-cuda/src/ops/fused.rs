@@ -41,8 +41,9 @@ struct NormArg {
     eps: f32,
 }
 
-/// One token: `out = rms_norm(src) * nw` with its int8 quantization in `q` (exactly what
-/// [`super::rms_norm`] writes, bit for bit where the sums agree), then `outs = W · q` as
+/// One token: `out = rms_norm(src) * nw` (what [`super::rms_norm`] writes, within about an ulp:
+/// a value is scaled as `(x·w)·inv`, not `w·(x·inv)`) with its int8 quantization in `q` (exactly
+/// the CPU's quantization of `out`), then `outs = W · q` as
 /// [`super::ternary_matmul_multi`] computes it (with `add`, `outs[0] += W · q` as
 /// [`super::ternary_matmul_add`]); one kernel. `nw` holds `w.cols()` weights.
 #[allow(clippy::too_many_arguments)]
