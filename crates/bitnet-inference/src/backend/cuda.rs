@@ -21,6 +21,7 @@ mod support;
 mod types;
 mod writes;
 
+use profile::Op;
 use support::{cache_fits, i32_of, norm_width, with_data};
 use types::{lock, Scratch};
 pub use types::{CudaBuf, CudaCache, CudaLinear, CudaLmHead};
@@ -92,7 +93,7 @@ impl CudaBackend {
                     (false, outs) => ops::ternary_matmul_multi(&self.gpu, &w.0, q, rows, outs),
                 }
             };
-        self.timed(2, || {
+        self.timed(Op::Bitlinear, || {
             let w = &w.0;
             with_data(outs, |outs| match (&x.q, x.q_shape) {
                 (Some(q), Some(shape)) if shape == (rows, w.cols()) => matmul(q, outs),
@@ -123,7 +124,7 @@ impl CudaBackend {
             super::norm_only(self, norm, rows, xn)?;
             return self.project(proj, xn, rows, outs, add);
         }
-        self.timed(9, || {
+        self.timed(Op::NormBitlinear, || {
             let src = match norm.input {
                 NormInput::Plain(x) => NormSrc::Plain(&x.data),
                 NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
@@ -139,7 +140,7 @@ impl CudaBackend {
     }
 
     /// Runs `f`, timed as operation `op` when profiling.
-    fn timed<T>(&self, op: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    fn timed<T>(&self, op: Op, f: impl FnOnce() -> Result<T>) -> Result<T> {
         match &self.profile {
             Some(p) => p.time(&self.gpu, op, f),
             None => f(),
@@ -276,7 +277,7 @@ impl Backend for CudaBackend {
         row: RowPos,
         theta: f32,
     ) -> Result<()> {
-        self.timed(10, || {
+        self.timed(Op::OneKernel, || {
             let mut s = lock(&self.scratch);
             cache.written.wrote(None, s.embeds);
             let a = s.rows(&self.gpu, &[row])?;
@@ -287,7 +288,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
-        self.timed(0, || {
+        self.timed(Op::Embed, || {
             let mut s = lock(&self.scratch);
             let fed = std::mem::take(&mut s.step.fed);
             let a = match s.begin_step(&self.gpu, ids, fed)? {
@@ -311,7 +312,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.timed(1, || {
+        self.timed(Op::RmsNorm, || {
             let d = w.len;
             self.norm_into(out, rows, d, |o, q| {
                 ops::rms_norm(&self.gpu, &x.data, &w.data, d, eps, rows, o, q)
@@ -377,7 +378,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         theta: f32,
     ) -> Result<()> {
-        self.timed(3, || {
+        self.timed(Op::Rope, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             let f = s.inv_freq(&self.gpu, theta, head_dim)?;
@@ -393,7 +394,7 @@ impl Backend for CudaBackend {
         v: &Self::Buf,
         rows: &[RowPos],
     ) -> Result<()> {
-        self.timed(4, || {
+        self.timed(Op::StoreKv, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             let c = &mut *cache;
@@ -424,7 +425,7 @@ impl Backend for CudaBackend {
         theta: f32,
     ) -> Result<()> {
         cache_fits("rope_store_kv", shape, &cache.dims)?;
-        self.timed(3, || {
+        self.timed(Op::Rope, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
             s.inv_freq(&self.gpu, theta, shape.head_dim)?;
@@ -459,7 +460,7 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.timed(5, || {
+        self.timed(Op::Attention, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, None)?;
             let Scratch { part, rows_host, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
@@ -491,7 +492,7 @@ impl Backend for CudaBackend {
                 self, q, k, v, cache, layer, rows, shape, theta, out,
             );
         }
-        self.timed(5, || {
+        self.timed(Op::Attention, || {
             let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
             let Scratch { part, rows_host, rope, embeds, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
@@ -523,7 +524,7 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         let d = norm_width("relu2_rms_norm", w, width)?;
-        self.timed(6, || {
+        self.timed(Op::Relu2Mul, || {
             let (g, u) = (&gate.data, &up.data);
             self.norm_into(out, rows, d, |o, q| {
                 ops::relu2_rms_norm(&self.gpu, g, u, &w.data, d, eps, rows, o, q)
@@ -532,7 +533,7 @@ impl Backend for CudaBackend {
     }
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(6, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
+        self.timed(Op::Relu2Mul, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
     }
 
     fn copy(
@@ -543,11 +544,13 @@ impl Backend for CudaBackend {
         dst_off: usize,
         len: usize,
     ) -> Result<()> {
-        self.timed(7, || ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len))
+        self.timed(Op::AddCopy, || {
+            ops::copy(&self.gpu, &src.data, src_off, dst.touched(), dst_off, len)
+        })
     }
 
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(7, || ops::add(&self.gpu, x.touched(), &y.data, len))
+        self.timed(Op::AddCopy, || ops::add(&self.gpu, x.touched(), &y.data, len))
     }
 
     fn logits(
@@ -557,7 +560,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        self.timed(8, || match head {
+        self.timed(Op::LmHead, || match head {
             CudaLmHead::F32(h) => ops::lm_head_f32(&self.gpu, h, &x.data, rows, out.touched()),
             CudaLmHead::I8(h) => ops::lm_head_i8(&self.gpu, h, &x.data, rows, out.touched()),
         })

@@ -7,25 +7,60 @@ use bitnet_cuda::cudarc::driver::{sys, CudaEvent};
 use bitnet_cuda::Gpu;
 use std::sync::Mutex;
 
-/// Operations timed, in report order.
-pub(super) const OPS: [&str; 11] = [
-    "embed",
-    "rms_norm",
-    "bitlinear",
-    "rope(+store_kv)",
-    "store_kv",
-    "attention",
-    "relu2_mul(+norm)",
-    "add/copy",
-    "lm_head",
-    "norm+bitlinear",
-    "all layers (one kernel)",
-];
+/// The operations timed, in report order (each backend call is timed as one of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    Embed,
+    RmsNorm,
+    Bitlinear,
+    Rope,
+    StoreKv,
+    Attention,
+    Relu2Mul,
+    AddCopy,
+    LmHead,
+    NormBitlinear,
+    OneKernel,
+}
+
+impl Op {
+    /// Every operation, in report order (`Op::ALL[op as usize] == op`).
+    const ALL: [Op; 11] = [
+        Op::Embed,
+        Op::RmsNorm,
+        Op::Bitlinear,
+        Op::Rope,
+        Op::StoreKv,
+        Op::Attention,
+        Op::Relu2Mul,
+        Op::AddCopy,
+        Op::LmHead,
+        Op::NormBitlinear,
+        Op::OneKernel,
+    ];
+
+    /// The name in the profile report.
+    fn name(self) -> &'static str {
+        match self {
+            Op::Embed => "embed",
+            Op::RmsNorm => "rms_norm",
+            Op::Bitlinear => "bitlinear",
+            Op::Rope => "rope(+store_kv)",
+            Op::StoreKv => "store_kv",
+            Op::Attention => "attention",
+            Op::Relu2Mul => "relu2_mul(+norm)",
+            Op::AddCopy => "add/copy",
+            Op::LmHead => "lm_head",
+            Op::NormBitlinear => "norm+bitlinear",
+            Op::OneKernel => "all layers (one kernel)",
+        }
+    }
+}
 
 /// Pending (operation, start, end) event pairs and the totals taken so far.
 #[derive(Default)]
 pub(super) struct Profiler {
-    pending: Mutex<Vec<(usize, CudaEvent, CudaEvent)>>,
+    pending: Mutex<Vec<(Op, CudaEvent, CudaEvent)>>,
 }
 
 fn timing_event(gpu: &Gpu) -> Result<CudaEvent> {
@@ -39,8 +74,8 @@ fn record(gpu: &Gpu, ev: &CudaEvent) -> Result<()> {
 }
 
 impl Profiler {
-    /// Runs `f` between two events recorded on `gpu`'s stream, attributed to `OPS[op]`.
-    pub(super) fn time<T>(&self, gpu: &Gpu, op: usize, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Runs `f` between two events recorded on `gpu`'s stream, attributed to `op`.
+    pub(super) fn time<T>(&self, gpu: &Gpu, op: Op, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let (start, end) = (timing_event(gpu)?, timing_event(gpu)?);
         record(gpu, &start)?;
         let r = f()?;
@@ -52,14 +87,30 @@ impl Profiler {
     /// (operation, seconds, calls) since the last call; waits for the stream.
     pub(super) fn take(&self) -> Vec<(&'static str, f64, u64)> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut acc = [(0.0f64, 0u64); OPS.len()];
+        let mut acc = [(0.0f64, 0u64); Op::ALL.len()];
         for (op, s, e) in pending {
             // An event that cannot be read (a failed step) contributes nothing.
             if let Ok(ms) = s.elapsed_ms(&e) {
-                acc[op].0 += ms as f64 / 1e3;
-                acc[op].1 += 1;
+                acc[op as usize].0 += ms as f64 / 1e3;
+                acc[op as usize].1 += 1;
             }
         }
-        OPS.iter().zip(acc).map(|(n, (t, c))| (*n, t, c)).filter(|x| x.2 > 0).collect()
+        Op::ALL.iter().zip(acc).map(|(op, (t, c))| (op.name(), t, c)).filter(|x| x.2 > 0).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    #[test]
+    fn ops_are_listed_once_in_declaration_order() {
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{op:?}");
+        }
+        let mut names: Vec<_> = Op::ALL.iter().map(|op| op.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Op::ALL.len());
     }
 }
