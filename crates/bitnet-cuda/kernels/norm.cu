@@ -13,9 +13,9 @@ __device__ __forceinline__ float norm_combine(float x, float y, int act) {
 }
 
 // The values a norm reads, in this thread's slots i = threadIdx.x + j * blockDim.x (zero from d
-// on): x, or relu(x)^2 * y (act, y set). Every load is issued before any
-// value is combined (combined slot by slot, each slot waited for its round trip to L2 before the
-// next slot's loads went out).
+// on): x, or relu(x)^2 * y (act, y set). Every load is issued before any value is combined
+// (combined slot by slot, each slot waited for its round trip to L2 before the next slot's
+// loads went out).
 template <int PER>
 __device__ __forceinline__ void norm_inputs(float (&v)[PER], const float* x, const float* y,
                                             int act, int d) {
@@ -134,9 +134,10 @@ __device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER
 // (d = 8192) and without the bound the compiler takes more than 64 registers a thread, which a
 // 1024-thread block cannot get.
 extern "C" __global__ void __launch_bounds__(1024)
-    rms_norm_q(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ w,
-               float* __restrict__ out, i8* __restrict__ q, float* __restrict__ qscale,
-               int* __restrict__ qsum, int d, int kp, float eps, int act) {
+    rms_norm_q(const float* __restrict__ x, const float* __restrict__ y,
+               const float* __restrict__ w, float* __restrict__ out, i8* __restrict__ q,
+               float* __restrict__ qscale, int* __restrict__ qsum, int d, int kp, float eps,
+               int act) {
     STAMP_BEGIN(5);
     PDL_ENTER();
     STAMP(1);
