@@ -198,7 +198,7 @@ pub fn rms_norm(
     q: Option<&mut QuantActs>,
 ) -> Result<()> {
     need(x.len(), rows * d, "rms_norm input")?;
-    norm_launch(gpu, (dptr(gpu, x), 0, 0), w, d, eps, rows, out, q)
+    norm_launch(gpu, (dptr(gpu, x), None), w, d, eps, rows, out, q)
 }
 
 /// [`rms_norm`] of `relu(gate)² * up` (the FFN's activation fused into its sub-norm; `gate` is
@@ -217,15 +217,15 @@ pub fn relu2_rms_norm(
 ) -> Result<()> {
     need(gate.len(), rows * d, "relu2_rms_norm gate")?;
     need(up.len(), rows * d, "relu2_rms_norm up")?;
-    norm_launch(gpu, (dptr(gpu, gate), dptr(gpu, up), 1), w, d, eps, rows, out, q)
+    norm_launch(gpu, (dptr(gpu, gate), Some(dptr(gpu, up))), w, d, eps, rows, out, q)
 }
 
-/// Launches `rms_norm_q` on input `xy.0` (`xy.1` 0, `xy.2` 0), or with `xy.2 = 1` on
-/// relu(`xy.0`)² * `xy.1`; lengths of both checked by the callers.
+/// Launches `rms_norm_q` on input `xy.0`, or on relu(`xy.0`)² * `xy.1` where `xy.1` is set;
+/// lengths of both checked by the callers.
 #[allow(clippy::too_many_arguments)]
 fn norm_launch(
     gpu: &Gpu,
-    xy: (u64, u64, i32),
+    xy: (u64, Option<u64>),
     w: &CudaSlice<f32>,
     d: usize,
     eps: f32,
@@ -238,7 +238,9 @@ fn norm_launch(
     if d > NORM_PER * 1024 {
         return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 8192)")));
     }
-    let ((xp, yp, act), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
+    let ((xp, up), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
+    // The kernel's y is the relu² multiplier, and act says it is set.
+    let (yp, act) = (up.unwrap_or(0), i32::from(up.is_some()));
     let (dd, mut kp) = (to_i32(d, "width")?, 0i32);
     let (mut qp, mut sp, mut mp) = (0u64, 0u64, 0u64);
     if let Some(q) = q {
