@@ -358,20 +358,35 @@ __device__ int compact_above(const float* aw, const int* ai, int len4, float fl,
     return finish_list(bw, bi, red);
 }
 
+// Where a row's pick goes (mirrors `PickTo` in ops/sample.rs): `out[row]`; also `host[row]`
+// when set (page-locked host memory mapped into the device: the host reads it once the kernel
+// has finished, with no copy in the stream); and when `advance` is set, the row's position in
+// those (slot, position) pairs goes up by one for the next decode step.
+struct PickTo {
+    int* host;
+    int* advance;
+};
+__device__ __forceinline__ void put_id(int* out, const PickTo& to, int row, int id) {
+    out[row] = id;
+    if (to.host) to.host[row] = id;
+    if (to.advance) to.advance[2 * row + 1] += 1;
+}
+
 // logits: rows x n. wbuf / ibuf: rows x 2 x stride scratch (stride >= n, a multiple of 4; not
 // touched when greedy). uniforms: one per row (not read when greedy). out: one id per row, -1
 // when the row has no finite and no +inf logit.
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_rows(const float* __restrict__ logits, float* wbuf, int* ibuf,
-                const double* __restrict__ uniforms, int* __restrict__ out, int n, int stride,
-                int greedy, float inv_t, int top_k, float top_p, float min_p) {
+                const double* __restrict__ uniforms, int* __restrict__ out,
+                const __grid_constant__ PickTo to, int n, int stride, int greedy, float inv_t,
+                int top_k, float top_p, float min_p) {
     PDL_ENTER();  // launched with programmatic dependent launch, like every kernel
     __shared__ Red red;
     const int row = blockIdx.x;
     const float* l = logits + (size_t)row * n;
     const Scan s = scan_row(l, n, red);
     if (s.pinf < n || s.arg < 0 || greedy) {
-        if (threadIdx.x == 0) out[row] = s.pinf < n ? s.pinf : s.arg;
+        if (threadIdx.x == 0) put_id(out, to, row, s.pinf < n ? s.pinf : s.arg);
         return;
     }
     u32 kt = 0u;
@@ -405,5 +420,5 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     u32 unused = 0u;
     int pick = desc ? find_desc(sel, n, r, true, &unused, red) : find_by_id(sel, n, r, red);
     if (pick < 0) pick = last_candidate(sel, desc, red);
-    if (threadIdx.x == 0) out[row] = pick;
+    if (threadIdx.x == 0) put_id(out, to, row, pick);
 }

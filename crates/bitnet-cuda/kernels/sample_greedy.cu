@@ -3,14 +3,15 @@
 
 // Greedy picks split over gridDim.x blocks per row (grid: parts x rows, chunks of `chunk`
 // logits, a multiple of 4): each block's best (value key, ~id) goes to parts[row][p], and the
-// last block of a row to finish (a ticket) merges them into out[row] and resets the ticket.
+// last block of a row to finish (a ticket) merges them, puts the pick where `to` says (out[row]
+// and so on, put_id) and resets the ticket.
 // The answer is sample_rows's with greedy set (scan_row): the first +inf, else the largest
 // finite logit (lowest id among equals, -0 as +0), else -1. One block per row scanned the
 // 128,256 logits of a 2B-4T row in ~18 us of a decode step.
 #define GREEDY_THREADS 256
 extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
     sample_greedy(const float* __restrict__ logits, u64* parts, u32* tickets,
-                  int* __restrict__ out, int n, int chunk) {
+                  int* __restrict__ out, const __grid_constant__ PickTo to, int n, int chunk) {
     STAMP_BEGIN(3);
     PDL_ENTER();
     STAMP(1);
@@ -44,7 +45,7 @@ extern "C" __global__ void __launch_bounds__(GREEDY_THREADS)
     }
     k = block_max_u64(k, slots);
     if (threadIdx.x == 0) {
-        out[row] = argmax_id(k);
+        put_id(out, to, row, argmax_id(k));
         tickets[row] = 0u;
     }
     STAMP(3);

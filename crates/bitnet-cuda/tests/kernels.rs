@@ -432,3 +432,56 @@ fn read_stream_xor_equals_the_host() {
     let d = ops::zeros::<u8>(&g, 16 << 20).unwrap();
     assert!(ops::read_xor(&g, &d, 1 << 20, &mut out).is_err(), "too few output values");
 }
+
+/// A pick sent ahead (`sample_to_device` with `PickTo`) lands in its host-mapped slot and in the
+/// device id buffer, and advances the row position by one, launched directly and replayed in a
+/// decode-step graph (one graph per slot); the older slot still holds its pick while the newer
+/// one is written.
+#[test]
+fn picks_reach_their_host_slot_and_advance_the_row() {
+    let Some(g) = gpu() else { return };
+    let vocab = 5000;
+    let greedy =
+        ops::SampleConfig { greedy: true, temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.0 };
+    // Temperature sampling of a row with one finite logit picks that logit's id.
+    let tempered = ops::SampleConfig { greedy: false, temperature: 0.7, ..greedy };
+    let mut scratch = ops::SampleScratch::new();
+    let mut fetch = ops::IdFetch::default();
+    let mut ids = ops::upload(&g, &[-7i32]).unwrap();
+    let mut rows = ops::upload(&g, &[3i32, 41]).unwrap();
+    let mut tickets = Vec::new();
+    for step in 0..6usize {
+        let want = (step * 977 + 13) % vocab;
+        let mut row = vec![-1.0f32; vocab];
+        if step % 3 == 2 {
+            row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+        }
+        row[want] = 2.5;
+        let logits = ops::upload(&g, &row).unwrap();
+        let cfg = if step % 3 == 2 { tempered } else { greedy };
+        let slot = fetch.reserve(&g).unwrap();
+        let to = ops::PickTo::host(slot).advancing(&g, &rows).unwrap();
+        let graph = step >= 2;
+        if graph {
+            g.defer();
+        }
+        ops::sample_to_device(&g, &logits, vocab, &cfg, 0.25, &mut scratch, &mut ids, to).unwrap();
+        g.flush(graph).unwrap();
+        tickets.push((fetch.mark(&g, slot).unwrap(), want));
+        if let [.., (older, w_old), _] = tickets[..] {
+            assert_eq!(fetch.wait(older).unwrap(), w_old as i32, "step {step}: older slot");
+        }
+        let (ticket, w) = tickets[step];
+        assert_eq!(fetch.wait(ticket).unwrap(), w as i32, "step {step}: host slot");
+        let mut got = [0i32; 1];
+        ops::download(&g, &ids, &mut got).unwrap();
+        assert_eq!(got[0], w as i32, "step {step}: device ids");
+        let mut pair = [0i32; 2];
+        ops::download(&g, &rows, &mut pair).unwrap();
+        assert_eq!(pair, [3, 42 + step as i32], "step {step}: the position advances");
+    }
+    assert!(g.graph_stats().0 >= 2, "graph replays: {:?}", g.graph_stats());
+    rows = ops::zeros(&g, 1).unwrap();
+    let slot = fetch.reserve(&g).unwrap();
+    assert!(ops::PickTo::host(slot).advancing(&g, &rows).is_err(), "a row needs a pair");
+}

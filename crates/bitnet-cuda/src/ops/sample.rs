@@ -40,6 +40,31 @@ impl SampleConfig {
     }
 }
 
+/// Where a device pick goes besides its `out` buffer (mirrors `PickTo` in sample.cu): a
+/// host-mapped slot of an [`IdFetch`] (0: none), and device (slot, position) pairs whose
+/// positions the pick advances by one for the next decode step (0: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PickTo {
+    host: u64,
+    advance: u64,
+}
+
+// SAFETY: plain `repr(C)` device addresses with the layout of the CUDA struct it mirrors.
+unsafe impl cudarc::driver::DeviceRepr for PickTo {}
+
+impl PickTo {
+    /// The pick also goes to `slot`'s host memory.
+    pub fn host(slot: IdSlot) -> Self {
+        PickTo { host: slot.dev, advance: 0 }
+    }
+    /// And the positions of the pairs in `rows` (one pair per sampled row) go up by one.
+    pub fn advancing(self, gpu: &Gpu, rows: &CudaSlice<i32>) -> Result<Self> {
+        need(rows.len(), 2, "advanced rows")?;
+        Ok(PickTo { advance: dptr(gpu, rows), ..self })
+    }
+}
+
 /// Device buffers of [`sample`]: two candidate lists (weights and ids) of the padded vocabulary
 /// per row (only for non-greedy sampling), the uniforms and the chosen ids. Grows on demand and
 /// is reused.
@@ -94,7 +119,8 @@ pub fn sample(
     }
     grow(gpu, &mut scratch.ids, rows)?;
     let mut ids = scratch.ids.take().ok_or_else(|| Error::invalid("sample ids"))?;
-    let r = launch_sample(gpu, logits, rows, vocab, cfg, uniforms, scratch, &mut ids);
+    let to = PickTo::default();
+    let r = launch_sample(gpu, logits, rows, vocab, cfg, uniforms, scratch, &mut ids, to);
     scratch.ids = Some(ids);
     r?;
     let ids = scratch.ids.as_ref().ok_or_else(|| Error::invalid("sample ids"))?;
@@ -103,7 +129,9 @@ pub fn sample(
 
 /// [`sample`] of one row whose id stays on the device: written to `dst[0]` (`-1` when there
 /// is nothing to sample) without waiting, for a later kernel to read (the next decode step's
-/// token) and [`IdFetch`] to bring back.
+/// token), and where `to` says (an [`IdFetch`] slot brings it back). Can be deferred into a
+/// decode step's graph: its arguments change only with `to`.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_to_device(
     gpu: &Gpu,
     logits: &CudaSlice<f32>,
@@ -112,9 +140,10 @@ pub fn sample_to_device(
     uniform: f64,
     scratch: &mut SampleScratch,
     dst: &mut CudaSlice<i32>,
+    to: PickTo,
 ) -> Result<()> {
     need(dst.len(), 1, "sample output")?;
-    launch_sample(gpu, logits, 1, vocab, cfg, &[uniform], scratch, dst)
+    launch_sample(gpu, logits, 1, vocab, cfg, &[uniform], scratch, dst, to)
 }
 
 /// Launches `sample_rows` for `rows >= 1` rows, ids into `out[..rows]`.
@@ -128,6 +157,7 @@ fn launch_sample(
     uniforms: &[f64],
     scratch: &mut SampleScratch,
     out: &mut CudaSlice<i32>,
+    to: PickTo,
 ) -> Result<()> {
     cfg.check()?;
     if vocab == 0 {
@@ -159,19 +189,20 @@ fn launch_sample(
     let (lp, ip) = (dptr(gpu, logits), dptr(gpu, out));
     // Greedy rows go over several blocks each (grid y holds at most 65,535 rows).
     if cfg.greedy && rows <= 65_535 {
-        return launch_greedy(gpu, lp, ip, rows, vocab, scratch);
+        return launch_greedy(gpu, lp, ip, to, rows, vocab, scratch);
     }
     let greedy = i32::from(cfg.greedy);
     let inv_t = if cfg.greedy { 1.0 } else { 1.0 / cfg.temperature };
     let top_k = to_i32(cfg.top_k.min(vocab), "top_k")?;
     let (top_p, min_p) = (cfg.top_p, cfg.min_p);
     let dims = Dims::line(grid, THREADS);
-    // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, n, stride, greedy, inv_t, top_k,
-    // top_p, min_p); logits hold rows * n values and out rows ids (checked); wbuf and ibuf
-    // (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned allocations) and uniforms
-    // (rows) are allocated unless greedy, when the kernel returns before touching them.
+    // Kernel: sample_rows(logits, wbuf, ibuf, uniforms, out, to, n, stride, greedy, inv_t, top_k,
+    // top_p, min_p); logits hold rows * n values and out rows ids (checked); `to` as the caller
+    // says; wbuf and ibuf (rows * 2 * stride, stride >= n a multiple of 4, 16-byte aligned
+    // allocations) and uniforms (rows) are allocated unless greedy, when the kernel returns
+    // before touching them.
     launch!(gpu, &gpu.k.sample_rows, dims;
-        lp, wp, cp, up, ip, n, st, greedy, inv_t, top_k, top_p, min_p)
+        lp, wp, cp, up, ip, to, n, st, greedy, inv_t, top_k, top_p, min_p)
 }
 
 /// Logits per block of `sample_greedy` (about): 2B-4T's 128,256-token rows take 63 blocks.
@@ -185,6 +216,7 @@ fn launch_greedy(
     gpu: &Gpu,
     lp: u64,
     ip: u64,
+    to: PickTo,
     rows: usize,
     vocab: usize,
     scratch: &mut SampleScratch,
@@ -197,50 +229,82 @@ fn launch_greedy(
     let tp = dptr(gpu, scratch.tickets.as_ref().ok_or_else(|| Error::invalid("tickets"))?);
     let (n, c) = (to_i32(vocab, "vocabulary")?, to_i32(chunk, "greedy chunk")?);
     let dims = Dims::new((parts as u32, rows as u32, 1), GREEDY_THREADS);
-    // Kernel: sample_greedy(logits, parts, tickets, out, n, chunk); logits hold rows * n values
-    // and out rows ids (checked by the caller), parts rows * parts words, tickets rows zeroed
-    // words; parts * chunk >= n.
-    launch!(gpu, &gpu.k.sample_greedy, dims; lp, pp, tp, ip, n, c)
+    // Kernel: sample_greedy(logits, parts, tickets, out, to, n, chunk); logits hold rows * n
+    // values and out rows ids (checked by the caller), `to` as the caller says, parts rows *
+    // parts words, tickets rows zeroed words; parts * chunk >= n.
+    launch!(gpu, &gpu.k.sample_greedy, dims; lp, pp, tp, ip, to, n, c)
 }
 
-/// Brings single ids back from the device without waiting for the whole stream: [`IdFetch::start`]
-/// queues an asynchronous copy into page-locked host memory (one of two slots, so the copy of
-/// one step's id and the next's can both be in flight) and records an event after it;
-/// [`IdFetch::wait`] waits for that event only, not for work queued after it.
+/// Brings single ids back from the device with no copy in the stream: the sampling kernel writes
+/// the id into page-locked host memory mapped into the device ([`PickTo::host`]; one of two
+/// slots, so that one step's pick and the next's can both be in flight), and an event recorded
+/// after it ([`IdFetch::mark`]) tells when it is there. [`IdFetch::wait`] waits for that event
+/// only, not for work queued after it.
 #[derive(Default)]
 pub struct IdFetch {
-    slots: Vec<(PinnedHostSlice<i32>, CudaEvent)>,
+    slots: Vec<HostSlot>,
     next: usize,
 }
 
+/// One mapped host word and the event after its last write.
+struct HostSlot {
+    mem: PinnedHostSlice<i32>,
+    /// Its host address (read with volatile loads: the device writes it).
+    host: usize,
+    /// Its address in the device's address space.
+    dev: u64,
+    done: CudaEvent,
+}
+
+/// A slot of an [`IdFetch`] a pick is sent to ([`PickTo::host`]).
+#[derive(Clone, Copy, Debug)]
+pub struct IdSlot {
+    slot: usize,
+    dev: u64,
+}
+
 impl IdFetch {
-    /// Queues the copy of `src[0]`; returns the slot to [`IdFetch::wait`] on.
-    pub fn start(&mut self, gpu: &Gpu, src: &CudaSlice<i32>) -> Result<usize> {
-        need(src.len(), 1, "id fetch")?;
+    /// The next slot (the older of the two; its last pick must have been waited for or dropped).
+    pub fn reserve(&mut self, gpu: &Gpu) -> Result<IdSlot> {
         while self.slots.len() < 2 {
-            // SAFETY: the slot is written by the copy below before it is read (wait).
-            let p = unsafe { gpu.context().alloc_pinned_with_flags::<i32>(1, 0) }
+            let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP;
+            // SAFETY: the word is written below before anything reads it.
+            let mut mem = unsafe { gpu.context().alloc_pinned_with_flags::<i32>(1, flags) }
                 .map_err(|e| dev_err("cuMemHostAlloc", e))?;
-            let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
-            let ev = gpu.context().new_event(Some(flags)).map_err(|e| dev_err("event", e))?;
-            self.slots.push((p, ev));
+            let p = mem.as_mut_ptr().map_err(|e| dev_err("pinned memory", e))?;
+            let mut dev: sys::CUdeviceptr = 0;
+            // SAFETY: `p` is one i32 of page-locked memory that lives as long as `mem`, mapped
+            // into the device (DEVICEMAP) of the context the allocation just made current.
+            unsafe {
+                p.write_volatile(-1);
+                sys::cuMemHostGetDevicePointer_v2(&mut dev, p.cast(), 0)
+                    .result()
+                    .map_err(|e| dev_err("cuMemHostGetDevicePointer", e))?;
+            }
+            let ev = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+            let done = gpu.context().new_event(Some(ev)).map_err(|e| dev_err("event", e))?;
+            self.slots.push(HostSlot { host: p as usize, mem, dev, done });
         }
         let slot = self.next;
         self.next ^= 1;
-        let view = src.slice(..1);
-        let (host, ev) = &mut self.slots[slot];
-        gpu.stream().memcpy_dtoh(&view, host).map_err(|e| dev_err("device-to-host copy", e))?;
-        // The pinned slice's own event is recorded only where cudarc manages stream
-        // synchronization (off here): this one marks the copy.
-        ev.record(gpu.stream()).map_err(|e| dev_err("event record", e))?;
-        Ok(slot)
+        Ok(IdSlot { slot, dev: self.slots[slot].dev })
     }
-    /// The id copied into `slot` (waits for that copy).
-    pub fn wait(&self, slot: usize) -> Result<i32> {
-        let (host, ev) =
-            self.slots.get(slot).ok_or_else(|| Error::invalid("id fetch: no such slot"))?;
-        ev.synchronize().map_err(|e| dev_err("id fetch", e))?;
-        let v = host.as_slice().map_err(|e| dev_err("id fetch", e))?;
-        v.first().copied().ok_or_else(|| Error::invalid("id fetch: empty slot"))
+    /// Marks the stream after the kernel that writes `s` (queued or in a flushed graph);
+    /// returns the ticket to [`IdFetch::wait`] on.
+    pub fn mark(&mut self, gpu: &Gpu, s: IdSlot) -> Result<usize> {
+        let slot = self.slots.get(s.slot).ok_or_else(|| Error::invalid("id fetch: no slot"))?;
+        slot.done.record(gpu.stream()).map_err(|e| dev_err("event record", e))?;
+        Ok(s.slot)
+    }
+    /// The id picked into slot `ticket` (waits for that pick).
+    pub fn wait(&self, ticket: usize) -> Result<i32> {
+        let slot =
+            self.slots.get(ticket).ok_or_else(|| Error::invalid("id fetch: no such slot"))?;
+        slot.done.synchronize().map_err(|e| dev_err("id fetch", e))?;
+        debug_assert!(slot.mem.len() == 1);
+        // SAFETY: `host` is the live one-word allocation of `mem`; the kernel that wrote it has
+        // finished (the event above), and nothing writes it until the next pick is queued, which
+        // needs `&mut self`.
+        Ok(unsafe { (slot.host as *const i32).read_volatile() })
     }
 }

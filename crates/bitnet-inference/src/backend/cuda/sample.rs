@@ -49,7 +49,9 @@ impl CudaBackend {
     }
 
     /// See [`Backend::sample_ahead`](crate::backend::Backend::sample_ahead): the id goes to the
-    /// step id buffer (where the next fed `embed` reads it) and is copied back asynchronously.
+    /// step id buffer (where the next fed `embed` reads it) and to a host-mapped slot. The pick
+    /// joins the step's launches (its graph, when the step is deferred) and advances the step's
+    /// row position on the device, so that the next step starts with no copy before it.
     pub(super) fn sample_on_device(
         &self,
         logits: &CudaBuf,
@@ -60,11 +62,13 @@ impl CudaBackend {
         let cfg = checked(logits, 1, vocab, p, &[uniform], &[0])?;
         let mut guard = super::lock(&self.scratch);
         let s = &mut *guard;
-        // The kernel must follow the step's launches, which may still be deferred.
-        s.end_step(&self.gpu, true)?;
         s.step_buffers(&self.gpu, 1)?;
-        let ids = s.step.ids.as_mut().ok_or_else(|| Error::invalid("step ids"))?;
-        ops::sample_to_device(
+        let slot = s.sample.fetch.reserve(&self.gpu)?;
+        let (Some(ids), Some(rows)) = (s.step.ids.as_mut(), s.step.rows.as_ref()) else {
+            return Err(Error::invalid("step buffers"));
+        };
+        let to = ops::PickTo::host(slot).advancing(&self.gpu, rows)?;
+        let picked = ops::sample_to_device(
             &self.gpu,
             &logits.data,
             vocab,
@@ -72,8 +76,18 @@ impl CudaBackend {
             uniform,
             &mut s.sample.dev,
             ids,
-        )?;
-        s.sample.fetch.start(&self.gpu, ids)
+            to,
+        );
+        // Whether or not the pick was queued, the step's launches go out before anything else.
+        let ended = s.end_step(&self.gpu, true);
+        match picked.and(ended) {
+            Ok(()) => s.step.advanced(1),
+            Err(e) => {
+                s.step.forget_rows();
+                return Err(e);
+            }
+        }
+        s.sample.fetch.mark(&self.gpu, slot)
     }
 
     /// See [`Backend::sampled_id`](crate::backend::Backend::sampled_id).

@@ -29,6 +29,9 @@ pub(super) struct Step {
     pub(super) fed: bool,
     /// The current deferred step's id is already in `ids` (fed): not uploaded at its end.
     pub(super) ids_on_device: bool,
+    /// What `rows` holds once the queued work has run (empty: not known): a step's rows are
+    /// uploaded only when they differ, and a pick ahead advances the positions on the device.
+    dev_rows: Vec<i32>,
 }
 
 /// Most rows of a step replayed as a graph (batched decode up to this many sequences).
@@ -49,7 +52,22 @@ impl Default for Step {
             rows: None,
             fed: false,
             ids_on_device: false,
+            dev_rows: Vec::new(),
         }
+    }
+}
+
+impl Step {
+    /// A kernel queued after everything else advanced the positions of the first `n` rows on
+    /// the device (by one).
+    pub(super) fn advanced(&mut self, n: usize) {
+        for pos in self.dev_rows.iter_mut().skip(1).step_by(2).take(n) {
+            *pos += 1;
+        }
+    }
+    /// The device rows are no longer known (the next deferred step uploads its own).
+    pub(super) fn forget_rows(&mut self) {
+        self.dev_rows.clear();
     }
 }
 
@@ -66,7 +84,11 @@ impl Scratch {
             if !st.ids_on_device {
                 ops::write(gpu, &st.cur_ids, i)?;
             }
-            ops::write(gpu, &st.cur_rows, r)?;
+            if st.dev_rows != st.cur_rows {
+                st.dev_rows.clear();
+                ops::write(gpu, &st.cur_rows, r)?;
+                st.dev_rows.extend_from_slice(&st.cur_rows);
+            }
         }
         gpu.flush(graph)
     }
@@ -109,6 +131,7 @@ impl Scratch {
             let cap = n.next_power_of_two().max(8);
             self.step.ids = Some(ops::zeros(gpu, cap)?);
             self.step.rows = Some(ops::zeros(gpu, 2 * cap)?);
+            self.step.forget_rows();
         }
         Ok(())
     }
