@@ -149,12 +149,13 @@ pub fn store_kv(
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
 /// context is `max_len`: enough blocks to fill the GPU twice ([`attention_split_limit`]), at
-/// least 16 positions per split of `max_len` rounded up to a power of two. (decode.cu's
-/// `dec_attention` computes the same on the device.)
+/// least 16 positions per split (`BITNET_ATTN_SPLIT_LEN`) of `max_len` rounded up to a power of
+/// two. (decode.cu's `dec_attention` computes the default on the device.)
 pub fn attention_splits(gpu: &Gpu, rows: usize, heads: usize, max_len: usize) -> usize {
     // Lengths in power-of-two buckets: the count (a launch parameter) changes at most a few
     // times as a sequence grows, so decode-step graphs are rarely captured anew.
-    attention_split_limit(gpu, rows, heads).min(max_len.next_power_of_two().div_ceil(16)).max(1)
+    let len = gpu.knobs().attn_split_len();
+    attention_split_limit(gpu, rows, heads).min(max_len.next_power_of_two().div_ceil(len)).max(1)
 }
 
 /// The most splits [`attention_splits`] gives `rows` rows of `heads` heads (at long contexts):

@@ -22,6 +22,9 @@ pub(crate) struct Knobs {
     unfused_rope: bool,
     /// `BITNET_CUDA_ONE_KERNEL=1`: one-token steps run every layer in one persistent kernel.
     one_kernel: bool,
+    /// `BITNET_ATTN_SPLIT_LEN`: fewest positions per attention split (default 16; the
+    /// one-kernel decode keeps the default).
+    attn_split_len: Option<usize>,
 }
 
 impl Knobs {
@@ -36,6 +39,7 @@ impl Knobs {
             fuse_norm_min: num("BITNET_CUDA_FUSE_NORM"),
             unfused_rope: std::env::var("BITNET_CUDA_FUSE_ROPE").is_ok_and(|v| v == "0"),
             one_kernel: std::env::var("BITNET_CUDA_ONE_KERNEL").is_ok_and(|v| v == "1"),
+            attn_split_len: num("BITNET_ATTN_SPLIT_LEN"),
         }
     }
 
@@ -79,6 +83,13 @@ impl Knobs {
             _ => (0, 1),
         };
         (self.gemv_bps.unwrap_or(bps), self.gemv_groups.unwrap_or(groups).clamp(1, 2))
+    }
+
+    /// Fewest positions per attention split (a power of two). Default 16; 64 measured faster
+    /// on the H100 (NOTES.md, seventeenth session) but not yet made the default, which needs
+    /// decode.cu to follow and a GPU run of the one-kernel bit-identity test.
+    pub(crate) fn attn_split_len(&self) -> usize {
+        self.attn_split_len.unwrap_or(16).next_power_of_two()
     }
 
     /// Blocks per SM the split-K GEMM aims at.
