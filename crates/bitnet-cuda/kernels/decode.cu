@@ -81,9 +81,10 @@ struct DecArgs {
     int nlayers, slots, max_seq;
     int hidden, qdim, inter, heads, kvh, hd;
     float eps, scale;
-    // Most attention splits per head (part's size: attention_splits' limit for one row);
-    // byte offset of each matrix's shared-memory slot.
-    int max_splits;
+    // Most attention splits per head (part's size: attention_splits' limit for one row) and
+    // fewest positions per split (a power of two); byte offset of each matrix's shared-memory
+    // slot.
+    int max_splits, split_len;
     u32 slot_off[4];
     // When set: DEC_STAMPS global-timer stamps per block and layer (DEC_STAMP), for the bench.
     unsigned long long* trace;
@@ -278,14 +279,14 @@ __device__ __forceinline__ void dec_gemv(const DecMat& m, const uint4* slot, con
 
 // Phase B: attention of the row over its cache, items (head, split) spread over every team of
 // the grid, split as the separate kernels split it (`attention_splits`: at most max_splits, at
-// least 16 positions per split of the length rounded up to a power of two); with several
-// splits, the last item of a head to finish (a ticket) merges them.
+// least split_len positions per split of the length rounded up to a power of two); with
+// several splits, the last item of a head to finish (a ticket) merges them.
 __device__ __forceinline__ void dec_attention(const DecArgs& a, int layer,
                                               AttnSmem<DEC_ND>* asm_, u32* tickets) {
     const int team = threadIdx.x >> 7, lt = threadIdx.x & 127;
     const int len = row_pos(a.rows, 0) + 1, teams = gridDim.x * DEC_TEAMS;
     const int np2 = len <= 1 ? 1 : 1 << (32 - __clz(len - 1));
-    const int splits = max(1, min(a.max_splits, (np2 + 15) / 16));
+    const int splits = max(1, min(a.max_splits, (np2 + a.split_len - 1) / a.split_len));
     for (int item = blockIdx.x * DEC_TEAMS + team; item < a.heads * splits; item += teams) {
         const int h = item / splits, s = item % splits;
         // Ends with a team barrier: the item's partial is written.

@@ -331,6 +331,11 @@ impl Gpu {
     pub fn one_kernel_decode(&self) -> bool {
         self.prog.knobs.one_kernel()
     }
+    /// Fewest positions per attention split that [`crate::ops::attention_splits`] is given by
+    /// default (`BITNET_ATTN_SPLIT_LEN`, a power of two; 64 unless set).
+    pub fn attention_split_len(&self) -> usize {
+        self.prog.knobs.attn_split_len()
+    }
     /// True when kernels are launched with programmatic dependent launch.
     pub fn pdl(&self) -> bool {
         self.prog.pdl

@@ -75,6 +75,7 @@ struct DecArgs {
     eps: f32,
     scale: f32,
     max_splits: i32,
+    split_len: i32,
     slot_off: [u32; 4],
     trace: u64,
 }
@@ -94,6 +95,8 @@ pub struct StackDims {
     pub head_dim: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
+    /// Fewest positions per attention split, as [`super::attention_splits`] takes it.
+    pub attn_split_len: usize,
 }
 
 /// One layer: the fused q/k/v, o, fused gate/up and down projections, and the input,
@@ -232,8 +235,8 @@ impl DecodeStack {
             }
             host.push(dl);
         }
-        // Split as the separate attention kernels split one row (bit-identical results): their
-        // limit, reached at long contexts.
+        // Split as the separate attention kernels split one row (their limit, reached at long
+        // contexts, and dims.attn_split_len).
         let max_splits = super::attention_split_limit(gpu, 1, dims.heads);
         Ok(DecodeStack {
             layers: upload(gpu, &host)?,
@@ -334,6 +337,7 @@ pub fn decode_layers(
         eps: d.eps,
         scale: 1.0 / (d.head_dim as f32).sqrt(),
         max_splits: s.max_splits as i32,
+        split_len: to_i32(d.attn_split_len.max(1).next_power_of_two(), "attention split length")?,
         slot_off: s.slot_off,
         trace: s.trace.as_ref().map_or(0, |t| dptr(gpu, t)),
     };

@@ -22,8 +22,7 @@ pub(crate) struct Knobs {
     unfused_rope: bool,
     /// `BITNET_CUDA_ONE_KERNEL=1`: one-token steps run every layer in one persistent kernel.
     one_kernel: bool,
-    /// `BITNET_ATTN_SPLIT_LEN`: fewest positions per attention split (default 16; the
-    /// one-kernel decode keeps the default).
+    /// `BITNET_ATTN_SPLIT_LEN`: fewest positions per attention split by default (64).
     attn_split_len: Option<usize>,
 }
 
@@ -85,11 +84,9 @@ impl Knobs {
         (self.gemv_bps.unwrap_or(bps), self.gemv_groups.unwrap_or(groups).clamp(1, 2))
     }
 
-    /// Fewest positions per attention split (a power of two). Default 16; 64 measured faster
-    /// on the H100 (NOTES.md, seventeenth session) but not yet made the default, which needs
-    /// decode.cu to follow and a GPU run of the one-kernel bit-identity test.
+    /// Fewest positions per attention split (a power of two). Default 64 (H100, NOTES.md).
     pub(crate) fn attn_split_len(&self) -> usize {
-        self.attn_split_len.unwrap_or(16).next_power_of_two()
+        self.attn_split_len.unwrap_or(64).next_power_of_two()
     }
 
     /// Blocks per SM the split-K GEMM aims at.

@@ -52,6 +52,8 @@ pub struct CudaBackend {
     profile: Option<profile::Profiler>,
     /// One-token steps run every layer in one kernel where the model fits it.
     one_kernel: bool,
+    /// Fewest positions per attention split (`ops::attention_splits`).
+    attn_split_len: usize,
 }
 
 impl CudaBackend {
@@ -60,6 +62,7 @@ impl CudaBackend {
         let gpu = Gpu::open(ordinal)?;
         let b = CudaBackend {
             one_kernel: gpu.one_kernel_decode(),
+            attn_split_len: gpu.attention_split_len(),
             gpu,
             scratch: Mutex::new(Scratch::default()),
             profile: None,
@@ -165,6 +168,12 @@ impl CudaBackend {
         self.one_kernel = on;
         self
     }
+    /// Splits attention into parts of at least `len` positions (rounded up to a power of two;
+    /// default 64, `BITNET_ATTN_SPLIT_LEN`), in the layer path and the one-kernel step alike.
+    pub fn with_attn_split_len(mut self, len: usize) -> Self {
+        self.attn_split_len = len.max(1).next_power_of_two();
+        self
+    }
     /// Issues any deferred launches one by one (before anything that must not be reordered).
     fn settle(&self) -> Result<()> {
         lock(&self.scratch).end_step(&self.gpu, false)
@@ -266,7 +275,7 @@ impl Backend for CudaBackend {
             return Ok(None);
         }
         self.settle()?;
-        support::decode_stack(&self.gpu, layers, shape)
+        support::decode_stack(&self.gpu, layers, shape, self.attn_split_len)
     }
 
     fn decode_layers(

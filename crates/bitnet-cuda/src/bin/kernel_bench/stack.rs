@@ -23,7 +23,16 @@ fn ternary(gpu: &Arc<Gpu>, rng: &mut Rng, rows: &[usize], cols: usize) -> Result
 
 pub(super) fn bench_stack(gpu: &Arc<Gpu>, t: &Timer, pos: usize, iters: usize) -> Result<()> {
     let (h, f, heads, kvh, hd, layers) = (2560, 6912, 20, 5, 128, 30);
-    let dims = StackDims { hidden: h, inter: f, heads, kv_heads: kvh, head_dim: hd, eps: 1e-5 };
+    let attn_split_len = gpu.attention_split_len();
+    let dims = StackDims {
+        hidden: h,
+        inter: f,
+        heads,
+        kv_heads: kvh,
+        head_dim: hd,
+        eps: 1e-5,
+        attn_split_len,
+    };
     let mut rng = Rng(17);
     let mut sets = Vec::new();
     for _ in 0..4 {

@@ -99,7 +99,8 @@ impl CudaBackend {
         let mut s = lock(&self.scratch);
         let a = s.rows(&self.gpu, rows)?;
         let max_len = rows.iter().map(|r| r.pos + 1).max().unwrap_or(1);
-        let splits = ops::attention_splits(&self.gpu, rows.len(), heads, max_len);
+        let splits =
+            ops::attention_splits(&self.gpu, rows.len(), heads, max_len, self.attn_split_len);
         let need = ops::attention_part_len(rows.len(), heads, head_dim, splits).max(1);
         if s.part.as_ref().is_none_or(|p| p.len() < need) {
             s.end_step(&self.gpu, false)?;
@@ -118,6 +119,7 @@ pub(super) fn decode_stack(
     gpu: &Gpu,
     layers: &[StackParts<'_, CudaBackend>],
     shape: StackShape,
+    attn_split_len: usize,
 ) -> Result<Option<DecodeStack>> {
     let parts: Vec<StackLayer<'_>> = layers
         .iter()
@@ -125,7 +127,7 @@ pub(super) fn decode_stack(
         .collect();
     let AttnShape { heads, kv_heads, head_dim } = shape.attn;
     let (hidden, inter, eps) = (shape.hidden, shape.intermediate, shape.eps);
-    let dims = StackDims { hidden, inter, heads, kv_heads, head_dim, eps };
+    let dims = StackDims { hidden, inter, heads, kv_heads, head_dim, eps, attn_split_len };
     match DecodeStack::new(gpu, &parts, dims) {
         Ok(s) => Ok(Some(s)),
         Err(Error::Unsupported(_)) => Ok(None),
