@@ -163,8 +163,14 @@ pub fn attention_splits(
 ) -> usize {
     // Lengths in power-of-two buckets: the count (a launch parameter) changes at most a few
     // times as a sequence grows, so decode-step graphs are rarely captured anew.
-    let len = split_len.max(1).next_power_of_two();
+    let len = split_len_pow2(split_len);
     attention_split_limit(gpu, rows, heads).min(max_len.next_power_of_two().div_ceil(len)).max(1)
+}
+
+/// The split length [`attention_splits`] and the one-kernel decode use for `len`: at least 1,
+/// rounded up to a power of two.
+pub fn split_len_pow2(len: usize) -> usize {
+    len.max(1).next_power_of_two()
 }
 
 /// The most splits [`attention_splits`] gives `rows` rows of `heads` heads (at long contexts):

@@ -337,7 +337,7 @@ pub fn decode_layers(
         eps: d.eps,
         scale: 1.0 / (d.head_dim as f32).sqrt(),
         max_splits: s.max_splits as i32,
-        split_len: to_i32(d.attn_split_len.max(1).next_power_of_two(), "attention split length")?,
+        split_len: to_i32(super::split_len_pow2(d.attn_split_len), "attention split length")?,
         slot_off: s.slot_off,
         trace: s.trace.as_ref().map_or(0, |t| dptr(gpu, t)),
     };

@@ -86,7 +86,7 @@ impl Knobs {
 
     /// Fewest positions per attention split (a power of two). Default 64 (H100, NOTES.md).
     pub(crate) fn attn_split_len(&self) -> usize {
-        self.attn_split_len.unwrap_or(64).next_power_of_two()
+        super::split_len_pow2(self.attn_split_len.unwrap_or(64))
     }
 
     /// Blocks per SM the split-K GEMM aims at.

@@ -171,7 +171,7 @@ impl CudaBackend {
     /// Splits attention into parts of at least `len` positions (rounded up to a power of two;
     /// default 64, `BITNET_ATTN_SPLIT_LEN`), in the layer path and the one-kernel step alike.
     pub fn with_attn_split_len(mut self, len: usize) -> Self {
-        self.attn_split_len = len.max(1).next_power_of_two();
+        self.attn_split_len = ops::split_len_pow2(len);
         self
     }
     /// Issues any deferred launches one by one (before anything that must not be reordered).
