@@ -1,9 +1,10 @@
-//! `bitnet`: generate text, chat, inspect, convert and benchmark BitNet b1.58 models.
+//! `bitnet`: generate text, chat, serve, inspect, convert and benchmark BitNet b1.58 models.
 
 mod bench;
 mod convert;
 mod generate;
 mod inspect;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Convert a model to GGUF (I2_S for bitnet.cpp, TQ2_0 / TQ1_0 for llama.cpp).
     Convert(convert::ConvertArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (completions, chat, streaming).
+    Serve(serve::ServeArgs),
     /// Benchmark prompt processing and generation speed (llama-bench style).
     Bench(bench::BenchArgs),
     /// Train a BitNet model (quantization-aware) on a text corpus into an HF directory.
@@ -42,6 +45,7 @@ fn main() {
         Command::Logits(a) => generate::run_logits(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
     };

@@ -1,0 +1,60 @@
+//! `bitnet serve`: an OpenAI-compatible HTTP server (see the `bitnet-server` crate).
+
+use crate::generate::ModelArgs;
+use anyhow::{Context, Result};
+use bitnet_inference::backend::LmHeadMode;
+use bitnet_server::ServerOptions;
+use clap::Args;
+
+/// `bitnet serve`.
+#[derive(Args, Debug)]
+#[command(after_help = "Endpoints: POST /v1/completions, POST /v1/chat/completions (\"stream\": \
+true for server-sent events), GET /v1/models, GET /health, GET /metrics (Prometheus).
+Requests run one at a time in arrival order; sampling defaults are OpenAI's (temperature 1, \
+top_p 1), with top_k, min_p, repetition_penalty and ignore_eos as extensions.
+
+Example:
+  bitnet serve --port 8080 &
+  curl -s localhost:8080/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 32}'")]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The model's id in /v1/models and requests (default: the model's file or directory name).
+    #[arg(long, value_name = "ID")]
+    name: Option<String>,
+    /// Most requests waiting for the engine; more are answered 503.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
+    let engine = a.model.load(LmHeadMode::I8)?;
+    let opts = ServerOptions { model_name: name, queue: a.queue.max(1), log: true };
+    let addr = if a.host.contains(':') {
+        format!("[{}]:{}", a.host, a.port)
+    } else {
+        format!("{}:{}", a.host, a.port)
+    };
+    bitnet_server::run(engine, &opts, &addr).context("serving")
+}
+
+/// The last component of the model's path (without `.gguf`), `synthetic-NAME`, or `default`.
+fn default_name(m: &ModelArgs) -> String {
+    match (&m.model, &m.synthetic) {
+        (Some(p), _) => {
+            let p = p.canonicalize().unwrap_or_else(|_| p.clone());
+            let stem = if p.is_dir() { p.file_name() } else { p.file_stem() };
+            stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        }
+        (None, Some(s)) => format!("synthetic-{s}"),
+        (None, None) => "default".into(),
+    }
+}
