@@ -10,7 +10,8 @@ use clap::Args;
 #[derive(Args, Debug)]
 #[command(after_help = "Endpoints: POST /v1/completions, POST /v1/chat/completions (\"stream\": \
 true for server-sent events), GET /v1/models, GET /health, GET /metrics (Prometheus).
-Requests run one at a time in arrival order; sampling defaults are OpenAI's (temperature 1, \
+Up to --parallel requests are generated together (continuous batching), more wait in \
+arrival order; sampling defaults are OpenAI's (temperature 1, \
 top_p 1), with top_k, min_p, repetition_penalty and ignore_eos as extensions.
 
 Example:
@@ -29,7 +30,10 @@ pub struct ServeArgs {
     /// The model's id in /v1/models and requests (default: the model's file or directory name).
     #[arg(long, value_name = "ID")]
     name: Option<String>,
-    /// Most requests waiting for the engine; more are answered 503.
+    /// Requests generated together (continuous batching; each has a KV cache of --ctx tokens).
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Most requests waiting for a free slot; more are answered 503.
     #[arg(long, default_value_t = 64)]
     queue: usize,
 }
@@ -37,7 +41,11 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<()> {
     let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
     let engine = a.model.load(LmHeadMode::I8)?;
-    let opts = ServerOptions { model_name: name, queue: a.queue.max(1), log: true };
+    if a.parallel == 0 {
+        anyhow::bail!("--parallel must be at least 1");
+    }
+    let opts =
+        ServerOptions { model_name: name, parallel: a.parallel, queue: a.queue.max(1), log: true };
     let addr = if a.host.contains(':') {
         format!("[{}]:{}", a.host, a.port)
     } else {

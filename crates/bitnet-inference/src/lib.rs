@@ -28,6 +28,7 @@ pub mod formats;
 pub mod models;
 pub mod runner;
 pub mod sampling;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use engine::{

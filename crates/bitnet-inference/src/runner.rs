@@ -46,6 +46,20 @@ pub trait Runner: Send {
         steps: usize,
         greedy: bool,
     ) -> Result<crate::batch::BatchDecode>;
+    /// Allocates the state [`crate::scheduler::Scheduler`] runs in: `slots` KV-cache slots of
+    /// [`Runner::context_len`] positions each (replacing an earlier one). Returns the most rows
+    /// one [`Runner::forward_slots`] call takes.
+    fn open_slots(&mut self, slots: usize) -> Result<usize>;
+    /// One forward call in that state: `ids[r]` at `rows[r]`, logits of every row with `all`,
+    /// else of the last row only.
+    fn forward_slots(&mut self, ids: &[u32], rows: &[RowPos], all: bool) -> Result<()>;
+    /// Downloads the logits of the last [`Runner::forward_slots`] call (`rows x vocab`).
+    fn slot_logits(&mut self, out: &mut Vec<f32>) -> Result<()>;
+    /// One id per logits row of the last [`Runner::forward_slots`] call, picked on the backend
+    /// with `p` (no repetition penalty) and `uniforms[r]` (see
+    /// [`crate::backend::Backend::sample`]).
+    fn sample_slots(&mut self, p: &SamplingParams, uniforms: &[f64], out: &mut [u32])
+        -> Result<()>;
 }
 
 /// The [`Runner`] for a [`BitNetModel`] on backend `B`.
@@ -55,6 +69,8 @@ pub struct ModelRunner<B: Backend> {
     rows: Vec<RowPos>,
     /// The step `forward_sample` queued ahead, if any.
     queued: Option<Queued>,
+    /// The multi-sequence state of [`Runner::open_slots`].
+    slots: Option<State<B>>,
 }
 
 /// A decode step queued on the backend ahead of the host: `token` at `pos`, its pick drawn with
@@ -71,7 +87,7 @@ impl<B: Backend> ModelRunner<B> {
     /// A runner with a KV cache of `context` positions and prefill chunks of `chunk` rows.
     pub fn new(model: BitNetModel<B>, context: usize, chunk: usize) -> Result<Self> {
         let state = model.new_state(1, context, chunk)?;
-        Ok(ModelRunner { model, state, rows: Vec::with_capacity(chunk), queued: None })
+        Ok(ModelRunner { model, state, rows: Vec::with_capacity(chunk), queued: None, slots: None })
     }
     /// The model.
     pub fn model(&self) -> &BitNetModel<B> {
@@ -200,4 +216,37 @@ where
         self.queued = None;
         crate::batch::decode_batch(&self.model, self.state.max_rows(), prompts, steps, greedy)
     }
+    fn open_slots(&mut self, slots: usize) -> Result<usize> {
+        self.slots = None; // free the old state first
+        let rows = self.state.max_rows().max(slots);
+        self.slots = Some(self.model.new_state(slots, self.state.max_seq(), rows)?);
+        Ok(rows)
+    }
+    fn forward_slots(&mut self, ids: &[u32], rows: &[RowPos], all: bool) -> Result<()> {
+        let st = self.slots.as_mut().ok_or_else(no_slots)?;
+        let which = if all { LogitsFor::All } else { LogitsFor::Last };
+        self.model.forward(st, ids, rows, which)
+    }
+    fn slot_logits(&mut self, out: &mut Vec<f32>) -> Result<()> {
+        let st = self.slots.as_ref().ok_or_else(no_slots)?;
+        out.resize(st.logit_rows() * self.model.dims().vocab, 0.0);
+        self.model.logits_into(st, out)
+    }
+    fn sample_slots(
+        &mut self,
+        p: &SamplingParams,
+        uniforms: &[f64],
+        out: &mut [u32],
+    ) -> Result<()> {
+        let st = self.slots.as_ref().ok_or_else(no_slots)?;
+        let (rows, vocab) = (st.logit_rows(), self.model.dims().vocab);
+        if uniforms.len() != rows || out.len() != rows {
+            return Err(Error::invalid("sample_slots: one uniform and one output per row"));
+        }
+        self.model.backend().sample(st.logits_buf(), rows, vocab, p, uniforms, out)
+    }
+}
+
+fn no_slots() -> Error {
+    Error::invalid("no multi-sequence state: call open_slots first")
 }

@@ -2,10 +2,12 @@
 //!
 //! Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `"stream": true` for
 //! server-sent events), `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text).
-//! Requests are served one at a time, in arrival order, from a bounded queue (a full queue
-//! answers 503); the KV cache keeps the previous request's tokens, so a chat that resends its
-//! history reuses the shared prefix. The engine knows nothing of HTTP: this crate turns its
-//! errors into status codes and OpenAI error bodies.
+//! Up to [`ServerOptions::parallel`] requests are generated together by continuous batching
+//! (`bitnet_inference::scheduler`: one KV-cache slot each, one forward call per step for all of
+//! them); more wait in a bounded queue, in arrival order (a full queue answers 503). A slot
+//! keeps its last request's tokens, so a chat that resends its history reuses the shared
+//! prefix. The engine knows nothing of HTTP: this crate turns its errors into status codes and
+//! OpenAI error bodies.
 //!
 //! ```no_run
 //! use bitnet_inference::Engine;
@@ -34,24 +36,28 @@ pub use axum::Router;
 pub struct ServerOptions {
     /// The model's id: what `/v1/models` lists and what requests may name in `model`.
     pub model_name: String,
-    /// Most requests waiting for the engine; more are answered 503.
+    /// Requests generated together (continuous batching: one KV-cache slot each).
+    pub parallel: usize,
+    /// Most requests waiting for a slot; more are answered 503.
     pub queue: usize,
     /// Print one line per generation (tokens, speed, stop reason) to stderr.
     pub log: bool,
 }
 
 impl ServerOptions {
-    /// Options with the given model id, a queue of 64 and no log.
+    /// Options with the given model id, 4 parallel sequences, a queue of 64 and no log.
     pub fn new(model_name: impl Into<String>) -> Self {
-        ServerOptions { model_name: model_name.into(), queue: 64, log: false }
+        ServerOptions { model_name: model_name.into(), parallel: 4, queue: 64, log: false }
     }
 }
 
-/// The routes, with the engine moved to a thread of its own. Serve them with [`serve`] (or any
+/// The routes, with the engine moved to a thread of its own (its sequence slots allocated
+/// now: an error if they do not fit). Serve them with [`serve`] (or any
 /// axum/tower stack; tests call them directly).
 pub fn app(engine: Engine, opts: &ServerOptions) -> std::io::Result<Router> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let worker = worker::Worker::start(engine, opts.queue.max(1), metrics.clone(), opts.log)?;
+    let (slots, queue) = (opts.parallel.max(1), opts.queue.max(1));
+    let worker = worker::Worker::start(engine, slots, queue, metrics.clone(), opts.log)?;
     let state = routes::AppState {
         worker,
         metrics,

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Server counters (all monotonic except the gauges `queued`, `busy`).
+/// Server counters (all monotonic except the gauges `queued`, `active`).
 #[derive(Default)]
 pub(crate) struct Metrics {
     pub completions: AtomicU64,
@@ -19,8 +19,8 @@ pub(crate) struct Metrics {
     generate_us: AtomicU64,
     /// Jobs waiting for the engine.
     pub queued: AtomicU64,
-    /// 1 while the engine runs a job.
-    pub busy: AtomicU64,
+    /// Sequences the engine is generating.
+    pub active: AtomicU64,
     /// 1 once the engine's thread has ended (a panic).
     pub engine_failed: AtomicU64,
 }
@@ -82,7 +82,7 @@ impl Metrics {
                 secs(&self.generate_us),
             ),
             ("bitnet_queue_depth", "gauge", "Requests waiting for the engine.", n(&self.queued)),
-            ("bitnet_engine_busy", "gauge", "1 while the engine runs a request.", n(&self.busy)),
+            ("bitnet_active_sequences", "gauge", "Requests being generated.", n(&self.active)),
         ];
         for (name, kind, help, v) in plain {
             metric(&mut s, (name, kind, help), &[("", v)]);

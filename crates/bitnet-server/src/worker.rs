@@ -1,16 +1,19 @@
-//! The engine's thread: one generation at a time, in arrival order, from a bounded queue.
+//! The engine's thread: a continuous-batching [`Scheduler`] of a few sequence slots, fed from a
+//! bounded queue in arrival order.
 //!
 //! The [`Engine`] is not shared between requests; a request sends a [`Job`] and gets its
-//! tokens back on a channel. When the receiving side goes away (the client disconnected), the
-//! next token's send fails and the generation stops there.
+//! tokens back on a channel. Waiting jobs are admitted whenever a slot is free, and every step
+//! advances all running sequences by one token in one forward call. When a receiving side goes
+//! away (the client disconnected), that sequence's next send fails and it stops there.
 
 use crate::metrics::Metrics;
 use bitnet_core::Error;
 use bitnet_inference::chat::ChatMessage;
+use bitnet_inference::scheduler::{Scheduler, SeqEvent, Sink};
 use bitnet_inference::{Engine, GenerationConfig, StopReason};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -66,33 +69,41 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the engine's thread with room for `limit` waiting jobs.
+    /// Starts the engine's thread with `slots` sequences decoded together and room for `limit`
+    /// waiting jobs. Fails when the slots' KV caches cannot be allocated.
     pub fn start(
         engine: Engine,
+        slots: usize,
         limit: usize,
         metrics: Arc<Metrics>,
         log: bool,
     ) -> std::io::Result<Worker> {
         let (tx, rx) = sync_channel::<Job>(limit);
+        let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(1);
         let m = metrics.clone();
         std::thread::Builder::new().name("bitnet-engine".into()).spawn(move || {
             let mut engine = engine;
-            for job in rx {
-                m.queued.fetch_sub(1, Relaxed);
-                m.busy.store(1, Relaxed);
-                let events = job.events.clone();
-                let r = catch_unwind(AssertUnwindSafe(|| run(&mut engine, job, &m, log)));
-                m.busy.store(0, Relaxed);
-                if r.is_err() {
-                    m.engine_failed.store(1, Relaxed);
-                    let _ = events.send(Event::Failed(Error::Device(
-                        "the engine panicked; the server must be restarted".into(),
-                    )));
+            let mut sched = match engine.scheduler(slots) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
+            };
+            let _ = ready_tx.send(Ok(()));
+            if catch_unwind(AssertUnwindSafe(|| serve_jobs(&mut sched, &rx, &m, log))).is_err() {
+                // The running sequences' channels close with the scheduler: their requests
+                // answer that the engine stopped.
+                m.engine_failed.store(1, Relaxed);
             }
         })?;
-        Ok(Worker { tx, limit, metrics })
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Worker { tx, limit, metrics }),
+            Ok(Err(e)) => {
+                Err(std::io::Error::other(format!("opening {slots} sequence slots: {e}")))
+            }
+            Err(_) => Err(std::io::Error::other("the engine thread ended while starting")),
+        }
     }
 
     /// Queues a job without waiting.
@@ -116,20 +127,63 @@ impl Worker {
     }
 }
 
-fn run(engine: &mut Engine, job: Job, m: &Metrics, log: bool) {
+/// The engine thread's loop: admit waiting jobs while slots are free (blocking when nothing
+/// runs), then advance every running sequence one token. Returns when the queue is closed and
+/// nothing runs.
+fn serve_jobs(sched: &mut Scheduler<'_>, rx: &Receiver<Job>, m: &Arc<Metrics>, log: bool) {
+    loop {
+        while sched.free_slots() > 0 {
+            let job = if sched.active() == 0 {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            };
+            m.queued.fetch_sub(1, Relaxed);
+            admit(sched, job, m, log);
+        }
+        m.active.store(sched.active() as u64, Relaxed);
+        if sched.active() > 0 {
+            // A failed step has told each running sequence's sink; the slots are free again.
+            if let Err(e) = sched.step() {
+                if log {
+                    eprintln!("decode step failed: {e}");
+                }
+            }
+        }
+        m.active.store(sched.active() as u64, Relaxed);
+    }
+}
+
+/// Tokenizes a job's prompt and admits it; a failure goes to the job's channel.
+fn admit(sched: &mut Scheduler<'_>, job: Job, m: &Arc<Metrics>, log: bool) {
     let Job { prompt, cfg, events } = job;
     let ids = match &prompt {
         Prompt::Ids(ids) => Ok(ids.clone()),
-        Prompt::Text(t) => engine.encode(t, cfg.add_bos),
-        Prompt::Chat(msgs) => engine.chat_prompt(msgs).and_then(|p| engine.encode(&p, false)),
+        Prompt::Text(t) => sched.encode(t, cfg.add_bos),
+        Prompt::Chat(msgs) => sched.chat_prompt(msgs).and_then(|p| sched.encode(&p, false)),
     };
-    let result = ids.and_then(|ids| {
-        engine.generate_ids_stream(&ids, &cfg, |t| {
+    let sink = sink(events.clone(), m.clone(), log);
+    if let Err(e) = ids.and_then(|ids| sched.admit(&ids, &cfg, sink)) {
+        if log {
+            eprintln!("request rejected: {e}");
+        }
+        let _ = events.send(Event::Failed(e));
+    }
+}
+
+/// Forwards a sequence's events to its request, counting tokens and time.
+fn sink(events: UnboundedSender<Event>, m: Arc<Metrics>, log: bool) -> Sink {
+    Box::new(move |ev| match ev {
+        SeqEvent::Token(t) => {
             t.text.is_empty() || events.send(Event::Text(t.text.to_string())).is_ok()
-        })
-    });
-    match result {
-        Ok(out) => {
+        }
+        SeqEvent::Done(out) => {
             let t = &out.timings;
             m.prompt_tokens.fetch_add(out.prompt_ids.len() as u64, Relaxed);
             m.completion_tokens.fetch_add(out.generated_ids.len() as u64, Relaxed);
@@ -153,14 +207,13 @@ fn run(engine: &mut Engine, job: Job, m: &Metrics, log: bool) {
                 stop: out.stop_reason,
                 text: out.text,
             }));
+            true
         }
-        Err(e) => {
-            if log {
-                eprintln!("generation failed: {e}");
-            }
-            let _ = events.send(Event::Failed(e));
+        SeqEvent::Failed(why) => {
+            let _ = events.send(Event::Failed(Error::Device(why.to_string())));
+            true
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -169,34 +222,33 @@ mod tests {
     use bitnet_inference::sampling::SamplingParams;
 
     /// A client that has gone away (its receiver dropped) stops the generation at the first
-    /// token with text, and the stop is counted as a cancellation.
+    /// token with text, and the stop is counted as a cancellation; the other sequence of the
+    /// same steps runs to its limit.
     #[test]
-    fn a_dropped_receiver_cancels_the_generation() {
+    fn a_dropped_receiver_cancels_its_generation_only() {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default");
         let mut engine = Engine::builder().model(dir).threads(1).build().unwrap();
+        let mut sched = engine.scheduler(2).unwrap();
         let cfg = GenerationConfig {
             max_tokens: 100,
             sampling: SamplingParams::greedy(),
             ignore_eos: true,
             ..GenerationConfig::default()
         };
-        let m = Metrics::default();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let m = Arc::new(Metrics::default());
+        let (gone, rx) = tokio::sync::mpsc::unbounded_channel();
         drop(rx);
-        run(
-            &mut engine,
-            Job { prompt: Prompt::Text("ROMEO:".into()), cfg: cfg.clone(), events: tx },
-            &m,
-            false,
-        );
+        let (kept, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for events in [gone, kept] {
+            let job = Job { prompt: Prompt::Text("ROMEO:".into()), cfg: cfg.clone(), events };
+            admit(&mut sched, job, &m, false);
+        }
+        while sched.active() > 0 {
+            sched.step().unwrap();
+        }
         assert_eq!(m.cancelled.load(Relaxed), 1);
         let n = m.completion_tokens.load(Relaxed);
-        assert!((1..10).contains(&n), "{n} tokens");
-
-        // With a receiver, the same job runs to its limit.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        run(&mut engine, Job { prompt: Prompt::Text("ROMEO:".into()), cfg, events: tx }, &m, false);
-        assert_eq!(m.cancelled.load(Relaxed), 1);
+        assert!((101..110).contains(&n), "{n} tokens");
         let mut last = None;
         while let Ok(ev) = rx.try_recv() {
             last = Some(ev);

@@ -259,3 +259,29 @@ fn serves_over_tcp_until_shutdown() {
     stop.send(()).unwrap();
     rt.block_on(handle).unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_get_their_own_generation() {
+    let prompts = ["ROMEO:", "JULIET:", "First Citizen:", "MENENIUS:", "KING RICHARD III:", "O"];
+    let mut e = engine();
+    let want: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| e.generate(p, &greedy(8 + 3 * k, true)).unwrap().text)
+        .collect();
+    let app = server(); // 4 slots: six requests, two of them wait for a slot
+    let handles: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let app = app.clone();
+            let req = json!({ "prompt": p, "max_tokens": 8 + 3 * k, "temperature": 0 });
+            tokio::spawn(async move { post(&app, "/v1/completions", req).await })
+        })
+        .collect();
+    for (k, h) in handles.into_iter().enumerate() {
+        let (s, v) = h.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["choices"][0]["text"], want[k].as_str(), "request {k}");
+    }
+}

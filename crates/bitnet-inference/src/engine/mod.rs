@@ -9,18 +9,19 @@
 //! ```
 
 mod builder;
+mod emit;
 mod types;
 
 pub use builder::EngineBuilder;
 pub(crate) use builder::{dims_from_config, weight_kind};
+pub(crate) use emit::Emitter;
 pub use types::{GenerationConfig, Output, StopReason, Timings, TokenEvent};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::models::Dims;
 use crate::runner::Runner;
 use crate::sampling::Sampler;
-use crate::sampling::{StopChecker, StopConditions, StopReason as StopKind};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use bitnet_core::{Error, Result};
 use std::path::Path;
 use std::time::Instant;
@@ -125,20 +126,7 @@ impl Engine {
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        let v = self.dims().vocab;
-        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= v) {
-            return Err(Error::invalid(format!(
-                "token id {bad} is out of range (vocabulary of {v})"
-            )));
-        }
-        if ids.len() > self.context_len() {
-            return Err(Error::invalid(format!(
-                "the prompt has {} tokens but the context holds {}",
-                ids.len(),
-                self.context_len()
-            )));
-        }
-        Ok(())
+        check_ids(ids, self.dims().vocab, self.context_len())
     }
 
     /// Generates from a text prompt.
@@ -204,50 +192,22 @@ impl Engine {
         timings.prompt_tokens = ids.len() - reuse;
         timings.prompt_s = t0.elapsed().as_secs_f64();
 
-        let mut stop_ids = cfg.stop_tokens.clone();
-        if !cfg.ignore_eos {
-            stop_ids.extend_from_slice(&self.eos);
-        }
-        let mut checker = StopChecker::new(StopConditions {
-            max_tokens: Some(cfg.max_tokens),
-            stop_ids,
-            stop_strings: cfg.stop_strings.clone(),
-        });
         let tok = self.tokenizer.as_ref();
-        let mut decoder = StreamDecoder::new(true);
-        let mut generated = Vec::new();
+        let mut em = Emitter::new(cfg, &self.eos);
         let mut reason = StopReason::MaxTokens;
         let t1 = Instant::now();
-        while generated.len() < cfg.max_tokens {
-            generated.push(next);
+        while em.generated().len() < cfg.max_tokens {
             context.push(next);
-            let stop = checker.on_token(next);
-            if let Some(StopKind::StopToken(_)) = stop {
-                reason = StopReason::StopToken;
+            if let Some(r) = em.push(tok, next, &mut on_token)? {
+                reason = r;
                 break;
-            }
-            let delta = match tok {
-                Some(t) => decoder.push(t, next)?,
-                None => String::new(),
-            };
-            let (emit, by_string) = checker.push_text(&delta);
-            if !on_token(&TokenEvent { id: next, text: &emit }) {
-                reason = StopReason::Cancelled;
-                break;
-            }
-            if by_string.is_some() {
-                reason = StopReason::StopString;
-                break;
-            }
-            if stop.is_some() {
-                break; // max tokens
             }
             if self.cached.len() >= self.context_len() {
                 reason = StopReason::ContextFull;
                 break;
             }
             let (pos, fed) = (self.cached.len(), next);
-            let more = generated.len() + 1 < cfg.max_tokens;
+            let more = em.generated().len() + 1 < cfg.max_tokens;
             next = forward_pick(
                 &mut *self.runner,
                 (&[fed], pos),
@@ -258,19 +218,7 @@ impl Engine {
             )?;
             self.cached.push(fed);
         }
-        if reason != StopReason::StopString && reason != StopReason::Cancelled {
-            // Release text held back (an unfinished character or a possible stop-string prefix).
-            let tail = match tok {
-                Some(t) => decoder.finish(t)?,
-                None => String::new(),
-            };
-            let (mut emit, _) = checker.push_text(&tail);
-            emit.push_str(&checker.finish());
-            if let (false, Some(&last)) = (emit.is_empty(), generated.last()) {
-                on_token(&TokenEvent { id: last, text: &emit });
-            }
-        }
-        let text = checker.text().to_string();
+        let (text, generated) = em.finish(tok, reason, &mut on_token)?;
         timings.generated_tokens = generated.len();
         timings.generate_s = t1.elapsed().as_secs_f64();
         self.logits = logits;
@@ -307,7 +255,24 @@ fn forward_pick(
     sampler.sample(logits, context)
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+/// Errors when an id is outside the vocabulary or there are more ids than the context holds.
+pub(crate) fn check_ids(ids: &[u32], vocab: usize, context: usize) -> Result<()> {
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::invalid(format!(
+            "token id {bad} is out of range (vocabulary of {vocab})"
+        )));
+    }
+    if ids.len() > context {
+        return Err(Error::invalid(format!(
+            "the prompt has {} tokens but the context holds {context}",
+            ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// How many leading ids `a` and `b` share.
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 

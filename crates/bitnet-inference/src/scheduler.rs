@@ -1,0 +1,306 @@
+//! Continuous batching: generations that start and end at any time, each in a KV-cache slot of
+//! its own, advanced together one token per step, so every decode step is one forward call with
+//! one row per running sequence.
+//!
+//! A new sequence's prompt runs when it is admitted ([`Scheduler::admit`], the running ones wait
+//! for that prefill); [`Scheduler::step`] then emits each running sequence's next token through
+//! its sink, ends the ones that stop, and runs the others' tokens in one forward call. Each
+//! sequence ends exactly as [`Engine::generate_ids_stream`] would end it with the same config
+//! (stop tokens and strings, the token budget, the context, the sink returning false), and a
+//! seed draws the same numbers, so the tokens are the engine's up to the floating-point
+//! rounding of batched rows. A slot keeps its last sequence's tokens: a new prompt goes to the
+//! free slot that shares the longest prefix with it and reuses those positions.
+//!
+//! ```no_run
+//! use bitnet_inference::scheduler::SeqEvent;
+//! use bitnet_inference::{Engine, GenerationConfig};
+//! let mut engine = Engine::load("models/default")?;
+//! let mut sched = engine.scheduler(4)?;
+//! for prompt in ["ROMEO:", "JULIET:"] {
+//!     let ids = sched.encode(prompt, true)?;
+//!     sched.admit(&ids, &GenerationConfig::default(), Box::new(|ev| {
+//!         if let SeqEvent::Done(out) = ev {
+//!             println!("{}", out.text);
+//!         }
+//!         true
+//!     }))?;
+//! }
+//! while sched.active() > 0 {
+//!     sched.step()?;
+//! }
+//! # Ok::<(), bitnet_core::Error>(())
+//! ```
+
+use crate::backend::RowPos;
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::engine::{check_ids, common_prefix, Emitter};
+use crate::runner::Runner;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+use crate::{Engine, GenerationConfig, Output, StopReason, Timings, TokenEvent};
+use bitnet_core::{Error, Result};
+use std::time::Instant;
+
+/// What a sequence's sink receives: each token with the text it completes, then the end.
+pub enum SeqEvent<'a> {
+    /// A generated token; the sink's `false` stops the sequence ([`StopReason::Cancelled`]).
+    Token(&'a TokenEvent<'a>),
+    /// The sequence ended; its output as [`Engine::generate_ids_stream`] returns it.
+    Done(Output),
+    /// The sequence was dropped because a step failed (the message says why).
+    Failed(&'a str),
+}
+
+/// Where a sequence's events go.
+pub type Sink = Box<dyn FnMut(SeqEvent<'_>) -> bool + Send>;
+
+/// Sequences decoded together; see the module documentation.
+pub struct Scheduler<'e> {
+    runner: &'e mut dyn Runner,
+    tokenizer: Option<&'e Tokenizer>,
+    chat: Option<&'e ChatTemplate>,
+    eos: &'e [u32],
+    rows_per_call: usize,
+    slots: Vec<Slot>,
+    logits: Vec<f32>,
+}
+
+/// A KV-cache slot: the tokens whose keys and values it holds, and its sequence if running.
+#[derive(Default)]
+struct Slot {
+    cached: Vec<u32>,
+    seq: Option<Seq>,
+}
+
+struct Seq {
+    prompt: Vec<u32>,
+    /// Prompt and generated ids (for the repetition penalty).
+    context: Vec<u32>,
+    max_tokens: usize,
+    sampler: Sampler,
+    em: Emitter,
+    /// The sampled token not yet emitted.
+    next: u32,
+    timings: Timings,
+    started: Instant,
+    sink: Sink,
+}
+
+impl Engine {
+    /// A [`Scheduler`] of `slots` sequences, each with the engine's context length (a KV cache
+    /// of its own, allocated now; the engine's single-sequence cache is left as it is).
+    pub fn scheduler(&mut self, slots: usize) -> Result<Scheduler<'_>> {
+        if slots == 0 {
+            return Err(Error::invalid("a scheduler needs at least one slot"));
+        }
+        let rows_per_call = self.runner.open_slots(slots)?;
+        Ok(Scheduler {
+            runner: &mut *self.runner,
+            tokenizer: self.tokenizer.as_ref(),
+            chat: self.chat.as_ref(),
+            eos: &self.eos,
+            rows_per_call,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            logits: Vec::new(),
+        })
+    }
+}
+
+impl Scheduler<'_> {
+    /// Encodes text with the model's tokenizer.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
+        self.tokenizer
+            .ok_or_else(|| Error::invalid("this model has no tokenizer (tokenizer.json)"))?
+            .encode(text, add_bos)
+    }
+    /// Formats a conversation with the model's chat template (see [`Engine::chat_prompt`]).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<String> {
+        match self.chat {
+            Some(t) => t.render(messages, true),
+            None => ChatTemplate::bitnet().render(messages, true),
+        }
+    }
+    /// Positions per sequence.
+    pub fn context_len(&self) -> usize {
+        self.runner.context_len()
+    }
+    /// Running sequences.
+    pub fn active(&self) -> usize {
+        self.slots.iter().filter(|s| s.seq.is_some()).count()
+    }
+    /// Slots free for [`Scheduler::admit`].
+    pub fn free_slots(&self) -> usize {
+        self.slots.len() - self.active()
+    }
+
+    /// Runs the prompt `ids` in a free slot and picks its first token (emitted by the next
+    /// [`Scheduler::step`]); `sink` receives the sequence's events. Errors (nothing admitted,
+    /// the sink not called) on bad ids, a prompt longer than the context, bad sampling
+    /// parameters, or no free slot.
+    pub fn admit(&mut self, ids: &[u32], cfg: &GenerationConfig, sink: Sink) -> Result<()> {
+        let sampler = Sampler::new(cfg.sampling.clone())?;
+        self.check_prompt(ids)?;
+        let slot = self.pick_slot(ids)?;
+        let reuse = common_prefix(&self.slots[slot].cached, ids).min(ids.len() - 1);
+        let started = Instant::now();
+        let mut seq = Seq {
+            prompt: ids.to_vec(),
+            context: ids.to_vec(),
+            max_tokens: cfg.max_tokens,
+            sampler,
+            em: Emitter::new(cfg, self.eos),
+            next: 0,
+            timings: Timings { prompt_tokens: ids.len() - reuse, ..Timings::default() },
+            started,
+            sink,
+        };
+        self.slots[slot].cached.truncate(reuse);
+        for (c, part) in ids[reuse..].chunks(self.rows_per_call).enumerate() {
+            let base = reuse + c * self.rows_per_call;
+            let rows: Vec<RowPos> =
+                (0..part.len()).map(|i| RowPos { slot, pos: base + i }).collect();
+            if let Err(e) = self.runner.forward_slots(part, &rows, false) {
+                self.slots[slot].cached.clear();
+                return Err(e);
+            }
+            self.slots[slot].cached.extend_from_slice(part);
+        }
+        if cfg.max_tokens > 0 {
+            pick_rows(&mut *self.runner, &mut self.logits, &mut [&mut seq])?;
+        }
+        seq.timings.prompt_s = started.elapsed().as_secs_f64();
+        seq.started = Instant::now();
+        self.slots[slot].seq = Some(seq);
+        Ok(())
+    }
+
+    fn check_prompt(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        check_ids(ids, self.runner.dims().vocab, self.context_len())
+    }
+
+    /// The free slot whose cached tokens share the longest prefix with `ids`.
+    fn pick_slot(&self, ids: &[u32]) -> Result<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.seq.is_none())
+            .max_by_key(|(i, s)| (common_prefix(&s.cached, ids), usize::MAX - i))
+            .map(|(i, _)| i)
+            .ok_or_else(|| Error::invalid("no free slot: every sequence slot is running"))
+    }
+
+    /// One step: every running sequence emits its pending token (ending if it stops), and the
+    /// rest run that token in one forward call and pick their next. On an error the running
+    /// sequences are dropped with [`SeqEvent::Failed`] and the error is returned.
+    pub fn step(&mut self) -> Result<()> {
+        let r = self.emit_all().and_then(|rows| match rows.is_empty() {
+            true => Ok(()),
+            false => self.decode(&rows),
+        });
+        if let Err(e) = &r {
+            self.fail_all(&e.to_string());
+        }
+        r
+    }
+
+    /// Emits every running sequence's pending token and ends those that stop; returns the rows
+    /// of those that go on (in slot order).
+    fn emit_all(&mut self) -> Result<Vec<RowPos>> {
+        let (tok, ctx) = (self.tokenizer, self.context_len());
+        let mut rows = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(seq) = slot.seq.as_mut() else { continue };
+            let end = match emit_next(seq, tok)? {
+                None if slot.cached.len() >= ctx => Some(StopReason::ContextFull),
+                end => end,
+            };
+            match (end, slot.seq.take()) {
+                (Some(reason), Some(seq)) => finish(seq, tok, reason)?,
+                (None, seq) => {
+                    slot.seq = seq;
+                    rows.push(RowPos { slot: i, pos: slot.cached.len() });
+                }
+                (Some(_), None) => {}
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Runs each running sequence's pending token (one row each, `rows` in slot order) in one
+    /// forward call and picks every sequence's next token.
+    fn decode(&mut self, rows: &[RowPos]) -> Result<()> {
+        let mut seqs: Vec<&mut Seq> =
+            self.slots.iter_mut().filter_map(|s| s.seq.as_mut()).collect();
+        let ids: Vec<u32> = seqs.iter().map(|s| s.next).collect();
+        // At most one row per slot, and a call takes at least as many rows as there are slots.
+        self.runner.forward_slots(&ids, rows, true)?;
+        for seq in seqs.iter_mut() {
+            seq.context.push(seq.next);
+        }
+        pick_rows(&mut *self.runner, &mut self.logits, &mut seqs)?;
+        for (r, &id) in rows.iter().zip(&ids) {
+            self.slots[r.slot].cached.push(id);
+        }
+        Ok(())
+    }
+
+    /// Drops every running sequence, telling its sink why.
+    fn fail_all(&mut self, why: &str) {
+        for slot in &mut self.slots {
+            if let Some(mut seq) = slot.seq.take() {
+                (seq.sink)(SeqEvent::Failed(why));
+            }
+            slot.cached.clear();
+        }
+    }
+}
+
+/// Each sequence's next token (`seq.next`) from the logits rows of the last forward call, row
+/// `r` for `seqs[r]`: on the backend when every row samples with the same parameters and no
+/// repetition penalty (only ids come back), else on the host from the downloaded rows. Either
+/// way each sampler draws one number per pick (none when greedy), as the engine does.
+fn pick_rows(runner: &mut dyn Runner, logits: &mut Vec<f32>, seqs: &mut [&mut Seq]) -> Result<()> {
+    let same = |p: &SamplingParams| SamplingParams { seed: 0, ..p.clone() };
+    let first = same(seqs[0].sampler.params());
+    let on_device =
+        first.repetition_penalty == 1.0 && seqs.iter().all(|s| same(s.sampler.params()) == first);
+    let mut out = vec![0u32; seqs.len()];
+    if on_device {
+        let uniforms: Vec<f64> = seqs.iter_mut().map(|s| s.sampler.draw()).collect();
+        runner.sample_slots(&first, &uniforms, &mut out)?;
+    } else {
+        runner.slot_logits(logits)?;
+        let vocab = runner.dims().vocab;
+        for (r, (s, o)) in seqs.iter_mut().zip(out.iter_mut()).enumerate() {
+            *o = s.sampler.sample(&mut logits[r * vocab..(r + 1) * vocab], &s.context)?;
+        }
+    }
+    for (s, id) in seqs.iter_mut().zip(out) {
+        s.next = id;
+    }
+    Ok(())
+}
+
+/// Emits the sequence's pending token; `Some` when the sequence ends with it.
+fn emit_next(seq: &mut Seq, tok: Option<&Tokenizer>) -> Result<Option<StopReason>> {
+    if seq.em.generated().len() >= seq.max_tokens {
+        return Ok(Some(StopReason::MaxTokens));
+    }
+    let sink = &mut seq.sink;
+    seq.em.push(tok, seq.next, &mut |t| sink(SeqEvent::Token(t)))
+}
+
+/// Ends a sequence: its held-back text, then [`SeqEvent::Done`].
+fn finish(seq: Seq, tok: Option<&Tokenizer>, reason: StopReason) -> Result<()> {
+    let Seq { prompt, em, mut timings, started, mut sink, .. } = seq;
+    let (text, generated) = em.finish(tok, reason, &mut |t| sink(SeqEvent::Token(t)))?;
+    timings.generated_tokens = generated.len();
+    timings.generate_s = started.elapsed().as_secs_f64();
+    let out =
+        Output { prompt_ids: prompt, generated_ids: generated, text, stop_reason: reason, timings };
+    sink(SeqEvent::Done(out));
+    Ok(())
+}
