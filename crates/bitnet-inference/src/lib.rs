@@ -4,7 +4,8 @@
 //! - [`models`]: the BitNet transformer written once against the [`backend::Backend`] trait.
 //! - [`backend`]: the CPU backend (and CUDA where built).
 //! - [`tokenizer`], [`chat`], [`sampling`]: text in, tokens out.
-//! - [`Engine`] / [`EngineBuilder`]: the simple API; [`batch`]: several sequences decoded together.
+//! - [`Engine`] / [`EngineBuilder`]: the simple API; [`batch`]: several sequences decoded together;
+//!   [`scheduler`]: continuous batching (sequences that join and leave at any step).
 //!
 //! ```no_run
 //! use bitnet_inference::{Engine, GenerationConfig};
