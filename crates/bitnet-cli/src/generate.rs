@@ -140,12 +140,7 @@ pub struct SampleArgs {
 impl SampleArgs {
     /// The generation config these options describe.
     pub fn config(&self) -> GenerationConfig {
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
+        let seed = self.seed.unwrap_or_else(SamplingParams::clock_seed);
         GenerationConfig {
             max_tokens: self.max_tokens,
             sampling: SamplingParams {

@@ -44,6 +44,14 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// A seed from the clock (nanoseconds since the Unix epoch), for runs that give none.
+    pub fn clock_seed() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
     /// Greedy decoding: always the most likely token.
     pub fn greedy() -> Self {
         Self { temperature: 0.0, ..Self::default() }

@@ -178,12 +178,7 @@ impl Common {
 
     /// The generation config these fields describe; `default_max` when no maximum is given.
     pub fn config(&self, default_max: usize, add_bos: bool) -> Result<GenerationConfig, ApiError> {
-        let seed = self.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0)
-        });
+        let seed = self.seed.unwrap_or_else(SamplingParams::clock_seed);
         let d = SamplingParams::default();
         let sampling = SamplingParams {
             temperature: self.temperature.unwrap_or(d.temperature),
