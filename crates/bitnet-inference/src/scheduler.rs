@@ -73,10 +73,10 @@ struct Slot {
 }
 
 struct Seq {
-    prompt: Vec<u32>,
-    /// Prompt and generated ids (for the repetition penalty).
+    /// Prompt and generated ids (for the repetition penalty); the prompt is the first
+    /// `prompt_len`.
     context: Vec<u32>,
-    max_tokens: usize,
+    prompt_len: usize,
     sampler: Sampler,
     em: Emitter,
     /// The sampled token not yet emitted.
@@ -144,9 +144,8 @@ impl Scheduler<'_> {
         let reuse = common_prefix(&self.slots[slot].cached, ids).min(ids.len() - 1);
         let started = Instant::now();
         let mut seq = Seq {
-            prompt: ids.to_vec(),
             context: ids.to_vec(),
-            max_tokens: cfg.max_tokens,
+            prompt_len: ids.len(),
             sampler,
             em: Emitter::new(cfg, self.eos),
             next: 0,
@@ -213,17 +212,11 @@ impl Scheduler<'_> {
         let mut rows = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(seq) = slot.seq.as_mut() else { continue };
-            let end = match emit_next(seq, tok)? {
-                None if slot.cached.len() >= ctx => Some(StopReason::ContextFull),
-                end => end,
-            };
-            match (end, slot.seq.take()) {
-                (Some(reason), Some(seq)) => finish(seq, tok, reason)?,
-                (None, seq) => {
-                    slot.seq = seq;
-                    rows.push(RowPos { slot: i, pos: slot.cached.len() });
-                }
-                (Some(_), None) => {}
+            let end = emit_next(seq, tok)?;
+            if end.is_none() && slot.cached.len() < ctx {
+                rows.push(RowPos { slot: i, pos: slot.cached.len() });
+            } else if let Some(seq) = slot.seq.take() {
+                finish(seq, tok, end.unwrap_or(StopReason::ContextFull))?;
             }
         }
         Ok(rows)
@@ -286,21 +279,34 @@ fn pick_rows(runner: &mut dyn Runner, logits: &mut Vec<f32>, seqs: &mut [&mut Se
 
 /// Emits the sequence's pending token; `Some` when the sequence ends with it.
 fn emit_next(seq: &mut Seq, tok: Option<&Tokenizer>) -> Result<Option<StopReason>> {
-    if seq.em.generated().len() >= seq.max_tokens {
+    if seq.em.budget_left() == 0 {
         return Ok(Some(StopReason::MaxTokens));
     }
     let sink = &mut seq.sink;
     seq.em.push(tok, seq.next, &mut |t| sink(SeqEvent::Token(t)))
 }
 
-/// Ends a sequence: its held-back text, then [`SeqEvent::Done`].
+/// Ends a sequence: its held-back text, then [`SeqEvent::Done`] (or [`SeqEvent::Failed`] when
+/// the text cannot be decoded).
 fn finish(seq: Seq, tok: Option<&Tokenizer>, reason: StopReason) -> Result<()> {
-    let Seq { prompt, em, mut timings, started, mut sink, .. } = seq;
-    let (text, generated) = em.finish(tok, reason, &mut |t| sink(SeqEvent::Token(t)))?;
+    let Seq { mut context, prompt_len, em, mut timings, started, mut sink, .. } = seq;
+    let (text, generated) = match em.finish(tok, reason, &mut |t| sink(SeqEvent::Token(t))) {
+        Ok(r) => r,
+        Err(e) => {
+            sink(SeqEvent::Failed(&e.to_string()));
+            return Err(e);
+        }
+    };
     timings.generated_tokens = generated.len();
     timings.generate_s = started.elapsed().as_secs_f64();
-    let out =
-        Output { prompt_ids: prompt, generated_ids: generated, text, stop_reason: reason, timings };
+    context.truncate(prompt_len);
+    let out = Output {
+        prompt_ids: context,
+        generated_ids: generated,
+        text,
+        stop_reason: reason,
+        timings,
+    };
     sink(SeqEvent::Done(out));
     Ok(())
 }

@@ -9,6 +9,7 @@ use bitnet_core::Result;
 
 /// The tokens of one generation so far, and what has been emitted of their text.
 pub(crate) struct Emitter {
+    max_tokens: usize,
     checker: StopChecker,
     decoder: StreamDecoder,
     generated: Vec<u32>,
@@ -26,7 +27,8 @@ impl Emitter {
             stop_ids,
             stop_strings: cfg.stop_strings.clone(),
         });
-        Emitter { checker, decoder: StreamDecoder::new(true), generated: Vec::new() }
+        let decoder = StreamDecoder::new(true);
+        Emitter { max_tokens: cfg.max_tokens, checker, decoder, generated: Vec::new() }
     }
 
     /// Takes the next sampled token: emits the text it completes through `on_token` and says
@@ -57,9 +59,9 @@ impl Emitter {
         Ok(stop.map(|_| StopReason::MaxTokens))
     }
 
-    /// Tokens taken so far (a final stop token included).
-    pub fn generated(&self) -> &[u32] {
-        &self.generated
+    /// Tokens the budget (`max_tokens`) still allows.
+    pub fn budget_left(&self) -> usize {
+        self.max_tokens.saturating_sub(self.generated.len())
     }
 
     /// Ends the generation for `reason`: releases text held back (an unfinished character or

@@ -196,7 +196,7 @@ impl Engine {
         let mut em = Emitter::new(cfg, &self.eos);
         let mut reason = StopReason::MaxTokens;
         let t1 = Instant::now();
-        while em.generated().len() < cfg.max_tokens {
+        while em.budget_left() > 0 {
             context.push(next);
             if let Some(r) = em.push(tok, next, &mut on_token)? {
                 reason = r;
@@ -207,7 +207,7 @@ impl Engine {
                 break;
             }
             let (pos, fed) = (self.cached.len(), next);
-            let more = em.generated().len() + 1 < cfg.max_tokens;
+            let more = em.budget_left() > 1;
             next = forward_pick(
                 &mut *self.runner,
                 (&[fed], pos),
