@@ -3,7 +3,7 @@
 use crate::api::{self, ChatRequest, Common, CompletionRequest, UNTIL_CONTEXT_END};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::worker::{Event, Job, Prompt, SubmitError, Summary, Worker};
+use crate::worker::{Event, Job, Prompt, SubmitError, Worker};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -11,7 +11,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bitnet_inference::StopReason;
+use bitnet_inference::{Output, StopReason};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -172,7 +172,7 @@ async fn generate(
         loop {
             match ev {
                 Event::Text(_) => {}
-                Event::Done(sum) => return Json(head.full(&sum)).into_response(),
+                Event::Done(out) => return Json(head.full(&out)).into_response(),
                 Event::Failed(e) => return fail(&s, ApiError::from_engine(e)),
             }
             ev = match rx.recv().await {
@@ -200,11 +200,12 @@ fn finish_reason(r: StopReason) -> &'static str {
     }
 }
 
-fn usage(sum: &Summary) -> Value {
+fn usage(out: &Output) -> Value {
+    let (prompt, completion) = (out.prompt_ids.len(), out.generated_ids.len());
     json!({
-        "prompt_tokens": sum.prompt_tokens,
-        "completion_tokens": sum.completion_tokens,
-        "total_tokens": sum.prompt_tokens + sum.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     })
 }
 
@@ -226,16 +227,16 @@ impl Head {
     }
 
     /// The whole response of a finished generation.
-    fn full(&self, sum: &Summary) -> Value {
+    fn full(&self, out: &Output) -> Value {
         let choice = match self.kind {
-            Kind::Completion => json!({ "index": 0, "text": sum.text, "logprobs": null,
-                "finish_reason": finish_reason(sum.stop) }),
+            Kind::Completion => json!({ "index": 0, "text": out.text, "logprobs": null,
+                "finish_reason": finish_reason(out.stop_reason) }),
             Kind::Chat => json!({ "index": 0,
-                "message": { "role": "assistant", "content": sum.text },
-                "logprobs": null, "finish_reason": finish_reason(sum.stop) }),
+                "message": { "role": "assistant", "content": out.text },
+                "logprobs": null, "finish_reason": finish_reason(out.stop_reason) }),
         };
         let mut v = self.wrap(false, json!([choice]));
-        v["usage"] = usage(sum);
+        v["usage"] = usage(out);
         v
     }
 
@@ -287,11 +288,12 @@ fn stream(
                         return;
                     }
                 }
-                Event::Done(sum) => {
-                    let _ = out.send(data(&head.chunk(None, Some(finish_reason(sum.stop))))).await;
+                Event::Done(done) => {
+                    let last = head.chunk(None, Some(finish_reason(done.stop_reason)));
+                    let _ = out.send(data(&last)).await;
                     if include_usage {
                         let mut u = head.wrap(true, json!([]));
-                        u["usage"] = usage(&sum);
+                        u["usage"] = usage(&done);
                         let _ = out.send(data(&u)).await;
                     }
                     let _ = out.send(Ok(SseEvent::default().data("[DONE]"))).await;

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use bitnet_core::Error;
 use bitnet_inference::chat::ChatMessage;
 use bitnet_inference::scheduler::{Scheduler, SeqEvent, Sink};
-use bitnet_inference::{Engine, GenerationConfig, StopReason};
+use bitnet_inference::{Engine, GenerationConfig, Output, StopReason};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
@@ -35,20 +35,11 @@ pub(crate) struct Job {
     pub events: UnboundedSender<Event>,
 }
 
-/// How a generation ended.
-#[derive(Debug, Clone)]
-pub(crate) struct Summary {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub stop: StopReason,
-    pub text: String,
-}
-
 /// What a job reports, in order: text pieces, then `Done` or `Failed`.
 #[derive(Debug)]
 pub(crate) enum Event {
     Text(String),
-    Done(Summary),
+    Done(Output),
     Failed(Error),
 }
 
@@ -201,12 +192,7 @@ fn sink(events: UnboundedSender<Event>, m: Arc<Metrics>, log: bool) -> Sink {
                     out.stop_reason
                 );
             }
-            let _ = events.send(Event::Done(Summary {
-                prompt_tokens: out.prompt_ids.len(),
-                completion_tokens: out.generated_ids.len(),
-                stop: out.stop_reason,
-                text: out.text,
-            }));
+            let _ = events.send(Event::Done(out));
             true
         }
         SeqEvent::Failed(why) => {
@@ -254,7 +240,7 @@ mod tests {
             last = Some(ev);
         }
         match last {
-            Some(Event::Done(s)) => assert_eq!(s.completion_tokens, 100),
+            Some(Event::Done(out)) => assert_eq!(out.generated_ids.len(), 100),
             other => panic!("{other:?}"),
         }
     }
