@@ -39,19 +39,21 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
-    let engine = a.model.load(LmHeadMode::I8)?;
     if a.parallel == 0 {
         anyhow::bail!("--parallel must be at least 1");
     }
-    let opts =
-        ServerOptions { model_name: name, parallel: a.parallel, queue: a.queue.max(1), log: true };
     let addr = if a.host.contains(':') {
         format!("[{}]:{}", a.host, a.port)
     } else {
         format!("{}:{}", a.host, a.port)
     };
-    bitnet_server::run(engine, &opts, &addr).context("serving")
+    // Before the model loads: a busy port should not cost the user a load.
+    let listener =
+        std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
+    let engine = a.model.load(LmHeadMode::I8)?;
+    let opts = ServerOptions { model_name: name, parallel: a.parallel, queue: a.queue, log: true };
+    bitnet_server::run(engine, &opts, listener).context("serving")
 }
 
 /// The last component of the model's path (without `.gguf`), `synthetic-NAME`, or `default`.

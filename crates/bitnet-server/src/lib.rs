@@ -12,8 +12,9 @@
 //! ```no_run
 //! use bitnet_inference::Engine;
 //! use bitnet_server::{run, ServerOptions};
+//! let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
 //! let engine = Engine::load("models/default")?;
-//! run(engine, &ServerOptions::new("default"), "127.0.0.1:8080")?;
+//! run(engine, &ServerOptions::new("default"), listener)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![warn(missing_docs)]
@@ -77,16 +78,19 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
-/// Serves `engine` on `addr` (e.g. `127.0.0.1:8080`) until Ctrl-C; blocks. Prints the address
-/// it listens on to stderr.
-pub fn run(engine: Engine, opts: &ServerOptions, addr: &str) -> std::io::Result<()> {
+/// Serves `engine` on `listener` (bound beforehand, so that a busy port fails before a model
+/// is loaded) until Ctrl-C; blocks. Prints the address it listens on to stderr.
+pub fn run(
+    engine: Engine,
+    opts: &ServerOptions,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
     let describe = engine.describe();
     let app = app(engine, opts)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let local = listener.local_addr()?;
         eprintln!(
             "serving `{}` ({describe}) on http://{local}/v1 (Ctrl-C to stop)",
