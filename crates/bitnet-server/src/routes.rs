@@ -163,26 +163,27 @@ async fn generate(
     let first = match rx.recv().await {
         Some(Event::Failed(e)) => return fail(&s, ApiError::from_engine(e)),
         Some(ev) => ev,
-        None => return fail(&s, ApiError::unavailable("the engine stopped during the request")),
+        None => return fail(&s, engine_stopped()),
     };
     if common.stream {
         stream(s, head, first, rx, common.include_usage())
     } else {
-        let mut ev = first;
+        let mut ev = Some(first);
         loop {
             match ev {
-                Event::Text(_) => {}
-                Event::Done(out) => return Json(head.full(&out)).into_response(),
-                Event::Failed(e) => return fail(&s, ApiError::from_engine(e)),
+                Some(Event::Text(_)) => {}
+                Some(Event::Done(out)) => return Json(head.full(&out)).into_response(),
+                Some(Event::Failed(e)) => return fail(&s, ApiError::from_engine(e)),
+                None => return fail(&s, engine_stopped()),
             }
-            ev = match rx.recv().await {
-                Some(ev) => ev,
-                None => {
-                    return fail(&s, ApiError::unavailable("the engine stopped during the request"))
-                }
-            };
+            ev = rx.recv().await;
         }
     }
+}
+
+/// The engine's channel closed before the generation ended (its thread stopped).
+fn engine_stopped() -> ApiError {
+    ApiError::unavailable("the engine stopped during the request")
 }
 
 /// The fields every response object of one request repeats.
@@ -309,8 +310,7 @@ fn stream(
         }
         // The engine's channel closed without an end: the engine stopped.
         s.metrics.errors.fetch_add(1, Relaxed);
-        let e = ApiError::unavailable("the engine stopped during the request");
-        let _ = out.send(data(&e.body())).await;
+        let _ = out.send(data(&engine_stopped().body())).await;
     });
     Sse::new(ReceiverStream::new(out_rx)).keep_alive(KeepAlive::default()).into_response()
 }
