@@ -217,12 +217,16 @@ where
         crate::batch::decode_batch(&self.model, self.state.max_rows(), prompts, steps, greedy)
     }
     fn open_slots(&mut self, slots: usize) -> Result<usize> {
+        self.queued = None;
         self.slots = None; // free the old state first
         let rows = self.state.max_rows().max(slots);
         self.slots = Some(self.model.new_state(slots, self.state.max_seq(), rows)?);
         Ok(rows)
     }
     fn forward_slots(&mut self, ids: &[u32], rows: &[RowPos], all: bool) -> Result<()> {
+        // The slots' steps overwrite the device ids a step queued by `forward_sample` would
+        // feed its successor.
+        self.queued = None;
         let st = self.slots.as_mut().ok_or_else(no_slots)?;
         let which = if all { LogitsFor::All } else { LogitsFor::Last };
         self.model.forward(st, ids, rows, which)

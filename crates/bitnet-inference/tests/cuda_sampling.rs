@@ -484,3 +484,51 @@ fn batched_greedy(device: Device) {
         assert_eq!(long.tokens[b][steps], want, "sequence {b}");
     }
 }
+
+#[test]
+fn a_step_queued_by_generation_does_not_survive_scheduler_steps_on_the_device() {
+    if cuda().is_some() {
+        queued_then_scheduled(Device::Cuda(0));
+    }
+}
+
+#[test]
+fn a_step_queued_by_generation_does_not_survive_scheduler_steps_on_the_cpu_backend() {
+    queued_then_scheduled(Device::Cpu);
+}
+
+/// A greedy generation that ends on a stop token leaves its next step queued on the device;
+/// scheduler steps in between (their ids uploaded to the same device buffer) must not let the
+/// engine's continuation at that step take the queued step's fed ids.
+fn queued_then_scheduled(device: Device) {
+    use bitnet_inference::scheduler::SeqEvent;
+    let build = || {
+        let request = DeviceRequest::Exact(device);
+        Engine::builder().synthetic("tiny").device(request).context_len(64).build().unwrap()
+    };
+    let mut e = build();
+    let prompt = vec![3u32, 17, 29];
+    let cfg = |n: usize, stop_tokens: Vec<u32>| GenerationConfig {
+        max_tokens: n,
+        sampling: SamplingParams::greedy(),
+        ignore_eos: true,
+        stop_tokens,
+        ..Default::default()
+    };
+    let alone = e.generate_ids(&prompt, &cfg(12, Vec::new())).unwrap().generated_ids;
+    let first = e.generate_ids(&prompt, &cfg(12, vec![alone[5]])).unwrap().generated_ids;
+    assert_eq!(first.last(), Some(&alone[5]));
+    let mut sched = e.scheduler(2).unwrap();
+    for k in 0..2u32 {
+        let ids = vec![5 + k, 40 + k, 7];
+        sched.admit(&ids, &cfg(10, Vec::new()), Box::new(|_: SeqEvent| true)).unwrap();
+    }
+    while sched.active() > 0 {
+        sched.step().unwrap();
+    }
+    drop(sched);
+    let cont = [&prompt[..], &first[..]].concat();
+    let after = e.generate_ids(&cont, &cfg(6, Vec::new())).unwrap().generated_ids;
+    let fresh = build().generate_ids(&cont, &cfg(6, Vec::new())).unwrap().generated_ids;
+    assert_eq!(after, fresh, "{device:?}: the continuation after scheduler steps");
+}
