@@ -80,14 +80,25 @@ impl I8Matrix {
             });
             return Ok(());
         }
-        // Several rows: each loaded weight row serves every row of x (vocab-major temporary).
+        // Several rows: each loaded weight row serves every row of x (vocab-major temporary),
+        // widened once for four rows at a time.
+        let dot4 = select_dot4();
         let mut tmp = vec![0f32; rows * n_vocab];
         pool.for_each_chunk_mut(&mut tmp, chunk * rows, &|c, oc| {
             for j in 0..oc.len() / rows {
                 let row = c * chunk + j;
-                let w = &self.data[row * cols..(row + 1) * cols];
-                for r in 0..rows {
-                    oc[j * rows + r] = dot(w, &x[r * cols..(r + 1) * cols]) * self.scales[row];
+                let (w, scale) = (&self.data[row * cols..(row + 1) * cols], self.scales[row]);
+                let o = &mut oc[j * rows..(j + 1) * rows];
+                let mut r = 0;
+                while r + 4 <= rows {
+                    let xs = std::array::from_fn(|k| &x[(r + k) * cols..(r + k + 1) * cols]);
+                    for (o, d) in o[r..r + 4].iter_mut().zip(dot4(w, xs)) {
+                        *o = d * scale;
+                    }
+                    r += 4;
+                }
+                for (k, o) in o.iter_mut().enumerate().skip(r) {
+                    *o = dot(w, &x[k * cols..(k + 1) * cols]) * scale;
                 }
             }
         });
@@ -113,6 +124,26 @@ fn select_dot() -> DotFn {
         }
     }
     dot_i8_f32_scalar
+}
+
+type Dot4Fn = fn(&[i8], [&[f32]; 4]) -> [f32; 4];
+
+fn select_dot4() -> Dot4Fn {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::env::var("BITNET_KERNEL").ok().as_deref() != Some("scalar")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            return dot4_i8_f32_avx2_entry;
+        }
+    }
+    dot4_i8_f32_scalar
+}
+
+/// Reference of the four-row dot: [`dot_i8_f32_scalar`] of `w` with each of `xs`.
+pub fn dot4_i8_f32_scalar(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
+    xs.map(|x| dot_i8_f32_scalar(w, x))
 }
 
 /// Reference: `Σ w[i] * x[i]` with 16 interleaved f32 partial sums (the order the SIMD
@@ -161,6 +192,46 @@ unsafe fn dot_i8_f32_avx2(w: &[i8], x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+#[cfg(target_arch = "x86_64")]
+fn dot4_i8_f32_avx2_entry(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
+    // SAFETY: selected only when AVX2 and FMA were detected at run time.
+    unsafe { dot4_i8_f32_avx2(w, xs) }
+}
+
+/// [`dot_i8_f32_avx2`] of `w` with four rows at once: each 16 weights are widened once and
+/// feed the four rows' accumulators, each row summed in the same lanes and order as the
+/// one-row kernel (so the results are the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot4_i8_f32_avx2(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = xs.iter().fold(w.len(), |n, x| n.min(x.len()));
+    let mut a = [[_mm256_setzero_ps(); 2]; 4];
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n bounds the 16-byte load of `w` and the two 32-byte loads of each
+        // row (every row holds at least n values); loadu needs no alignment.
+        let wb = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
+        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
+        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
+        for (acc, x) in a.iter_mut().zip(&xs) {
+            acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
+            acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc[1]);
+        }
+        i += 16;
+    }
+    let mut out = [0f32; 4];
+    for ((o, acc), x) in out.iter_mut().zip(&a).zip(&xs) {
+        let mut lanes = [0f32; 16];
+        // SAFETY: lanes holds 16 f32.
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+        let tail: f32 = w[i..n].iter().zip(&x[i..n]).map(|(&a, &b)| a as f32 * b).sum();
+        *o = lanes.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +261,29 @@ mod tests {
         }
     }
 
+    /// The four-row kernels give each row's one-row result, bit for bit (AVX2 against the
+    /// AVX2 one-row kernel, the scalar reference against the scalar one).
+    #[test]
+    fn four_row_dots_equal_one_row_dots() {
+        let mut s = 11u64;
+        for n in [0usize, 1, 15, 16, 17, 64, 100, 2560, 2561] {
+            let w: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
+            let mut rows: Vec<Vec<f32>> =
+                (0..4).map(|_| (0..n).map(|_| lcg(&mut s) * 3.0).collect()).collect();
+            rows[2].iter_mut().for_each(|v| *v = 0.0);
+            rows[3].iter_mut().for_each(|v| *v *= 1e30);
+            let xs: [&[f32]; 4] = std::array::from_fn(|k| &rows[k][..]);
+            let one = xs.map(|x| dot_i8_f32_scalar(&w, x));
+            assert_eq!(dot4_i8_f32_scalar(&w, xs), one, "scalar n={n}");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let one = xs.map(|x| dot_i8_f32_avx2_entry(&w, x));
+                let four = dot4_i8_f32_avx2_entry(&w, xs);
+                assert_eq!(four.map(f32::to_bits), one.map(f32::to_bits), "avx2 n={n}");
+            }
+        }
+    }
+
     #[test]
     fn symmetric_quantization_handles_zero_rows_and_extremes() {
         let mut q = [0i8; 3];
@@ -209,7 +303,7 @@ mod tests {
         let m = DenseMatrix::new(t, "w").unwrap();
         let pool = ThreadPool::new(2);
         let q = I8Matrix::quantize(&m, &pool).unwrap();
-        let n_tok = 3;
+        let n_tok = 6; // a group of four rows and two more
         let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0).collect();
         let mut out = vec![0f32; n_tok * rows];
         q.matmul(&x, n_tok, &mut out, &pool).unwrap();
@@ -226,6 +320,12 @@ mod tests {
                 assert!((out[r * rows + j] - f).abs() < 1e-2 * maxabs, "{r},{j}");
             }
         }
-        assert!(q.matmul(&x, 4, &mut out, &pool).is_err());
+        // Each row alone (the one-row path) gives the same bits.
+        for r in 0..n_tok {
+            let mut one = vec![0f32; rows];
+            q.matmul(&x[r * cols..(r + 1) * cols], 1, &mut one, &pool).unwrap();
+            assert_eq!(one, out[r * rows..(r + 1) * rows], "row {r} alone");
+        }
+        assert!(q.matmul(&x, 7, &mut out, &pool).is_err());
     }
 }
