@@ -113,15 +113,18 @@ impl I8Matrix {
 
 type DotFn = fn(&[i8], &[f32]) -> f32;
 
+/// Whether the AVX2 + FMA kernels run: detected at run time, unless `BITNET_KERNEL=scalar`.
+#[cfg(target_arch = "x86_64")]
+fn use_avx2() -> bool {
+    std::env::var("BITNET_KERNEL").ok().as_deref() != Some("scalar")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
 fn select_dot() -> DotFn {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::env::var("BITNET_KERNEL").ok().as_deref() != Some("scalar")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            return dot_i8_f32_avx2_entry;
-        }
+    if use_avx2() {
+        return dot_i8_f32_avx2_entry;
     }
     dot_i8_f32_scalar
 }
@@ -130,13 +133,8 @@ type Dot4Fn = fn(&[i8], [&[f32]; 4]) -> [f32; 4];
 
 fn select_dot4() -> Dot4Fn {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::env::var("BITNET_KERNEL").ok().as_deref() != Some("scalar")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            return dot4_i8_f32_avx2_entry;
-        }
+    if use_avx2() {
+        return dot4_i8_f32_avx2_entry;
     }
     dot4_i8_f32_scalar
 }
@@ -184,11 +182,20 @@ unsafe fn dot_i8_f32_avx2(w: &[i8], x: &[f32]) -> f32 {
         a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
         i += 16;
     }
+    finish_avx2([a0, a1], &w[i..n], &x[i..n])
+}
+
+/// The dot of [`dot_i8_f32_avx2`] from its two accumulators (16 lanes, summed in order) and
+/// the weights and activations past its last whole 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn finish_avx2(acc: [std::arch::x86_64::__m256; 2], w: &[i8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
     let mut lanes = [0f32; 16];
     // SAFETY: lanes holds 16 f32.
-    _mm256_storeu_ps(lanes.as_mut_ptr(), a0);
-    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a1);
-    let tail: f32 = w[i..n].iter().zip(&x[i..n]).map(|(&a, &b)| a as f32 * b).sum();
+    _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
+    _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
+    let tail: f32 = w.iter().zip(x).map(|(&a, &b)| a as f32 * b).sum();
     lanes.iter().sum::<f32>() + tail
 }
 
@@ -221,13 +228,8 @@ unsafe fn dot4_i8_f32_avx2(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
         i += 16;
     }
     let mut out = [0f32; 4];
-    for ((o, acc), x) in out.iter_mut().zip(&a).zip(&xs) {
-        let mut lanes = [0f32; 16];
-        // SAFETY: lanes holds 16 f32.
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[0]);
-        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), acc[1]);
-        let tail: f32 = w[i..n].iter().zip(&x[i..n]).map(|(&a, &b)| a as f32 * b).sum();
-        *o = lanes.iter().sum::<f32>() + tail;
+    for ((o, acc), x) in out.iter_mut().zip(a).zip(&xs) {
+        *o = finish_avx2(acc, &w[i..n], &x[i..n]);
     }
     out
 }
