@@ -2,7 +2,7 @@
 //! thread count, a memory-bandwidth baseline, and the thread pool's dispatch cost vs rayon.
 //!
 //! `cargo bench -p bitnet-quant --bench kernels` runs everything in a few minutes;
-//! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm`, `-- membw`, `-- pool`,
+//! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm_batch`, `-- gemm/`, `-- membw`, `-- pool`,
 //! or e.g. `-- 'gemv/avx512-vnni/2t'`.
 //!
 //! GEMV rotates over enough distinct weight matrices (72 MB; `BITNET_BENCH_ROTATION_MB=N`
@@ -24,6 +24,8 @@ const SHAPES: [(usize, usize); 4] = [(2560, 2560), (640, 2560), (6912, 2560), (2
 /// `BITNET_BENCH_ROTATION_MB` overrides it for machines with a larger L3.
 const ROTATION_BYTES: usize = 72 << 20;
 const GEMM_TOKENS: usize = 128;
+/// Tokens per call of the batched-decode group.
+const BATCH_TOKENS: [usize; 3] = [2, 4, 8];
 const MEMBW_BYTES: usize = 256 << 20;
 
 struct Rng(u64);
@@ -115,6 +117,37 @@ fn bench_gemv_hot(c: &mut Criterion) {
                 g.bench_function(id, |b| {
                     b.iter(|| gemv_with(kernel, &m, &xq, acts[0], &mut out, pool).expect("gemv"))
                 });
+            }
+        }
+    }
+    g.finish();
+}
+
+/// Batched decode: a few tokens per call, weights rotated as in GEMV so they come from DRAM.
+/// Throughput is weight bytes per second, as GEMV's (a call reads each weight byte once).
+fn bench_gemm_batch(c: &mut Criterion) {
+    let mut rng = Rng(0x1405_7b7e_f767_814f);
+    let pools = [ThreadPool::new(1), ThreadPool::new(2)];
+    let mut g = c.benchmark_group("gemm_batch");
+    for (rows, cols) in [(6912, 2560), (2560, 6912)] {
+        let bytes = rows * cols / 4;
+        let count = rotation_bytes().div_ceil(bytes);
+        let ms: Vec<I2sMatrix> = (0..count).map(|_| random_matrix(rows, cols, &mut rng)).collect();
+        g.throughput(Throughput::BytesDecimal(bytes as u64));
+        for n_tok in BATCH_TOKENS {
+            let (xq, acts) = random_acts(n_tok, cols, &mut rng);
+            let mut out = vec![0f32; n_tok * rows];
+            for kernel in Kernel::available().into_iter().filter(|&k| k != Kernel::Scalar) {
+                for pool in &pools {
+                    let id = format!("{kernel}/{}t/{rows}x{cols}x{n_tok}", pool.n_threads());
+                    let mut i = 0;
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            i = (i + 1) % ms.len();
+                            gemm_with(kernel, &ms[i], &xq, &acts, &mut out, pool).expect("gemm")
+                        })
+                    });
+                }
             }
         }
     }
@@ -231,6 +264,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_membw, bench_pool, bench_gemv, bench_gemv_hot, bench_gemm
+    targets = bench_membw, bench_pool, bench_gemv, bench_gemv_hot, bench_gemm_batch, bench_gemm
 }
 criterion_main!(benches);

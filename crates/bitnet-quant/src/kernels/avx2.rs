@@ -5,8 +5,9 @@
 //! weights 0..31, 32..63, 64..95, 96..127: four registers that line up with four contiguous
 //! 32-byte activation loads. `vpmaddubsw` pair sums (at most 2·3·128, even for the unused
 //! code 3) never saturate, and the four of a block are added in 16 bits before one `vpmaddwd`
-//! by ones. GEMV streams rows as in `avx512.rs`; GEMM runs cache-blocked tiles of 1 row × 4
-//! tokens (`vpmaddubsw`) or 2 rows × 2 tokens with two accumulators each (VNNI).
+//! by ones. GEMV streams rows as in `avx512.rs` (up to four tokens per pass); GEMM runs
+//! cache-blocked tiles of 1 row × 4 tokens (`vpmaddubsw`) or 2 rows × 2 tokens with two
+//! accumulators each (VNNI).
 
 use super::Job;
 use crate::quantize::{act_scale_for, quantize_value, ActScale};
@@ -49,10 +50,31 @@ unsafe fn run<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY (whole body): row r's weights and token t's activations lie inside `job.w` /
     // `job.xq` because r < rows and t < n_tok, as `launch` checked.
     unsafe {
-        if job.acts.len() == 1 {
-            gemv_rows::<VNNI>(job, rows);
+        if job.acts.len() <= super::GEMV_MAX_TOKENS {
+            gemv_tokens::<VNNI>(job, rows);
         } else {
             gemm_rows::<VNNI>(job, rows);
+        }
+    }
+}
+
+/// GEMV over `rows` for every token of `job`, four tokens per pass over the weights (the
+/// second pass of a thread's rows mostly finds them in L2).
+#[inline(always)]
+unsafe fn gemv_tokens<const VNNI: bool>(job: &Job, rows: Range<usize>) {
+    // SAFETY: see `run`; every pass covers tokens t0..t0 + T below n_tok.
+    unsafe {
+        let n_tok = job.acts.len();
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let r = rows.clone();
+            match n_tok - t0 {
+                1 => gemv_rows::<GEMV_STREAMS, GEMV_UNROLL, 1, VNNI>(job, r, t0),
+                2 => gemv_rows::<GEMV_STREAMS, 1, 2, VNNI>(job, r, t0),
+                3 => gemv_rows::<1, 1, 3, VNNI>(job, r, t0),
+                _ => gemv_rows::<1, 1, 4, VNNI>(job, r, t0),
+            }
+            t0 += (n_tok - t0).min(4);
         }
     }
 }
@@ -128,6 +150,29 @@ unsafe fn hsum(v: __m256i) -> i32 {
     }
 }
 
+/// The codes of the 32-byte block at `p` as this flavour's [`GemvAcc::add`] takes them, one
+/// register per 32 activations. VNNI: one shift by 4 and masks 0x0c / 0x03 (weights 0..31 and
+/// 64..95 times 4, 32..63 and 96..127 times 1); otherwise [`codes`].
+#[inline(always)]
+unsafe fn block_codes<const VNNI: bool>(p: *const u8) -> [__m256i; 4] {
+    // SAFETY: 32 readable bytes at `p` (caller); register operations under AVX2.
+    unsafe {
+        if VNNI {
+            let wv = _mm256_loadu_si256(p as *const __m256i);
+            let (m4, m1) = (_mm256_set1_epi8(0x0c), _mm256_set1_epi8(0x03));
+            let hi = _mm256_srli_epi16::<4>(wv);
+            [
+                _mm256_and_si256(hi, m4),
+                _mm256_and_si256(hi, m1),
+                _mm256_and_si256(wv, m4),
+                _mm256_and_si256(wv, m1),
+            ]
+        } else {
+            codes(p)
+        }
+    }
+}
+
 /// Accumulators of one GEMV row for a stream of blocks.
 ///
 /// VNNI: one shift by 4 and masks 0x0c / 0x03 give the codes of weights 0..31 and 64..95
@@ -142,22 +187,19 @@ struct GemvAcc {
 }
 
 impl GemvAcc {
-    /// Adds block `i` of the row at `w` times activations `x[128 i..128 i + 128]`.
+    /// Adds one block, given as its [`block_codes`], times the 128 activations at `x`.
     #[inline(always)]
-    unsafe fn step<const VNNI: bool>(&mut self, w: *const u8, x: *const i8, i: usize) {
-        // SAFETY: block i of the row and activations 128 i.. are readable (caller).
+    unsafe fn add<const VNNI: bool>(&mut self, c: &[__m256i; 4], x: *const i8) {
+        // SAFETY: 128 activations at `x` are readable (caller).
         unsafe {
-            let xs = acts(x.add(i * 128));
+            let xs = acts(x);
             if VNNI {
-                let wv = _mm256_loadu_si256(w.add(i * 32) as *const __m256i);
-                let (m4, m1) = (_mm256_set1_epi8(0x0c), _mm256_set1_epi8(0x03));
-                let hi = _mm256_srli_epi16::<4>(wv);
-                let a = _mm256_dpbusd_avx_epi32(self.a, _mm256_and_si256(hi, m4), xs[0]);
-                self.a = _mm256_dpbusd_avx_epi32(a, _mm256_and_si256(wv, m4), xs[2]);
-                let b = _mm256_dpbusd_avx_epi32(self.b, _mm256_and_si256(hi, m1), xs[1]);
-                self.b = _mm256_dpbusd_avx_epi32(b, _mm256_and_si256(wv, m1), xs[3]);
+                let a = _mm256_dpbusd_avx_epi32(self.a, c[0], xs[0]);
+                self.a = _mm256_dpbusd_avx_epi32(a, c[2], xs[2]);
+                let b = _mm256_dpbusd_avx_epi32(self.b, c[1], xs[1]);
+                self.b = _mm256_dpbusd_avx_epi32(b, c[3], xs[3]);
             } else {
-                self.b = _mm256_add_epi16(self.b, pairs4(&codes(w.add(i * 32)), &xs));
+                self.b = _mm256_add_epi16(self.b, pairs4(c, &xs));
             }
         }
     }
@@ -191,74 +233,94 @@ impl GemvAcc {
     }
 }
 
-/// Integer dot products of the `S` rows at `w[s]` with `x`. Each row is read front to back,
-/// `GEMV_UNROLL` blocks per iteration, each block with its own accumulators.
+/// Integer dot products of the `S` rows at `w[s]` with the `T` token rows at `x[t]`. Each row
+/// is read front to back, `U` blocks per iteration; each block is unpacked once for the `T`
+/// tokens, and every (row, block of the iteration, token) has its own accumulators.
 #[inline(always)]
-unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
+unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
     w: [*const u8; S],
     row_bytes: usize,
-    x: *const i8,
-) -> [i32; S] {
-    // SAFETY: `row_bytes` at each `w[s]` and `4 * row_bytes` activations at `x` are readable.
+    x: [*const i8; T],
+) -> [[i32; T]; S] {
+    // SAFETY: `row_bytes` at each `w[s]` and `4 * row_bytes` activations at each `x[t]` are
+    // readable.
     unsafe {
         let zero = GemvAcc { a: _mm256_setzero_si256(), b: _mm256_setzero_si256() };
-        let mut acc = [[zero; GEMV_UNROLL]; S];
+        let mut acc = [[[zero; T]; U]; S];
         let n_blocks = row_bytes / 32;
         let mut i = 0;
         let mut iter = 0;
-        while i + GEMV_UNROLL <= n_blocks {
+        while i + U <= n_blocks {
             for (acc, &w) in acc.iter_mut().zip(&w) {
                 for (u, acc) in acc.iter_mut().enumerate() {
-                    acc.step::<VNNI>(w, x, i + u);
+                    let c = block_codes::<VNNI>(w.add((i + u) * 32));
+                    for (acc, &x) in acc.iter_mut().zip(&x) {
+                        acc.add::<VNNI>(&c, x.add((i + u) * 128));
+                    }
                 }
             }
-            i += GEMV_UNROLL;
+            i += U;
             iter += 1;
             if iter % FLUSH_EVERY == 0 {
-                for acc in acc.iter_mut().flatten() {
+                for acc in acc.iter_mut().flatten().flatten() {
                     acc.flush::<VNNI>();
                 }
             }
         }
         for (u, i) in (i..n_blocks).enumerate() {
             for (acc, &w) in acc.iter_mut().zip(&w) {
-                acc[u].step::<VNNI>(w, x, i);
+                let c = block_codes::<VNNI>(w.add(i * 32));
+                for (acc, &x) in acc[u].iter_mut().zip(&x) {
+                    acc.add::<VNNI>(&c, x.add(i * 128));
+                }
             }
         }
         // Plain loops, no closures: a closure would not inherit this function's target
         // features, and its intrinsics would become calls.
-        let mut out = [0i32; S];
-        for (o, acc) in out.iter_mut().zip(&mut acc) {
-            let mut t = acc[0].sum::<VNNI>();
-            for a in &acc[1..] {
-                t = t.wrapping_add(a.sum::<VNNI>());
+        let mut out = [[0i32; T]; S];
+        for (o, acc) in out.iter_mut().zip(&acc) {
+            for (t, o) in o.iter_mut().enumerate() {
+                let mut s = acc[0][t].sum::<VNNI>();
+                for a in &acc[1..] {
+                    s = s.wrapping_add(a[t].sum::<VNNI>());
+                }
+                *o = s;
             }
-            *o = t;
         }
         out
     }
 }
 
-/// GEMV over `rows`, cut into `GEMV_STREAMS` segments walked in step (as in `avx512.rs`).
+/// GEMV over `rows` for the `T` tokens from `t0`, cut into `S` segments walked in step (as in
+/// `avx512.rs`).
 #[inline(always)]
-unsafe fn gemv_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
-    // SAFETY: see `run`; every row index below lies in `rows`.
+unsafe fn gemv_rows<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
+    job: &Job,
+    rows: Range<usize>,
+    t0: usize,
+) {
+    // SAFETY: see `run`; every row index below lies in `rows`, every token in t0..t0 + T.
     unsafe {
-        let (w, rb, x) = (job.w.as_ptr(), job.row_bytes, job.xq.as_ptr());
-        let seg = rows.len() / GEMV_STREAMS;
+        let (w, rb) = (job.w.as_ptr(), job.row_bytes);
+        let x: [*const i8; T] = std::array::from_fn(|t| job.xq.as_ptr().add((t0 + t) * rb * 4));
+        let seg = rows.len() / S;
         for r in rows.start..rows.start + seg {
-            let mut at = [w; GEMV_STREAMS];
+            let mut at = [w; S];
             for (s, p) in at.iter_mut().enumerate() {
                 *p = w.add((r + s * seg) * rb);
             }
-            let acc = gemv_rows_at::<GEMV_STREAMS, VNNI>(at, rb, x);
-            for (s, &a) in acc.iter().enumerate() {
-                job.store(0, r + s * seg, a);
+            let acc = gemv_rows_at::<S, U, T, VNNI>(at, rb, x);
+            for (s, acc) in acc.iter().enumerate() {
+                for (t, &a) in acc.iter().enumerate() {
+                    job.store(t0 + t, r + s * seg, a);
+                }
             }
         }
-        for r in rows.start + GEMV_STREAMS * seg..rows.end {
-            let [a] = gemv_rows_at::<1, VNNI>([w.add(r * rb)], rb, x);
-            job.store(0, r, a);
+        for r in rows.start + S * seg..rows.end {
+            let [acc] = gemv_rows_at::<1, U, T, VNNI>([w.add(r * rb)], rb, x);
+            for (t, &a) in acc.iter().enumerate() {
+                job.store(t0 + t, r, a);
+            }
         }
     }
 }

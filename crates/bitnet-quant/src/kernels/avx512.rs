@@ -9,8 +9,9 @@
 //! `vpdpbusd`, or with `vpmaddubsw` (pair sums at most 2·12·128: no saturation) then
 //! `vpmaddwd` by ones.
 //!
-//! GEMV streams one row at a time, two blocks per iteration; GEMM runs tiles of 4 rows × 4
-//! tokens, expanding each weight block once per tile of tokens.
+//! GEMV streams one row at a time, two blocks per iteration for one token, one block for up to
+//! four tokens at once (decode batches, [`super::GEMV_MAX_TOKENS`]); GEMM runs tiles of 4 rows
+//! × 4 tokens, expanding each weight block once per tile of tokens.
 
 use super::Job;
 use crate::quantize::{act_scale_for, ActScale};
@@ -53,10 +54,31 @@ unsafe fn run<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY (whole body): the weight pointer of row r and activation pointer of token t stay
     // inside `job.w` / `job.xq` because r < rows and t < n_tok, as `launch` checked.
     unsafe {
-        if job.acts.len() == 1 {
-            gemv_rows::<VNNI>(job, rows);
+        if job.acts.len() <= super::GEMV_MAX_TOKENS {
+            gemv_tokens::<VNNI>(job, rows);
         } else {
             gemm_rows::<VNNI>(job, rows);
+        }
+    }
+}
+
+/// GEMV over `rows` for every token of `job`, four tokens per pass over the weights (the
+/// second pass of a thread's rows mostly finds them in L2).
+#[inline(always)]
+unsafe fn gemv_tokens<const VNNI: bool>(job: &Job, rows: Range<usize>) {
+    // SAFETY: see `run`; every pass covers tokens t0..t0 + T below n_tok.
+    unsafe {
+        let n_tok = job.acts.len();
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let r = rows.clone();
+            match n_tok - t0 {
+                1 => gemv_rows::<GEMV_STREAMS, GEMV_UNROLL, 1, VNNI>(job, r, t0),
+                2 => gemv_rows::<GEMV_STREAMS, 1, 2, VNNI>(job, r, t0),
+                3 => gemv_rows::<GEMV_STREAMS, 1, 3, VNNI>(job, r, t0),
+                _ => gemv_rows::<GEMV_STREAMS, 1, 4, VNNI>(job, r, t0),
+            }
+            t0 += (n_tok - t0).min(4);
         }
     }
 }
@@ -118,6 +140,23 @@ unsafe fn unscale_sum(v: __m512i, sh: __m512i) -> i32 {
     unsafe { _mm512_reduce_add_epi32(_mm512_srav_epi32(v, sh)) }
 }
 
+/// The two code registers of the 32-byte block at `p` as this flavour's [`GemvAcc::add`] takes
+/// them. VNNI: masked only (bits 7-6 ×64 and 5-4 ×16 for weights 0..63, bits 3-2 ×4 and 1-0 ×1
+/// for 64..127); otherwise [`codes_x4x1`].
+#[inline(always)]
+unsafe fn block_codes<const VNNI: bool>(p: *const u8) -> (__m512i, __m512i) {
+    // SAFETY: 32 readable bytes at `p` (caller); register operations under AVX-512BW.
+    unsafe {
+        let (wv, m_lo) = (block(p), halves8(0x0c, 0x03));
+        if VNNI {
+            let m_hi = halves8(0xc0u8 as i8, 0x30);
+            (_mm512_and_si512(wv, m_hi), _mm512_and_si512(wv, m_lo))
+        } else {
+            codes_x4x1(wv, m_lo)
+        }
+    }
+}
+
 /// Two accumulators of one GEMV row for a stream of blocks.
 ///
 /// VNNI: the codes are only masked, never shifted: `a` collects bits 7-6 (×64, low half) and
@@ -131,22 +170,18 @@ struct GemvAcc {
 }
 
 impl GemvAcc {
-    /// Adds block `i` of the row at `w` times activations `x[128 i..128 i + 128]`.
+    /// Adds one block, given as its [`block_codes`], times the 128 activations at `x`.
     #[inline(always)]
-    unsafe fn step<const VNNI: bool>(&mut self, w: *const u8, x: *const i8, i: usize) {
-        // SAFETY: block i of the row and activations 128 i.. are readable (caller).
+    unsafe fn add<const VNNI: bool>(&mut self, c: (__m512i, __m512i), x: *const i8) {
+        // SAFETY: 128 activations at `x` are readable (caller).
         unsafe {
-            let x0 = _mm512_loadu_si512(x.add(i * 128) as *const _);
-            let x1 = _mm512_loadu_si512(x.add(i * 128 + 64) as *const _);
-            let wv = block(w.add(i * 32));
-            let m_lo = halves8(0x0c, 0x03);
+            let x0 = _mm512_loadu_si512(x as *const _);
+            let x1 = _mm512_loadu_si512(x.add(64) as *const _);
             if VNNI {
-                let m_hi = halves8(0xc0u8 as i8, 0x30);
-                self.a = _mm512_dpbusd_epi32(self.a, _mm512_and_si512(wv, m_hi), x0);
-                self.b = _mm512_dpbusd_epi32(self.b, _mm512_and_si512(wv, m_lo), x1);
+                self.a = _mm512_dpbusd_epi32(self.a, c.0, x0);
+                self.b = _mm512_dpbusd_epi32(self.b, c.1, x1);
             } else {
-                let (c0, c1) = codes_x4x1(wv, m_lo);
-                self.a = dot2::<false>(self.a, c0, x0, c1, x1);
+                self.a = dot2::<false>(self.a, c.0, x0, c.1, x1);
             }
         }
     }
@@ -165,70 +200,93 @@ impl GemvAcc {
     }
 }
 
-/// Integer dot products of the `S` rows at `w[s]` with `x`. Each row is read front to back,
-/// `GEMV_UNROLL` blocks per iteration, each block with its own accumulators.
+/// Integer dot products of the `S` rows at `w[s]` with the `T` token rows at `x[t]`. Each row
+/// is read front to back, `U` blocks per iteration; each block is unpacked once for the `T`
+/// tokens, and every (row, block of the iteration, token) has its own accumulators.
 #[inline(always)]
-unsafe fn gemv_rows_at<const S: usize, const VNNI: bool>(
+unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
     w: [*const u8; S],
     row_bytes: usize,
-    x: *const i8,
-) -> [i32; S] {
-    // SAFETY: `row_bytes` at each `w[s]` and `4 * row_bytes` activations at `x` are readable.
+    x: [*const i8; T],
+) -> [[i32; T]; S] {
+    // SAFETY: `row_bytes` at each `w[s]` and `4 * row_bytes` activations at each `x[t]` are
+    // readable.
     unsafe {
         let zero = GemvAcc { a: _mm512_setzero_si512(), b: _mm512_setzero_si512() };
-        let mut acc = [[zero; GEMV_UNROLL]; S];
+        let mut acc = [[[zero; T]; U]; S];
         let n_blocks = row_bytes / 32;
         let mut i = 0;
-        while i + GEMV_UNROLL <= n_blocks {
+        while i + U <= n_blocks {
             for (acc, &w) in acc.iter_mut().zip(&w) {
                 for (u, acc) in acc.iter_mut().enumerate() {
-                    acc.step::<VNNI>(w, x, i + u);
+                    let c = block_codes::<VNNI>(w.add((i + u) * 32));
+                    for (acc, &x) in acc.iter_mut().zip(&x) {
+                        acc.add::<VNNI>(c, x.add((i + u) * 128));
+                    }
                 }
             }
-            i += GEMV_UNROLL;
+            i += U;
         }
         for (u, i) in (i..n_blocks).enumerate() {
             for (acc, &w) in acc.iter_mut().zip(&w) {
-                acc[u].step::<VNNI>(w, x, i);
+                let c = block_codes::<VNNI>(w.add(i * 32));
+                for (acc, &x) in acc[u].iter_mut().zip(&x) {
+                    acc.add::<VNNI>(c, x.add(i * 128));
+                }
             }
         }
         // Plain loops, no closures: a closure would not inherit this function's target
         // features, and its intrinsics would become calls.
-        let mut out = [0i32; S];
+        let mut out = [[0i32; T]; S];
         for (o, acc) in out.iter_mut().zip(&acc) {
-            let mut t = acc[0];
-            for a in &acc[1..] {
-                t = GemvAcc { a: _mm512_add_epi32(t.a, a.a), b: _mm512_add_epi32(t.b, a.b) };
+            for (t, o) in o.iter_mut().enumerate() {
+                let mut s = acc[0][t];
+                for a in &acc[1..] {
+                    s = GemvAcc {
+                        a: _mm512_add_epi32(s.a, a[t].a),
+                        b: _mm512_add_epi32(s.b, a[t].b),
+                    };
+                }
+                *o = s.sum::<VNNI>();
             }
-            *o = t.sum::<VNNI>();
         }
         out
     }
 }
 
-/// GEMV over `rows`: the range is cut into `GEMV_STREAMS` equal segments walked in step, so
-/// that several far-apart sequential streams are in flight. Measured on the EPYC dev box:
-/// one row at a time reached ~85% of a single-stream read, two segments ~105%; interleaving
-/// neighbouring rows (4 close streams) only ~55%, with or without software prefetch.
+/// GEMV over `rows` for the `T` tokens from `t0`: the range is cut into `GEMV_STREAMS` equal
+/// segments walked in step, so that several far-apart sequential streams are in flight.
+/// Measured on the EPYC dev box: one row at a time reached ~85% of a single-stream read, two
+/// segments ~105%; interleaving neighbouring rows (4 close streams) only ~55%, with or
+/// without software prefetch.
 #[inline(always)]
-unsafe fn gemv_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
-    // SAFETY: see `run`; every row index below lies in `rows`.
+unsafe fn gemv_rows<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
+    job: &Job,
+    rows: Range<usize>,
+    t0: usize,
+) {
+    // SAFETY: see `run`; every row index below lies in `rows`, every token in t0..t0 + T.
     unsafe {
-        let (w, rb, x) = (job.w.as_ptr(), job.row_bytes, job.xq.as_ptr());
-        let seg = rows.len() / GEMV_STREAMS;
+        let (w, rb) = (job.w.as_ptr(), job.row_bytes);
+        let x: [*const i8; T] = std::array::from_fn(|t| job.xq.as_ptr().add((t0 + t) * rb * 4));
+        let seg = rows.len() / S;
         for r in rows.start..rows.start + seg {
-            let mut at = [w; GEMV_STREAMS];
+            let mut at = [w; S];
             for (s, p) in at.iter_mut().enumerate() {
                 *p = w.add((r + s * seg) * rb);
             }
-            let acc = gemv_rows_at::<GEMV_STREAMS, VNNI>(at, rb, x);
-            for (s, &a) in acc.iter().enumerate() {
-                job.store(0, r + s * seg, a);
+            let acc = gemv_rows_at::<S, U, T, VNNI>(at, rb, x);
+            for (s, acc) in acc.iter().enumerate() {
+                for (t, &a) in acc.iter().enumerate() {
+                    job.store(t0 + t, r + s * seg, a);
+                }
             }
         }
-        for r in rows.start + GEMV_STREAMS * seg..rows.end {
-            let [a] = gemv_rows_at::<1, VNNI>([w.add(r * rb)], rb, x);
-            job.store(0, r, a);
+        for r in rows.start + S * seg..rows.end {
+            let [acc] = gemv_rows_at::<1, U, T, VNNI>([w.add(r * rb)], rb, x);
+            for (t, &a) in acc.iter().enumerate() {
+                job.store(t0 + t, r, a);
+            }
         }
     }
 }

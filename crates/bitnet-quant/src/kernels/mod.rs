@@ -208,6 +208,12 @@ fn run_rows(kernel: Kernel, job: &Job, rows: Range<usize>) {
     }
 }
 
+/// Up to this many tokens a call runs as GEMV passes of up to four tokens each (decode
+/// batches: each weight block unpacked once per pass); more take the cache-blocked GEMM.
+/// Measured on the EPYC dev box (`gemm_batch` bench, 2 threads, 6912x2560): 2 tokens 8.8 →
+/// 33.5 GB/s of weights, 4 tokens 8.1 → 13.6, 8 tokens 3.6 → 5.4 (one thread) against the GEMM.
+pub(crate) const GEMV_MAX_TOKENS: usize = 8;
+
 /// Output rows per task are a multiple of this (whole cache lines of f32 outputs).
 const ROW_ALIGN: usize = 16;
 /// Below this many weight bytes × tokens a call runs on the calling thread alone.

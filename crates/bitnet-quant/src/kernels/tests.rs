@@ -103,6 +103,19 @@ fn every_variant_equals_scalar_at_model_sizes() {
 }
 
 #[test]
+fn multi_token_gemv_equals_scalar_for_two_to_nine_tokens() {
+    // Decode batches of 2..=8 tokens take GEMV passes of up to four tokens (9 the GEMM): odd
+    // row counts (a row past the two streams' segments), padded columns, model sizes, two
+    // threads.
+    for n_tok in 2..=9 {
+        random_case(33, 256, n_tok, 40 + n_tok as u64);
+        random_case(17, 200, n_tok, 50 + n_tok as u64);
+        random_case(41, 6912, n_tok, 60 + n_tok as u64);
+        random_case(2560, 640, n_tok, 70 + n_tok as u64);
+    }
+}
+
+#[test]
 fn gemm_equals_scalar_for_one_three_and_128_tokens() {
     random_case(33, 256, 1, 21);
     random_case(33, 256, 3, 22);
@@ -120,6 +133,13 @@ fn all_zero_activations_give_zero_outputs() {
     let mut out = vec![1.0; 7];
     gemv(&m, &xq, acts[0], &mut out, &ThreadPool::new(1)).unwrap();
     assert!(out.iter().all(|&y| y == 0.0));
+    // A zero token between nonzero ones (the multi-token GEMV and the GEMM).
+    for n_tok in [3, 6] {
+        let mut x = rng.floats(n_tok * 200);
+        x[200..400].fill(0.0);
+        let (xq, acts) = quantize(&m, &x);
+        check_all_variants(&m, &xq, &acts);
+    }
 }
 
 #[test]
@@ -141,8 +161,10 @@ fn extreme_weights_and_activations_stay_exact() {
             assert_eq!(out, [-full, full, 0.0, 0.0], "{kernel} x = {xv}");
         }
         check_all_variants(&m, &xq, &[act]);
-        let xq3: Vec<i8> = xq.iter().cycle().take(3 * k).copied().collect();
-        check_all_variants(&m, &xq3, &[act; 3]);
+        for n_tok in [2, 3, 4] {
+            let xqn: Vec<i8> = xq.iter().cycle().take(n_tok * k).copied().collect();
+            check_all_variants(&m, &xqn, &vec![act; n_tok]);
+        }
     }
 }
 
@@ -201,5 +223,6 @@ fn unused_code_three_reads_as_plus_two_in_every_variant() {
         let act = ActScale { scale: 1.0, sum: i32::from(xv) * k as i32 };
         check_all_variants(&m, &vec![xv; k], &[act]);
         check_all_variants(&m, &vec![xv; 5 * k], &[act; 5]);
+        check_all_variants(&m, &vec![xv; 4 * k], &[act; 4]);
     }
 }
