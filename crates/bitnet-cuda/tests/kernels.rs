@@ -433,10 +433,10 @@ fn read_stream_xor_equals_the_host() {
     assert!(ops::read_xor(&g, &d, 1 << 20, &mut out).is_err(), "too few output values");
 }
 
-/// A pick sent ahead (`sample_to_device` with `PickTo`) lands in its host-mapped slot and in the
-/// device id buffer, and advances the row position by one, launched directly and replayed in a
-/// decode-step graph (one graph per slot); the older slot still holds its pick while the newer
-/// one is written.
+/// Picks sent ahead (`sample_to_device` with `PickTo`) land in their host-mapped slot and in
+/// the device id buffer, and advance the rows' positions by one, launched directly and replayed
+/// in a decode-step graph (one graph per slot); the older slot still holds its picks while the
+/// newer one is written. One row, then three (the slots grow), then one again.
 #[test]
 fn picks_reach_their_host_slot_and_advance_the_row() {
     let Some(g) = gpu() else { return };
@@ -447,41 +447,68 @@ fn picks_reach_their_host_slot_and_advance_the_row() {
     let tempered = ops::SampleConfig { greedy: false, temperature: 0.7, ..greedy };
     let mut scratch = ops::SampleScratch::new();
     let mut fetch = ops::IdFetch::default();
-    let mut ids = ops::upload(&g, &[-7i32]).unwrap();
-    let mut rows = ops::upload(&g, &[3i32, 41]).unwrap();
+    let mut ids = ops::upload(&g, &[-7i32; 3]).unwrap();
+    let mut rows = ops::upload(&g, &[3i32, 41, 0, 10, 5, 100]).unwrap();
+    let start = [41, 10, 100];
     let mut tickets = Vec::new();
-    for step in 0..6usize {
-        let want = (step * 977 + 13) % vocab;
-        let mut row = vec![-1.0f32; vocab];
-        if step % 3 == 2 {
-            row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+    let n_of = |step: usize| if (3..6).contains(&step) { 3 } else { 1 };
+    let mut advanced = [0i32; 3];
+    for step in 0..9usize {
+        let n = n_of(step);
+        let want: Vec<usize> = (0..n).map(|r| (step * 977 + r * 311 + 13) % vocab).collect();
+        let mut host = vec![-1.0f32; n * vocab];
+        for (r, &w) in want.iter().enumerate() {
+            let row = &mut host[r * vocab..(r + 1) * vocab];
+            if step % 3 == 2 {
+                row.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            row[w] = 2.5;
         }
-        row[want] = 2.5;
-        let logits = ops::upload(&g, &row).unwrap();
+        let logits = ops::upload(&g, &host).unwrap();
         let cfg = if step % 3 == 2 { tempered } else { greedy };
-        let slot = fetch.reserve(&g).unwrap();
+        let slot = fetch.reserve(&g, n).unwrap();
         let to = ops::PickTo::host(slot).advancing(&g, &rows).unwrap();
-        let graph = step >= 2;
+        let graph = step % 3 != 0;
         if graph {
             g.defer();
         }
-        ops::sample_to_device(&g, &logits, vocab, &cfg, 0.25, &mut scratch, &mut ids, to).unwrap();
+        let us = vec![0.25; n];
+        ops::sample_to_device(&g, &logits, n, vocab, &cfg, &us, &mut scratch, &mut ids, to)
+            .unwrap();
         g.flush(graph).unwrap();
-        tickets.push((fetch.mark(&g, slot).unwrap(), want));
-        if let [.., (older, w_old), _] = tickets[..] {
-            assert_eq!(fetch.wait(older).unwrap(), w_old as i32, "step {step}: older slot");
+        advanced.iter_mut().take(n).for_each(|a| *a += 1);
+        tickets.push((fetch.mark(&g, slot).unwrap(), want.clone()));
+        if let [.., (older, w_old), _] = &tickets[..] {
+            // The slots grew at step 3: the ticket before that is gone.
+            if step != 3 {
+                let mut got = vec![0i32; w_old.len()];
+                fetch.wait(*older, &mut got).unwrap();
+                let w_old: Vec<i32> = w_old.iter().map(|&w| w as i32).collect();
+                assert_eq!(got, w_old, "step {step}: older slot");
+            }
         }
-        let (ticket, w) = tickets[step];
-        assert_eq!(fetch.wait(ticket).unwrap(), w as i32, "step {step}: host slot");
-        let mut got = [0i32; 1];
-        ops::download(&g, &ids, &mut got).unwrap();
-        assert_eq!(got[0], w as i32, "step {step}: device ids");
-        let mut pair = [0i32; 2];
-        ops::download(&g, &rows, &mut pair).unwrap();
-        assert_eq!(pair, [3, 42 + step as i32], "step {step}: the position advances");
+        let want: Vec<i32> = want.iter().map(|&w| w as i32).collect();
+        let mut got = vec![0i32; n];
+        fetch.wait(tickets[step].0, &mut got).unwrap();
+        assert_eq!(got, want, "step {step}: host slot");
+        let mut dev = vec![0i32; n];
+        ops::download(&g, &ids, &mut dev).unwrap();
+        assert_eq!(dev, want, "step {step}: device ids");
+        let mut pairs = [0i32; 6];
+        ops::download(&g, &rows, &mut pairs).unwrap();
+        for r in 0..3 {
+            let want = [[3, 0, 5][r], start[r] + advanced[r]];
+            assert_eq!(pairs[2 * r..2 * r + 2], want, "step {step}: row {r} position");
+        }
     }
     assert!(g.graph_stats().0 >= 2, "graph replays: {:?}", g.graph_stats());
+    let slot = fetch.reserve(&g, 3).unwrap();
+    let logits = ops::upload(&g, &vec![0.0f32; 3 * vocab]).unwrap();
+    let short = ops::PickTo::host(slot).advancing(&g, &ops::zeros(&g, 4).unwrap()).unwrap();
+    let r =
+        ops::sample_to_device(&g, &logits, 3, vocab, &greedy, &[], &mut scratch, &mut ids, short);
+    assert!(r.is_err(), "three rows need three pairs");
     rows = ops::zeros(&g, 1).unwrap();
-    let slot = fetch.reserve(&g).unwrap();
     assert!(ops::PickTo::host(slot).advancing(&g, &rows).is_err(), "a row needs a pair");
+    assert!(fetch.reserve(&g, 0).is_err(), "no rows");
 }

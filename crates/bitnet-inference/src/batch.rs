@@ -12,6 +12,7 @@
 
 use crate::backend::{Backend, RowPos};
 use crate::models::{BitNetModel, LogitsFor};
+use crate::runner::{pick_ahead, Ahead};
 use crate::sampling::SamplingParams;
 use crate::Engine;
 use bitnet_core::{Error, Result};
@@ -76,6 +77,10 @@ pub(crate) fn decode_batch<B: Backend>(
     let mut logits = vec![0.0; if greedy { batch * vocab } else { vocab }];
     // A profile taken after this call covers the decode steps only.
     drop(model.backend().take_profile());
+    // Greedy steps are queued one ahead where the backend can (see `Runner::forward_sample`).
+    let ahead = greedy && model.backend().samples_ahead();
+    let (mut queue, zeros, mut picked) = (Ahead::default(), vec![0.0; batch], vec![0; batch]);
+    let mut after = Vec::with_capacity(batch);
     let t = Instant::now();
     for step in 0..steps {
         rows.clear();
@@ -85,8 +90,18 @@ pub(crate) fn decode_batch<B: Backend>(
         for (seq, &id) in tokens.iter_mut().zip(&next) {
             seq.push(id);
         }
-        model.forward(&mut st, &next, &rows, LogitsFor::All)?;
-        if greedy {
+        let hit = queue.take((&next, &rows), &argmax, &zeros);
+        if hit.is_none() {
+            model.forward(&mut st, &next, &rows, LogitsFor::All)?;
+        }
+        if ahead {
+            after.clear();
+            after.extend(rows.iter().map(|r| RowPos { pos: r.pos + 1, ..*r }));
+            let more = (step + 1 < steps).then_some(&zeros[..]);
+            let h = (hit, &argmax);
+            pick_ahead(model, &mut st, &mut queue, h, (&zeros, more), &after, &mut picked)?;
+            next.copy_from_slice(&picked);
+        } else if greedy {
             // Argmax of every row on the device: only the ids come back.
             model.backend().sample(st.logits_buf(), batch, vocab, &argmax, &[], &mut next)?;
         } else {

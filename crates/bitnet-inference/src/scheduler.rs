@@ -81,6 +81,8 @@ struct Seq {
     em: Emitter,
     /// The sampled token not yet emitted.
     next: u32,
+    /// The uniform already drawn for the next pick (by a step queued ahead).
+    ahead: Option<f64>,
     timings: Timings,
     started: Instant,
     sink: Sink,
@@ -149,6 +151,7 @@ impl Scheduler<'_> {
             sampler,
             em: Emitter::new(cfg, self.eos),
             next: 0,
+            ahead: None,
             timings: Timings { prompt_tokens: ids.len() - reuse, ..Timings::default() },
             started,
             sink,
@@ -223,17 +226,40 @@ impl Scheduler<'_> {
     }
 
     /// Runs each running sequence's pending token (one row each, `rows` in slot order) in one
-    /// forward call and picks every sequence's next token.
+    /// forward call and picks every sequence's next token. Where the picks are made on the
+    /// backend and it can, the step after this one is queued before the ids come back, when
+    /// every sequence will run it (a token left in its budget after the one picked now, and
+    /// room in the context); the next call finds it queued unless the sequences changed.
     fn decode(&mut self, rows: &[RowPos]) -> Result<()> {
+        let ctx = self.context_len();
         let mut seqs: Vec<&mut Seq> =
             self.slots.iter_mut().filter_map(|s| s.seq.as_mut()).collect();
         let ids: Vec<u32> = seqs.iter().map(|s| s.next).collect();
-        // At most one row per slot, and a call takes at least as many rows as there are slots.
-        self.runner.forward_slots(&ids, rows, true)?;
         for seq in seqs.iter_mut() {
             seq.context.push(seq.next);
         }
-        pick_rows(&mut *self.runner, &mut self.logits, &mut seqs)?;
+        match device_params(&seqs) {
+            Some(p) => {
+                let us: Vec<f64> = seqs.iter_mut().map(|s| s.pending_uniform()).collect();
+                let more = self.runner.samples_ahead()
+                    && seqs
+                        .iter()
+                        .zip(rows)
+                        .all(|(s, r)| s.em.budget_left() >= 2 && r.pos + 1 < ctx);
+                let ahead: Option<Vec<f64>> = more
+                    .then(|| seqs.iter_mut().map(|s| *s.ahead.insert(s.sampler.draw())).collect());
+                let mut out = vec![0u32; seqs.len()];
+                let a = ahead.as_deref();
+                self.runner.forward_sample_slots((&ids, rows), &p, &us, a, &mut out)?;
+                for (s, id) in seqs.iter_mut().zip(out) {
+                    s.next = id;
+                }
+            }
+            None => {
+                self.runner.forward_slots(&ids, rows, true)?;
+                pick_on_host(&mut *self.runner, &mut self.logits, &mut seqs)?;
+            }
+        }
         for (r, &id) in rows.iter().zip(&ids) {
             self.slots[r.slot].cached.push(id);
         }
@@ -251,28 +277,54 @@ impl Scheduler<'_> {
     }
 }
 
-/// Each sequence's next token (`seq.next`) from the logits rows of the last forward call, row
-/// `r` for `seqs[r]`: on the backend when every row samples with the same parameters and no
-/// repetition penalty (only ids come back), else on the host from the downloaded rows. Either
-/// way each sampler draws one number per pick (none when greedy), as the engine does.
-fn pick_rows(runner: &mut dyn Runner, logits: &mut Vec<f32>, seqs: &mut [&mut Seq]) -> Result<()> {
-    let same = |p: &SamplingParams| SamplingParams { seed: 0, ..p.clone() };
-    let first = same(seqs[0].sampler.params());
-    let on_device =
-        first.repetition_penalty == 1.0 && seqs.iter().all(|s| same(s.sampler.params()) == first);
-    let mut out = vec![0u32; seqs.len()];
-    if on_device {
-        let uniforms: Vec<f64> = seqs.iter_mut().map(|s| s.sampler.draw()).collect();
-        runner.sample_slots(&first, &uniforms, &mut out)?;
-    } else {
-        runner.slot_logits(logits)?;
-        let vocab = runner.dims().vocab;
-        for (r, (s, o)) in seqs.iter_mut().zip(out.iter_mut()).enumerate() {
-            *o = s.sampler.sample(&mut logits[r * vocab..(r + 1) * vocab], &s.context)?;
-        }
+impl Seq {
+    /// The uniform of the next pick: the one drawn ahead, else the next of the stream.
+    fn pending_uniform(&mut self) -> f64 {
+        self.ahead.take().unwrap_or_else(|| self.sampler.draw())
     }
+}
+
+/// The parameters the backend picks every sequence's token with: those of the sequences when
+/// they all sample alike (up to the seed) with no repetition penalty, else none.
+fn device_params(seqs: &[&mut Seq]) -> Option<SamplingParams> {
+    let same = |p: &SamplingParams| SamplingParams { seed: 0, ..p.clone() };
+    let first = same(seqs.first()?.sampler.params());
+    let alike = seqs.iter().all(|s| same(s.sampler.params()) == first);
+    (first.repetition_penalty == 1.0 && alike).then_some(first)
+}
+
+/// Each sequence's next token (`seq.next`) from the logits rows of the last forward call, row
+/// `r` for `seqs[r]`: on the backend when [`device_params`] allows it (only ids come back),
+/// else on the host from the downloaded rows. Either way each sampler draws one number per
+/// pick (none when greedy) or uses the one it drew ahead, as the engine does.
+fn pick_rows(runner: &mut dyn Runner, logits: &mut Vec<f32>, seqs: &mut [&mut Seq]) -> Result<()> {
+    let Some(p) = device_params(seqs) else {
+        return pick_on_host(runner, logits, seqs);
+    };
+    let uniforms: Vec<f64> = seqs.iter_mut().map(|s| s.pending_uniform()).collect();
+    let mut out = vec![0u32; seqs.len()];
+    runner.sample_slots(&p, &uniforms, &mut out)?;
     for (s, id) in seqs.iter_mut().zip(out) {
         s.next = id;
+    }
+    Ok(())
+}
+
+/// [`pick_rows`] on the host, from the downloaded logits rows.
+fn pick_on_host(
+    runner: &mut dyn Runner,
+    logits: &mut Vec<f32>,
+    seqs: &mut [&mut Seq],
+) -> Result<()> {
+    runner.slot_logits(logits)?;
+    let vocab = runner.dims().vocab;
+    for (r, s) in seqs.iter_mut().enumerate() {
+        let row = &mut logits[r * vocab..(r + 1) * vocab];
+        // A uniform drawn ahead was drawn for a pick with no repetition penalty.
+        s.next = match s.ahead.take() {
+            Some(u) => s.sampler.pick(row, u)?,
+            None => s.sampler.sample(row, &s.context)?,
+        };
     }
     Ok(())
 }

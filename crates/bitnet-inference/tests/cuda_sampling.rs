@@ -532,3 +532,120 @@ fn queued_then_scheduled(device: Device) {
     let fresh = build().generate_ids(&cont, &cfg(6, Vec::new())).unwrap().generated_ids;
     assert_eq!(after, fresh, "{device:?}: the continuation after scheduler steps");
 }
+
+#[test]
+fn scheduled_sequences_picked_ahead_on_the_device_end_as_the_engine_ends_them() {
+    if cuda().is_some() {
+        scheduled(Device::Cuda(0));
+    }
+}
+
+#[test]
+fn scheduled_sequences_picked_on_the_cpu_backend_end_as_the_engine_ends_them() {
+    scheduled(Device::Cpu);
+}
+
+/// Continuous batching with every sequence on one sampling configuration, so that each step
+/// picks on the backend (on the GPU the step after it is queued before the ids come back):
+/// sequences with different budgets, a stop token, one cut by its sink and one reaching the
+/// end of the context, admitted at different steps, end with the engine's tokens for each
+/// alone. Where a sampled draw lies on a boundary the comparison stops there (as above).
+fn scheduled(device: Device) {
+    use bitnet_inference::scheduler::SeqEvent;
+    use std::sync::{Arc, Mutex};
+    let d = SamplingParams::default;
+    for p in [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 40, ..d() }] {
+        let request = DeviceRequest::Exact(device);
+        let e = Engine::builder().synthetic("tiny").device(request).context_len(48).build();
+        let mut e = e.unwrap();
+        assert!(device == Device::Cpu || e.describe().starts_with("cuda:0"), "{}", e.describe());
+        let ctx = e.context_len();
+        let vocab = e.dims().vocab as u32;
+        let budgets = [9, 14, 3, 20, 1, 11, 16, ctx];
+        let mut jobs: Vec<(Vec<u32>, GenerationConfig, Option<usize>)> = (0..budgets.len())
+            .map(|k| {
+                let k32 = k as u32;
+                let prompt = (0..2 + k32 % 4).map(|i| (k32 * 41 + i * 13 + 2) % vocab).collect();
+                let sampling = SamplingParams { seed: 10 + k as u64, ..p.clone() };
+                let cfg = GenerationConfig {
+                    max_tokens: budgets[k],
+                    sampling,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                (prompt, cfg, (k == 5).then_some(6))
+            })
+            .collect();
+        // A stop token that job 3 meets mid-way.
+        let alone = e.generate_ids(&jobs[3].0, &jobs[3].1).unwrap().generated_ids;
+        jobs[3].1.stop_tokens = vec![alone[7]];
+        let want: Vec<_> = jobs
+            .iter()
+            .map(|(ids, c, stop)| {
+                let mut n = 0;
+                let out = e.generate_ids_stream(ids, c, |_| {
+                    n += 1;
+                    stop.is_none_or(|k| n < k)
+                });
+                out.unwrap()
+            })
+            .collect();
+        // Job 3 again: its stop token leaves a step queued on the engine's own sequence.
+        let first = e.generate_ids(&jobs[3].0, &jobs[3].1).unwrap().generated_ids;
+        let got: Arc<Mutex<Vec<Option<_>>>> = Arc::new(Mutex::new(vec![None; jobs.len()]));
+        let mut sched = e.scheduler(3).unwrap();
+        let (mut next, mut steps) = (0, 0);
+        while next < jobs.len() || sched.active() > 0 {
+            if next < jobs.len() && sched.free_slots() > 0 && steps % 3 == 0 {
+                let (ids, c, stop) = &jobs[next];
+                let (got, stop, k) = (got.clone(), *stop, next);
+                let mut n = 0;
+                let sink = Box::new(move |ev: SeqEvent| match ev {
+                    SeqEvent::Token(_) => {
+                        n += 1;
+                        stop.is_none_or(|s| n < s)
+                    }
+                    SeqEvent::Done(o) => {
+                        got.lock().unwrap()[k] = Some(o);
+                        true
+                    }
+                    SeqEvent::Failed(why) => panic!("job {k} failed: {why}"),
+                });
+                sched.admit(ids, c, sink).unwrap();
+                next += 1;
+            }
+            sched.step().unwrap();
+            steps += 1;
+            assert!(steps < 10_000);
+        }
+        drop(sched);
+        // After the scheduler's steps, continuing job 3 (its stop token at the position of the
+        // step left queued: a greedy pick would find it) gives a fresh engine's tokens.
+        let cont = [&jobs[3].0[..], &first[..]].concat();
+        let c = GenerationConfig { max_tokens: 6, stop_tokens: Vec::new(), ..jobs[3].1.clone() };
+        let after = e.generate_ids(&cont, &c).unwrap().generated_ids;
+        let fresh = Engine::builder().synthetic("tiny").device(request).context_len(48).build();
+        assert_eq!(after, fresh.unwrap().generate_ids(&cont, &c).unwrap().generated_ids);
+        let got = got.lock().unwrap();
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            let g = g.as_ref().expect("every job ends");
+            let (g_ids, w_ids) = (&g.generated_ids, &w.generated_ids);
+            let upto = match p.is_greedy() {
+                true => w_ids.len().max(g_ids.len()),
+                false => {
+                    let (_, boundary) =
+                        host_path(device, &jobs[k].1.sampling, &jobs[k].0, w_ids.len());
+                    boundary.unwrap_or(w_ids.len().max(g_ids.len()))
+                }
+            };
+            let n = upto.min(g_ids.len()).min(w_ids.len());
+            assert_eq!(g_ids[..n], w_ids[..n], "{device:?} {p:?} job {k}");
+            if n == w_ids.len().max(g_ids.len()) {
+                assert_eq!(g.stop_reason, w.stop_reason, "{device:?} {p:?} job {k}");
+            }
+        }
+        assert_eq!(want[3].stop_reason, bitnet_inference::StopReason::StopToken);
+        assert_eq!(want[5].stop_reason, bitnet_inference::StopReason::Cancelled);
+        assert_eq!(want[7].stop_reason, bitnet_inference::StopReason::ContextFull);
+    }
+}

@@ -40,28 +40,55 @@ impl SampleConfig {
     }
 }
 
-/// Where a device pick goes besides its `out` buffer (mirrors `PickTo` in sample.cu): a
-/// host-mapped slot of an [`IdFetch`] (0: none), and device (slot, position) pairs whose
-/// positions the pick advances by one for the next decode step (0: none).
+/// Where a device pick goes besides its `out` buffer: a host-mapped slot of an [`IdFetch`]
+/// (none by default), and device (slot, position) pairs whose positions the pick advances by
+/// one for the next decode step (none by default). Each holds at most so many rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickTo {
+    args: PickArgs,
+    host_rows: usize,
+    advance_rows: usize,
+}
+
+/// The kernel's view of a [`PickTo`] (mirrors `PickTo` in sample.cu): the two addresses, 0
+/// where unset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PickTo {
+struct PickArgs {
     host: u64,
     advance: u64,
 }
 
 // SAFETY: plain `repr(C)` device addresses with the layout of the CUDA struct it mirrors.
-unsafe impl cudarc::driver::DeviceRepr for PickTo {}
+unsafe impl cudarc::driver::DeviceRepr for PickArgs {}
+
+impl Default for PickTo {
+    fn default() -> Self {
+        PickTo { args: PickArgs::default(), host_rows: usize::MAX, advance_rows: usize::MAX }
+    }
+}
 
 impl PickTo {
-    /// The pick also goes to `slot`'s host memory.
+    /// The picks also go to `slot`'s host memory.
     pub fn host(slot: IdSlot) -> Self {
-        PickTo { host: slot.dev, advance: 0 }
+        let args = PickArgs { host: slot.dev, advance: 0 };
+        PickTo { args, host_rows: slot.rows, ..Self::default() }
     }
     /// And the positions of the pairs in `rows` (one pair per sampled row) go up by one.
     pub fn advancing(self, gpu: &Gpu, rows: &CudaSlice<i32>) -> Result<Self> {
         need(rows.len(), 2, "advanced rows")?;
-        Ok(PickTo { advance: dptr(gpu, rows), ..self })
+        let args = PickArgs { advance: dptr(gpu, rows), ..self.args };
+        Ok(PickTo { args, advance_rows: rows.len() / 2, ..self })
+    }
+    /// Errors unless both destinations hold `rows` rows.
+    fn check(&self, rows: usize) -> Result<()> {
+        if rows > self.host_rows || rows > self.advance_rows {
+            return Err(Error::shape(format!(
+                "{rows} picks into a host slot of {} and {} row pairs",
+                self.host_rows, self.advance_rows
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -127,23 +154,27 @@ pub fn sample(
     super::download(gpu, ids, &mut out[..rows])
 }
 
-/// [`sample`] of one row whose id stays on the device: written to `dst[0]` (`-1` when there
+/// [`sample`] whose ids stay on the device: row `r`'s id written to `dst[r]` (`-1` when there
 /// is nothing to sample) without waiting, for a later kernel to read (the next decode step's
-/// token), and where `to` says (an [`IdFetch`] slot brings it back). Can be deferred into a
-/// decode step's graph: its arguments change only with `to`.
+/// tokens), and where `to` says (an [`IdFetch`] slot brings them back). Can be deferred into a
+/// decode step's graph: its arguments change only with `to` and `rows`.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_to_device(
     gpu: &Gpu,
     logits: &CudaSlice<f32>,
+    rows: usize,
     vocab: usize,
     cfg: &SampleConfig,
-    uniform: f64,
+    uniforms: &[f64],
     scratch: &mut SampleScratch,
     dst: &mut CudaSlice<i32>,
     to: PickTo,
 ) -> Result<()> {
-    need(dst.len(), 1, "sample output")?;
-    launch_sample(gpu, logits, 1, vocab, cfg, &[uniform], scratch, dst, to)
+    if rows == 0 {
+        return Err(Error::invalid("device sampling: no rows"));
+    }
+    to.check(rows)?;
+    launch_sample(gpu, logits, rows, vocab, cfg, uniforms, scratch, dst, to)
 }
 
 /// Launches `sample_rows` for `rows >= 1` rows, ids into `out[..rows]`.
@@ -159,6 +190,8 @@ fn launch_sample(
     out: &mut CudaSlice<i32>,
     to: PickTo,
 ) -> Result<()> {
+    to.check(rows)?;
+    let to = to.args;
     cfg.check()?;
     if vocab == 0 {
         return Err(Error::invalid("device sampling: empty logits rows"));
@@ -216,7 +249,7 @@ fn launch_greedy(
     gpu: &Gpu,
     lp: u64,
     ip: u64,
-    to: PickTo,
+    to: PickArgs,
     rows: usize,
     vocab: usize,
     scratch: &mut SampleScratch,
@@ -235,10 +268,10 @@ fn launch_greedy(
     launch!(gpu, &gpu.k.sample_greedy, dims; lp, pp, tp, ip, to, n, c)
 }
 
-/// Brings single ids back from the device with no copy in the stream: the sampling kernel writes
-/// the id into page-locked host memory mapped into the device ([`PickTo::host`]; one of two
-/// slots, so that one step's pick and the next's can both be in flight), and an event recorded
-/// after it ([`IdFetch::mark`]) tells when it is there. [`IdFetch::wait`] waits for that event
+/// Brings ids back from the device with no copy in the stream: the sampling kernel writes the
+/// ids into page-locked host memory mapped into the device ([`PickTo::host`]; one of two slots,
+/// so that one step's picks and the next's can both be in flight), and an event recorded after
+/// it ([`IdFetch::mark`]) tells when they are there. [`IdFetch::wait`] waits for that event
 /// only, not for work queued after it.
 #[derive(Default)]
 pub struct IdFetch {
@@ -246,7 +279,7 @@ pub struct IdFetch {
     next: usize,
 }
 
-/// One mapped host word and the event after its last write.
+/// Mapped host words (one per row) and the event after their last write.
 struct HostSlot {
     mem: PinnedHostSlice<i32>,
     /// Its host address (read with volatile loads: the device writes it).
@@ -256,38 +289,60 @@ struct HostSlot {
     done: CudaEvent,
 }
 
-/// A slot of an [`IdFetch`] a pick is sent to ([`PickTo::host`]).
+/// A slot of an [`IdFetch`] picks are sent to ([`PickTo::host`]), of `rows` words.
 #[derive(Clone, Copy, Debug)]
 pub struct IdSlot {
     slot: usize,
     dev: u64,
+    rows: usize,
+}
+
+impl HostSlot {
+    fn new(gpu: &Gpu, rows: usize) -> Result<Self> {
+        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP;
+        // SAFETY: the words are written below before anything reads them.
+        let mut mem = unsafe { gpu.context().alloc_pinned_with_flags::<i32>(rows, flags) }
+            .map_err(|e| dev_err("cuMemHostAlloc", e))?;
+        let p = mem.as_mut_ptr().map_err(|e| dev_err("pinned memory", e))?;
+        let mut dev: sys::CUdeviceptr = 0;
+        // SAFETY: `p` is `rows` i32 of page-locked memory that live as long as `mem`, mapped
+        // into the device (DEVICEMAP) of the context the allocation just made current.
+        unsafe {
+            for r in 0..rows {
+                p.add(r).write_volatile(-1);
+            }
+            sys::cuMemHostGetDevicePointer_v2(&mut dev, p.cast(), 0)
+                .result()
+                .map_err(|e| dev_err("cuMemHostGetDevicePointer", e))?;
+        }
+        let ev = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+        let done = gpu.context().new_event(Some(ev)).map_err(|e| dev_err("event", e))?;
+        Ok(HostSlot { host: p as usize, mem, dev, done })
+    }
 }
 
 impl IdFetch {
-    /// The next slot (the older of the two; its last pick must have been waited for or dropped).
-    pub fn reserve(&mut self, gpu: &Gpu) -> Result<IdSlot> {
-        while self.slots.len() < 2 {
-            let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP;
-            // SAFETY: the word is written below before anything reads it.
-            let mut mem = unsafe { gpu.context().alloc_pinned_with_flags::<i32>(1, flags) }
-                .map_err(|e| dev_err("cuMemHostAlloc", e))?;
-            let p = mem.as_mut_ptr().map_err(|e| dev_err("pinned memory", e))?;
-            let mut dev: sys::CUdeviceptr = 0;
-            // SAFETY: `p` is one i32 of page-locked memory that lives as long as `mem`, mapped
-            // into the device (DEVICEMAP) of the context the allocation just made current.
-            unsafe {
-                p.write_volatile(-1);
-                sys::cuMemHostGetDevicePointer_v2(&mut dev, p.cast(), 0)
-                    .result()
-                    .map_err(|e| dev_err("cuMemHostGetDevicePointer", e))?;
+    /// The next slot, of at least `rows` words (the older of the two; its last picks must have
+    /// been waited for or dropped). A slot too small for `rows` replaces both, after waiting
+    /// for the picks queued into them: tickets from before are no longer valid.
+    pub fn reserve(&mut self, gpu: &Gpu, rows: usize) -> Result<IdSlot> {
+        if rows == 0 {
+            return Err(Error::invalid("id fetch: no rows"));
+        }
+        if self.slots.first().is_some_and(|s| s.mem.len() < rows) {
+            for s in &self.slots {
+                // The device must be done writing a slot before it is freed.
+                s.done.synchronize().map_err(|e| dev_err("id fetch", e))?;
             }
-            let ev = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
-            let done = gpu.context().new_event(Some(ev)).map_err(|e| dev_err("event", e))?;
-            self.slots.push(HostSlot { host: p as usize, mem, dev, done });
+            self.slots.clear();
+        }
+        while self.slots.len() < 2 {
+            let slot = HostSlot::new(gpu, rows.next_power_of_two().max(8))?;
+            self.slots.push(slot);
         }
         let slot = self.next;
         self.next ^= 1;
-        Ok(IdSlot { slot, dev: self.slots[slot].dev })
+        Ok(IdSlot { slot, dev: self.slots[slot].dev, rows: self.slots[slot].mem.len() })
     }
     /// Marks the stream after the kernel that writes `s` (queued or in a flushed graph);
     /// returns the ticket to [`IdFetch::wait`] on.
@@ -296,15 +351,19 @@ impl IdFetch {
         slot.done.record(gpu.stream()).map_err(|e| dev_err("event record", e))?;
         Ok(s.slot)
     }
-    /// The id picked into slot `ticket` (waits for that pick).
-    pub fn wait(&self, ticket: usize) -> Result<i32> {
+    /// The ids picked into slot `ticket`, `out.len()` rows of them (waits for those picks).
+    pub fn wait(&self, ticket: usize, out: &mut [i32]) -> Result<()> {
         let slot =
             self.slots.get(ticket).ok_or_else(|| Error::invalid("id fetch: no such slot"))?;
+        need(slot.mem.len(), out.len(), "id fetch slot")?;
         slot.done.synchronize().map_err(|e| dev_err("id fetch", e))?;
-        debug_assert!(slot.mem.len() == 1);
-        // SAFETY: `host` is the live one-word allocation of `mem`; the kernel that wrote it has
-        // finished (the event above), and nothing writes it until the next pick is queued, which
-        // needs `&mut self`.
-        Ok(unsafe { (slot.host as *const i32).read_volatile() })
+        let host = slot.host as *const i32;
+        for (r, o) in out.iter_mut().enumerate() {
+            // SAFETY: `host` is the live allocation of `mem`, which holds more than `r` words
+            // (checked above); the kernel that wrote them has finished (the event above), and
+            // nothing writes them until the next pick is queued, which needs `&mut self`.
+            *o = unsafe { host.add(r).read_volatile() };
+        }
+        Ok(())
     }
 }

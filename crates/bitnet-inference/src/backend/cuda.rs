@@ -54,6 +54,9 @@ pub struct CudaBackend {
     one_kernel: bool,
     /// Fewest positions per attention split (`ops::attention_splits`).
     attn_split_len: usize,
+    /// Device picks may feed a step queued before their ids come back
+    /// ([`Backend::samples_ahead`]; `BITNET_CUDA_AHEAD=0` turns it off).
+    ahead: bool,
 }
 
 impl CudaBackend {
@@ -63,6 +66,7 @@ impl CudaBackend {
         let b = CudaBackend {
             one_kernel: gpu.one_kernel_decode(),
             attn_split_len: gpu.attention_split_len(),
+            ahead: std::env::var("BITNET_CUDA_AHEAD").map_or(true, |v| v != "0"),
             gpu,
             scratch: Mutex::new(Scratch::default()),
             profile: None,
@@ -587,19 +591,20 @@ impl Backend for CudaBackend {
         self.sample_rows(logits, rows, vocab, p, uniforms, out)
     }
     fn samples_ahead(&self) -> bool {
-        true
+        self.ahead
     }
     fn sample_ahead(
         &self,
         logits: &Self::Buf,
+        rows: usize,
         vocab: usize,
         p: &crate::sampling::SamplingParams,
-        uniform: f64,
+        uniforms: &[f64],
     ) -> Result<usize> {
-        self.sample_on_device(logits, vocab, p, uniform)
+        self.sample_on_device(logits, rows, vocab, p, uniforms)
     }
-    fn sampled_id(&self, ticket: usize, vocab: usize) -> Result<u32> {
-        self.fetch_sampled(ticket, vocab)
+    fn sampled_ids(&self, ticket: usize, vocab: usize, out: &mut [u32]) -> Result<()> {
+        self.fetch_sampled(ticket, vocab, out)
     }
     fn feed_sampled(&self, on: bool) -> Result<()> {
         lock(&self.scratch).step.fed = on;

@@ -327,7 +327,7 @@ pub trait Backend: Send + Sync {
         uniforms: &[f64],
         out: &mut [u32],
     ) -> Result<()> {
-        let mut picker = sample_args(rows, vocab, p, uniforms, out)?;
+        let mut picker = sample_args(rows, vocab, p, uniforms, out.len())?;
         let mut host = vec![0f32; rows * vocab];
         self.download(logits, &mut host)?;
         let greedy = p.is_greedy();
@@ -337,30 +337,33 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
-    /// Whether [`Backend::sample_ahead`] is available: the picked token can stay on the backend
-    /// and feed the next step, so that step can be queued before the host has the token.
+    /// Whether [`Backend::sample_ahead`] is available: the picked tokens can stay on the backend
+    /// and feed the next step, so that step can be queued before the host has the tokens.
     fn samples_ahead(&self) -> bool {
         false
     }
-    /// [`Backend::sample`] of one row without waiting: the id stays on the backend, where the
-    /// next [`Backend::embed`] after [`Backend::feed_sampled`] reads it. Returns a ticket for
-    /// [`Backend::sampled_id`] (tickets of the last two calls are valid).
+    /// [`Backend::sample`] without waiting: the ids stay on the backend, where the next
+    /// [`Backend::embed`] after [`Backend::feed_sampled`] reads them (one row per pick, in
+    /// order). Returns a ticket for [`Backend::sampled_ids`] (tickets of the last two calls
+    /// are valid).
     fn sample_ahead(
         &self,
         _logits: &Self::Buf,
+        _rows: usize,
         _vocab: usize,
         _p: &SamplingParams,
-        _uniform: f64,
+        _uniforms: &[f64],
     ) -> Result<usize> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
-    /// The id a [`Backend::sample_ahead`] picked (waits for that pick only); the same error as
-    /// [`Backend::sample`] when its row had nothing to sample.
-    fn sampled_id(&self, _ticket: usize, _vocab: usize) -> Result<u32> {
+    /// The ids a [`Backend::sample_ahead`] picked, one per row into `out` (waits for those
+    /// picks only); the same error as [`Backend::sample`] when a row had nothing to sample.
+    fn sampled_ids(&self, _ticket: usize, _vocab: usize, _out: &mut [u32]) -> Result<()> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
-    /// With `on`, the next [`Backend::embed`] (of one row) takes its id from the last
-    /// [`Backend::sample_ahead`] instead of its `ids` argument; `false` withdraws that.
+    /// With `on`, the next [`Backend::embed`] takes its ids from the last
+    /// [`Backend::sample_ahead`] instead of its `ids` argument (as many as it has rows);
+    /// `false` withdraws that.
     fn feed_sampled(&self, _on: bool) -> Result<()> {
         Err(Error::unsupported("sampling ahead on this backend"))
     }
@@ -462,7 +465,7 @@ pub(crate) fn sample_args(
     vocab: usize,
     p: &SamplingParams,
     uniforms: &[f64],
-    out: &[u32],
+    outs: usize,
 ) -> Result<Sampler> {
     if p.repetition_penalty != 1.0 {
         return Err(Error::unsupported(
@@ -473,10 +476,9 @@ pub(crate) fn sample_args(
     if vocab == 0 {
         return Err(Error::invalid("cannot sample from an empty logits row"));
     }
-    if out.len() < rows || (!p.is_greedy() && uniforms.len() < rows) {
+    if outs < rows || (!p.is_greedy() && uniforms.len() < rows) {
         return Err(Error::shape(format!(
-            "sampling {rows} rows into {} ids with {} uniforms",
-            out.len(),
+            "sampling {rows} rows into {outs} ids with {} uniforms",
             uniforms.len()
         )));
     }

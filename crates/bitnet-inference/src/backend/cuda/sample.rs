@@ -26,7 +26,7 @@ impl CudaBackend {
         uniforms: &[f64],
         out: &mut [u32],
     ) -> Result<()> {
-        let cfg = checked(logits, rows, vocab, p, uniforms, out)?;
+        let cfg = checked(logits, rows, vocab, p, uniforms, out.len())?;
         let mut s = super::lock(&self.scratch);
         // The kernel must follow the step's launches, which may still be deferred.
         s.end_step(&self.gpu, true)?;
@@ -48,40 +48,42 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// See [`Backend::sample_ahead`](crate::backend::Backend::sample_ahead): the id goes to the
-    /// step id buffer (where the next fed `embed` reads it) and to a host-mapped slot. The pick
-    /// joins the step's launches (its graph, when the step is deferred) and advances the step's
-    /// row position on the device, so that the next step starts with no copy before it.
+    /// See [`Backend::sample_ahead`](crate::backend::Backend::sample_ahead): the ids go to the
+    /// step id buffer (where the next fed `embed` reads them) and to a host-mapped slot. The
+    /// picks join the step's launches (its graph, when the step is deferred) and advance the
+    /// step's row positions on the device, so that the next step starts with no copy before it.
     pub(super) fn sample_on_device(
         &self,
         logits: &CudaBuf,
+        rows: usize,
         vocab: usize,
         p: &SamplingParams,
-        uniform: f64,
+        uniforms: &[f64],
     ) -> Result<usize> {
-        let cfg = checked(logits, 1, vocab, p, &[uniform], &[0])?;
         let mut guard = super::lock(&self.scratch);
         let s = &mut *guard;
-        s.step_buffers(&self.gpu, 1)?;
-        let slot = s.sample.fetch.reserve(&self.gpu)?;
-        let (Some(ids), Some(rows)) = (s.step.ids.as_mut(), s.step.rows.as_ref()) else {
+        let cfg = checked(logits, rows, vocab, p, uniforms, rows)?;
+        s.step_buffers(&self.gpu, rows)?;
+        let slot = s.sample.fetch.reserve(&self.gpu, rows)?;
+        let (Some(ids), Some(pairs)) = (s.step.ids.as_mut(), s.step.rows.as_ref()) else {
             return Err(Error::invalid("step buffers"));
         };
-        let to = ops::PickTo::host(slot).advancing(&self.gpu, rows)?;
+        let to = ops::PickTo::host(slot).advancing(&self.gpu, pairs)?;
         let picked = ops::sample_to_device(
             &self.gpu,
             &logits.data,
+            rows,
             vocab,
             &cfg,
-            uniform,
+            uniforms,
             &mut s.sample.dev,
             ids,
             to,
         );
-        // Whether or not the pick was queued, the step's launches go out before anything else.
+        // Whether or not the picks were queued, the step's launches go out before anything else.
         let ended = s.end_step(&self.gpu, true);
         match picked.and(ended) {
-            Ok(()) => s.step.advanced(1),
+            Ok(()) => s.step.advanced(rows),
             Err(e) => {
                 s.step.forget_rows();
                 return Err(e);
@@ -90,14 +92,20 @@ impl CudaBackend {
         s.sample.fetch.mark(&self.gpu, slot)
     }
 
-    /// See [`Backend::sampled_id`](crate::backend::Backend::sampled_id).
-    pub(super) fn fetch_sampled(&self, ticket: usize, vocab: usize) -> Result<u32> {
-        let id = super::lock(&self.scratch).sample.fetch.wait(ticket)?;
-        u32::try_from(id).map_err(|_| nothing_to_sample(vocab))
+    /// See [`Backend::sampled_ids`](crate::backend::Backend::sampled_ids).
+    pub(super) fn fetch_sampled(&self, ticket: usize, vocab: usize, out: &mut [u32]) -> Result<()> {
+        let mut guard = super::lock(&self.scratch);
+        let st = &mut guard.sample;
+        st.ids.resize(out.len(), 0);
+        st.fetch.wait(ticket, &mut st.ids)?;
+        for (o, &id) in out.iter_mut().zip(&st.ids) {
+            *o = u32::try_from(id).map_err(|_| nothing_to_sample(vocab))?;
+        }
+        Ok(())
     }
 }
 
-/// Checks a sampling call of `rows` rows of `vocab` logits (as the host's `sample_args`, and
+/// Checks a sampling call of `rows` rows of `vocab` logits into `outs` ids (as the host's `sample_args`, and
 /// that `logits` holds them) and gives the device sampler's configuration for `p`.
 fn checked(
     logits: &CudaBuf,
@@ -105,9 +113,9 @@ fn checked(
     vocab: usize,
     p: &SamplingParams,
     uniforms: &[f64],
-    out: &[u32],
+    outs: usize,
 ) -> Result<SampleConfig> {
-    crate::backend::sample_args(rows, vocab, p, uniforms, out)?;
+    crate::backend::sample_args(rows, vocab, p, uniforms, outs)?;
     if logits.len < rows * vocab {
         return Err(Error::shape(format!(
             "sampling {rows} x {vocab} logits from a buffer of {}",

@@ -136,14 +136,14 @@ impl Scratch {
         Ok(())
     }
 
-    /// The ids argument of a step that is not deferred and takes its (one) id from the device.
+    /// The ids argument of a step that is not deferred and takes its `n` ids from the device.
     pub(super) fn sampled_ids(&self, gpu: &Gpu, n: usize) -> Result<IdsArg> {
-        if n != 1 {
-            return Err(Error::invalid("a fed step has one row"));
-        }
         let dev =
             self.step.ids.as_ref().ok_or_else(|| Error::invalid("no id was sampled ahead"))?;
-        IdsArg::device(gpu, dev, 1)
+        if dev.len() < n {
+            return Err(Error::invalid(format!("a fed step of {n} rows after fewer picks")));
+        }
+        IdsArg::device(gpu, dev, n)
     }
 
     /// The rows argument inside a deferred step (None: not deferring, or the step ended).
