@@ -1,11 +1,18 @@
 //! The int8 lm_head: vocabulary rows quantized to int8 with one f32 scale per row (a quarter
-//! of the f32 bytes), times f32 activations. The head is bandwidth-bound, so widening the
-//! weights to f32 costs nothing, and keeping activations in f32 adds no rounding error.
+//! of the f32 bytes), times f32 activations (keeping activations in f32 adds no rounding
+//! error).
 //!
-//! `dot_i8_f32_scalar` is the reference for the AVX2 version.
+//! Every dot is summed in 16 lanes in the same order ([`dot_i8_f32_scalar`], the reference
+//! for the AVX2 kernels), so a row's logits are the same bits alone or in a batch. The AVX2
+//! kernel takes two far-apart vocabulary rows per call: two weight streams, and four
+//! independent multiply-add chains (one row's two would wait on the multiply-add latency).
+//! Several activation rows go one at a time over a block of vocabulary rows small enough to
+//! stay in L2, so the weights come from memory once, and each pass's activations (10 KB for
+//! 2560 columns) stay in L1.
 
 use super::DenseMatrix;
 use bitnet_core::{AlignedVec, Error, Result, ThreadPool};
+use std::ops::Range;
 
 /// `[rows, cols]` int8 with per-row scales (`w ≈ q * scale`).
 pub struct I8Matrix {
@@ -65,41 +72,26 @@ impl I8Matrix {
                 rows * self.rows
             )));
         }
-        let dot = select_dot();
-        let cols = self.cols;
+        let k = Kernels::select();
         let n_vocab = self.rows;
+        let cols = self.cols;
         let chunk = 256;
         if rows == 1 {
             // Decode: straight into `out`, no temporary.
             pool.for_each_chunk_mut(&mut out[..n_vocab], chunk, &|c, oc| {
-                for (j, o) in oc.iter_mut().enumerate() {
-                    let row = c * chunk + j;
-                    *o = dot(&self.data[row * cols..(row + 1) * cols], &x[..cols])
-                        * self.scales[row];
-                }
+                let j0 = c * chunk;
+                self.dot_rows(k, j0..j0 + oc.len(), &x[..cols], |j, v| oc[j - j0] = v);
             });
             return Ok(());
         }
-        // Several rows: each loaded weight row serves every row of x (vocab-major temporary),
-        // widened once for four rows at a time.
-        let dot4 = select_dot4();
+        // Several rows: a vocab-major temporary, each task's block of vocabulary rows (640 KB
+        // for 2560 columns) read from memory by the first row's pass, from L2 by the others.
         let mut tmp = vec![0f32; rows * n_vocab];
         pool.for_each_chunk_mut(&mut tmp, chunk * rows, &|c, oc| {
-            for j in 0..oc.len() / rows {
-                let row = c * chunk + j;
-                let (w, scale) = (&self.data[row * cols..(row + 1) * cols], self.scales[row]);
-                let o = &mut oc[j * rows..(j + 1) * rows];
-                let mut r = 0;
-                while r + 4 <= rows {
-                    let xs = std::array::from_fn(|k| &x[(r + k) * cols..(r + k + 1) * cols]);
-                    for (o, d) in o[r..r + 4].iter_mut().zip(dot4(w, xs)) {
-                        *o = d * scale;
-                    }
-                    r += 4;
-                }
-                for (k, o) in o.iter_mut().enumerate().skip(r) {
-                    *o = dot(w, &x[k * cols..(k + 1) * cols]) * scale;
-                }
+            let j0 = c * chunk;
+            let span = j0..j0 + oc.len() / rows;
+            for (r, xr) in x.chunks_exact(cols).take(rows).enumerate() {
+                self.dot_rows(k, span.clone(), xr, |j, v| oc[(j - j0) * rows + r] = v);
             }
         });
         for (j, tr) in tmp.chunks_exact(rows).enumerate() {
@@ -108,6 +100,25 @@ impl I8Matrix {
             }
         }
         Ok(())
+    }
+
+    /// Vocabulary row `j`'s weights.
+    fn row(&self, j: usize) -> &[i8] {
+        &self.data[j * self.cols..(j + 1) * self.cols]
+    }
+
+    /// `put(j, x · row j * scale[j])` for every `j` of `span`, rows `j` and `j + half` together.
+    fn dot_rows(&self, k: Kernels, span: Range<usize>, x: &[f32], mut put: impl FnMut(usize, f32)) {
+        let half = span.len() / 2;
+        for j in span.start..span.start + half {
+            let [a, b] = (k.dot2)([self.row(j), self.row(j + half)], x);
+            put(j, a * self.scales[j]);
+            put(j + half, b * self.scales[j + half]);
+        }
+        if span.len() % 2 == 1 {
+            let j = span.end - 1;
+            put(j, (k.dot)(self.row(j), x) * self.scales[j]);
+        }
     }
 }
 
@@ -121,27 +132,29 @@ fn use_avx2() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-fn select_dot() -> DotFn {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        return dot_i8_f32_avx2_entry;
-    }
-    dot_i8_f32_scalar
+/// Dots of two weight rows with one activation row.
+type Dot2Fn = fn([&[i8]; 2], &[f32]) -> [f32; 2];
+
+/// The kernels of this CPU (AVX2 + FMA, or the scalar reference).
+#[derive(Clone, Copy)]
+struct Kernels {
+    dot: DotFn,
+    dot2: Dot2Fn,
 }
 
-type Dot4Fn = fn(&[i8], [&[f32]; 4]) -> [f32; 4];
-
-fn select_dot4() -> Dot4Fn {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx2() {
-        return dot4_i8_f32_avx2_entry;
+impl Kernels {
+    fn select() -> Kernels {
+        #[cfg(target_arch = "x86_64")]
+        if use_avx2() {
+            return Kernels { dot: dot_i8_f32_avx2_entry, dot2: dot2_i8_f32_avx2_entry };
+        }
+        Kernels { dot: dot_i8_f32_scalar, dot2: dot2_i8_f32_scalar }
     }
-    dot4_i8_f32_scalar
 }
 
-/// Reference of the four-row dot: [`dot_i8_f32_scalar`] of `w` with each of `xs`.
-pub fn dot4_i8_f32_scalar(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
-    xs.map(|x| dot_i8_f32_scalar(w, x))
+/// Reference of the two-row dot: [`dot_i8_f32_scalar`] of each of `ws` with `x`.
+pub fn dot2_i8_f32_scalar(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
+    ws.map(|w| dot_i8_f32_scalar(w, x))
 }
 
 /// Reference: `Σ w[i] * x[i]` with 16 interleaved f32 partial sums (the order the SIMD
@@ -200,38 +213,36 @@ unsafe fn finish_avx2(acc: [std::arch::x86_64::__m256; 2], w: &[i8], x: &[f32]) 
 }
 
 #[cfg(target_arch = "x86_64")]
-fn dot4_i8_f32_avx2_entry(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
+fn dot2_i8_f32_avx2_entry(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
     // SAFETY: selected only when AVX2 and FMA were detected at run time.
-    unsafe { dot4_i8_f32_avx2(w, xs) }
+    unsafe { dot2_i8_f32_avx2(ws, x) }
 }
 
-/// [`dot_i8_f32_avx2`] of `w` with four rows at once: each 16 weights are widened once and
-/// feed the four rows' accumulators, each row summed in the same lanes and order as the
-/// one-row kernel (so the results are the same bits).
+/// [`dot_i8_f32_avx2`] of two weight rows with `x`: each 16 activations are loaded once for
+/// both rows, and the rows' four accumulators are four independent multiply-add chains. Each
+/// row is summed in the one-row kernel's lanes and order (the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot4_i8_f32_avx2(w: &[i8], xs: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot2_i8_f32_avx2(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
     use std::arch::x86_64::*;
-    let n = xs.iter().fold(w.len(), |n, x| n.min(x.len()));
-    let mut a = [[_mm256_setzero_ps(); 2]; 4];
+    let n = ws.iter().fold(x.len(), |n, w| n.min(w.len()));
+    let mut a = [[_mm256_setzero_ps(); 2]; 2];
     let mut i = 0;
     while i + 16 <= n {
-        // SAFETY: i + 16 <= n bounds the 16-byte load of `w` and the two 32-byte loads of each
-        // row (every row holds at least n values); loadu needs no alignment.
-        let wb = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
-        let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
-        let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
-        for (acc, x) in a.iter_mut().zip(&xs) {
-            acc[0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x.as_ptr().add(i)), acc[0]);
-            acc[1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), acc[1]);
+        // SAFETY: i + 16 <= n bounds the two 32-byte loads of `x` and the 16-byte load of each
+        // row (both hold at least n values); loadu needs no alignment.
+        let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+        let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+        for (acc, w) in a.iter_mut().zip(&ws) {
+            let wb = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
+            let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
+            let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
+            acc[0] = _mm256_fmadd_ps(w0, x0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(w1, x1, acc[1]);
         }
         i += 16;
     }
-    let mut out = [0f32; 4];
-    for ((o, acc), x) in out.iter_mut().zip(a).zip(&xs) {
-        *o = finish_avx2(acc, &w[i..n], &x[i..n]);
-    }
-    out
+    [finish_avx2(a[0], &ws[0][i..n], &x[i..n]), finish_avx2(a[1], &ws[1][i..n], &x[i..n])]
 }
 
 #[cfg(test)]
@@ -263,25 +274,32 @@ mod tests {
         }
     }
 
-    /// The four-row kernels give each row's one-row result, bit for bit (AVX2 against the
+    /// The two-row kernels give each row's one-row result, bit for bit (AVX2 against the
     /// AVX2 one-row kernel, the scalar reference against the scalar one).
     #[test]
-    fn four_row_dots_equal_one_row_dots() {
+    fn two_row_dots_equal_one_row_dots() {
         let mut s = 11u64;
         for n in [0usize, 1, 15, 16, 17, 64, 100, 2560, 2561] {
-            let w: Vec<i8> = (0..n).map(|_| (lcg(&mut s) * 127.0) as i8).collect();
-            let mut rows: Vec<Vec<f32>> =
-                (0..4).map(|_| (0..n).map(|_| lcg(&mut s) * 3.0).collect()).collect();
-            rows[2].iter_mut().for_each(|v| *v = 0.0);
-            rows[3].iter_mut().for_each(|v| *v *= 1e30);
-            let xs: [&[f32]; 4] = std::array::from_fn(|k| &rows[k][..]);
-            let one = xs.map(|x| dot_i8_f32_scalar(&w, x));
-            assert_eq!(dot4_i8_f32_scalar(&w, xs), one, "scalar n={n}");
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                let one = xs.map(|x| dot_i8_f32_avx2_entry(&w, x));
-                let four = dot4_i8_f32_avx2_entry(&w, xs);
-                assert_eq!(four.map(f32::to_bits), one.map(f32::to_bits), "avx2 n={n}");
+            let x: Vec<f32> = (0..n).map(|_| lcg(&mut s) * 3.0).collect();
+            let mut w: Vec<Vec<i8>> =
+                (0..2).map(|_| (0..n).map(|_| (lcg(&mut s) * 127.0) as i8).collect()).collect();
+            for case in 0..3 {
+                match case {
+                    1 => w[1].iter_mut().for_each(|v| *v = 0),
+                    2 => w[0].iter_mut().for_each(|v| *v = -127),
+                    _ => {}
+                }
+                let ws: [&[i8]; 2] = [&w[0], &w[1]];
+                for x in [x.clone(), x.iter().map(|v| v * 1e30).collect()] {
+                    let one = ws.map(|w| dot_i8_f32_scalar(w, &x));
+                    assert_eq!(dot2_i8_f32_scalar(ws, &x), one, "scalar n={n}");
+                    #[cfg(target_arch = "x86_64")]
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        let one = ws.map(|w| dot_i8_f32_avx2_entry(w, &x));
+                        let two = dot2_i8_f32_avx2_entry(ws, &x);
+                        assert_eq!(two.map(f32::to_bits), one.map(f32::to_bits), "avx2 n={n}");
+                    }
+                }
             }
         }
     }
@@ -298,14 +316,14 @@ mod tests {
 
     #[test]
     fn int8_matmul_is_the_dequantized_product_for_several_rows() {
-        let (rows, cols) = (300, 96);
+        let (rows, cols) = (301, 96); // blocks of 256 and 45 rows: odd halves
         let vals: Vec<f32> =
             (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let t = bitnet_core::Tensor::from_f32([rows, cols], &vals).unwrap();
         let m = DenseMatrix::new(t, "w").unwrap();
         let pool = ThreadPool::new(2);
         let q = I8Matrix::quantize(&m, &pool).unwrap();
-        let n_tok = 6; // a group of four rows and two more
+        let n_tok = 6;
         let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0).collect();
         let mut out = vec![0f32; n_tok * rows];
         q.matmul(&x, n_tok, &mut out, &pool).unwrap();
