@@ -6,9 +6,9 @@
 //! for the AVX2 kernels), so a row's logits are the same bits alone or in a batch. The AVX2
 //! kernel takes two far-apart vocabulary rows per call: two weight streams, and four
 //! independent multiply-add chains (one row's two would wait on the multiply-add latency).
-//! Several activation rows go one at a time over a block of vocabulary rows small enough to
-//! stay in L2, so the weights come from memory once, and each pass's activations (10 KB for
-//! 2560 columns) stay in L1.
+//! Several activation rows go two at a time (a two-by-two kernel: each weight widened once for
+//! both) over a block of vocabulary rows small enough to stay in L2, so the weights come from
+//! memory once, and each pass's activations (20 KB for 2560 columns) stay in L1.
 
 use super::DenseMatrix;
 use bitnet_core::{AlignedVec, Error, Result, ThreadPool};
@@ -85,13 +85,21 @@ impl I8Matrix {
             return Ok(());
         }
         // Several rows: a vocab-major temporary, each task's block of vocabulary rows (640 KB
-        // for 2560 columns) read from memory by the first row's pass, from L2 by the others.
+        // for 2560 columns) read from memory by the first pass, from L2 by the others; a pass
+        // takes two activation rows (20 KB, in L1), widening each weight once for both.
         let mut tmp = vec![0f32; rows * n_vocab];
         pool.for_each_chunk_mut(&mut tmp, chunk * rows, &|c, oc| {
             let j0 = c * chunk;
             let span = j0..j0 + oc.len() / rows;
-            for (r, xr) in x.chunks_exact(cols).take(rows).enumerate() {
-                self.dot_rows(k, span.clone(), xr, |j, v| oc[(j - j0) * rows + r] = v);
+            let x = |r: usize| &x[r * cols..(r + 1) * cols];
+            let mut r = 0;
+            while r + 2 <= rows {
+                let put = |j: usize, t: usize, v: f32| oc[(j - j0) * rows + r + t] = v;
+                self.dot_rows_pair(k, span.clone(), [x(r), x(r + 1)], put);
+                r += 2;
+            }
+            if r < rows {
+                self.dot_rows(k, span, x(r), |j, v| oc[(j - j0) * rows + r] = v);
             }
         });
         for (j, tr) in tmp.chunks_exact(rows).enumerate() {
@@ -120,6 +128,31 @@ impl I8Matrix {
             put(j, (k.dot)(self.row(j), x) * self.scales[j]);
         }
     }
+
+    /// [`I8Matrix::dot_rows`] for two activation rows at once: `put(j, t, xs[t] · row j *
+    /// scale[j])`.
+    fn dot_rows_pair(
+        &self,
+        k: Kernels,
+        span: Range<usize>,
+        xs: [&[f32]; 2],
+        mut put: impl FnMut(usize, usize, f32),
+    ) {
+        let half = span.len() / 2;
+        for j in span.start..span.start + half {
+            let d = (k.dot2x2)([self.row(j), self.row(j + half)], xs);
+            for (jj, d) in [j, j + half].into_iter().zip(d) {
+                put(jj, 0, d[0] * self.scales[jj]);
+                put(jj, 1, d[1] * self.scales[jj]);
+            }
+        }
+        if span.len() % 2 == 1 {
+            let j = span.end - 1;
+            for (t, x) in xs.iter().enumerate() {
+                put(j, t, (k.dot)(self.row(j), x) * self.scales[j]);
+            }
+        }
+    }
 }
 
 type DotFn = fn(&[i8], &[f32]) -> f32;
@@ -135,26 +168,39 @@ fn use_avx2() -> bool {
 /// Dots of two weight rows with one activation row.
 type Dot2Fn = fn([&[i8]; 2], &[f32]) -> [f32; 2];
 
+/// Dots of two weight rows with two activation rows: `[row][activation row]`.
+type Dot2x2Fn = fn([&[i8]; 2], [&[f32]; 2]) -> [[f32; 2]; 2];
+
 /// The kernels of this CPU (AVX2 + FMA, or the scalar reference).
 #[derive(Clone, Copy)]
 struct Kernels {
     dot: DotFn,
     dot2: Dot2Fn,
+    dot2x2: Dot2x2Fn,
 }
 
 impl Kernels {
     fn select() -> Kernels {
         #[cfg(target_arch = "x86_64")]
         if use_avx2() {
-            return Kernels { dot: dot_i8_f32_avx2_entry, dot2: dot2_i8_f32_avx2_entry };
+            return Kernels {
+                dot: dot_i8_f32_avx2_entry,
+                dot2: dot2_i8_f32_avx2_entry,
+                dot2x2: dot2x2_i8_f32_avx2_entry,
+            };
         }
-        Kernels { dot: dot_i8_f32_scalar, dot2: dot2_i8_f32_scalar }
+        Kernels { dot: dot_i8_f32_scalar, dot2: dot2_i8_f32_scalar, dot2x2: dot2x2_i8_f32_scalar }
     }
 }
 
 /// Reference of the two-row dot: [`dot_i8_f32_scalar`] of each of `ws` with `x`.
 pub fn dot2_i8_f32_scalar(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
     ws.map(|w| dot_i8_f32_scalar(w, x))
+}
+
+/// Reference of the two-by-two dot: [`dot_i8_f32_scalar`] of each of `ws` with each of `xs`.
+pub fn dot2x2_i8_f32_scalar(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
+    ws.map(|w| xs.map(|x| dot_i8_f32_scalar(w, x)))
 }
 
 /// Reference: `Σ w[i] * x[i]` with 16 interleaved f32 partial sums (the order the SIMD
@@ -245,6 +291,51 @@ unsafe fn dot2_i8_f32_avx2(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
     [finish_avx2(a[0], &ws[0][i..n], &x[i..n]), finish_avx2(a[1], &ws[1][i..n], &x[i..n])]
 }
 
+#[cfg(target_arch = "x86_64")]
+fn dot2x2_i8_f32_avx2_entry(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
+    // SAFETY: selected only when AVX2 and FMA were detected at run time.
+    unsafe { dot2x2_i8_f32_avx2(ws, xs) }
+}
+
+/// [`dot_i8_f32_avx2`] of two weight rows with two activation rows: each 16 weights are
+/// widened once for both activation rows, each 16 activations loaded once for both weight
+/// rows; eight independent multiply-add chains. Each dot is summed in the one-row kernel's
+/// lanes and order (the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot2x2_i8_f32_avx2(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
+    use std::arch::x86_64::*;
+    let n = ws.iter().map(|w| w.len()).chain(xs.iter().map(|x| x.len())).min().unwrap_or(0);
+    let mut a = [[[_mm256_setzero_ps(); 2]; 2]; 2];
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n bounds the 16-byte load of each weight row and the two 32-byte
+        // loads of each activation row (all hold at least n values); loadu needs no alignment.
+        let mut wv = [[_mm256_setzero_ps(); 2]; 2];
+        for (wv, w) in wv.iter_mut().zip(&ws) {
+            let wb = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
+            wv[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
+            wv[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
+        }
+        for (t, x) in xs.iter().enumerate() {
+            let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+            let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+            for (acc, wv) in a.iter_mut().zip(&wv) {
+                acc[t][0] = _mm256_fmadd_ps(wv[0], x0, acc[t][0]);
+                acc[t][1] = _mm256_fmadd_ps(wv[1], x1, acc[t][1]);
+            }
+        }
+        i += 16;
+    }
+    let mut out = [[0f32; 2]; 2];
+    for ((o, acc), w) in out.iter_mut().zip(a).zip(&ws) {
+        for ((o, acc), x) in o.iter_mut().zip(acc).zip(&xs) {
+            *o = finish_avx2(acc, &w[i..n], &x[i..n]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,8 +365,8 @@ mod tests {
         }
     }
 
-    /// The two-row kernels give each row's one-row result, bit for bit (AVX2 against the
-    /// AVX2 one-row kernel, the scalar reference against the scalar one).
+    /// The two-row and two-by-two kernels give each dot's one-row result, bit for bit (AVX2
+    /// against the AVX2 one-row kernel, the scalar reference against the scalar one).
     #[test]
     fn two_row_dots_equal_one_row_dots() {
         let mut s = 11u64;
@@ -293,11 +384,19 @@ mod tests {
                 for x in [x.clone(), x.iter().map(|v| v * 1e30).collect()] {
                     let one = ws.map(|w| dot_i8_f32_scalar(w, &x));
                     assert_eq!(dot2_i8_f32_scalar(ws, &x), one, "scalar n={n}");
+                    let y: Vec<f32> = x.iter().rev().map(|v| -v).collect();
+                    let xs: [&[f32]; 2] = [&x, &y];
+                    let grid = ws.map(|w| xs.map(|x| dot_i8_f32_scalar(w, x)));
+                    assert_eq!(dot2x2_i8_f32_scalar(ws, xs), grid, "scalar 2x2 n={n}");
                     #[cfg(target_arch = "x86_64")]
                     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                        let bits = |v: [f32; 2]| v.map(f32::to_bits);
                         let one = ws.map(|w| dot_i8_f32_avx2_entry(w, &x));
                         let two = dot2_i8_f32_avx2_entry(ws, &x);
-                        assert_eq!(two.map(f32::to_bits), one.map(f32::to_bits), "avx2 n={n}");
+                        assert_eq!(bits(two), bits(one), "avx2 n={n}");
+                        let grid = ws.map(|w| bits(xs.map(|x| dot_i8_f32_avx2_entry(w, x))));
+                        let got = dot2x2_i8_f32_avx2_entry(ws, xs).map(bits);
+                        assert_eq!(got, grid, "avx2 2x2 n={n}");
                     }
                 }
             }
@@ -323,7 +422,7 @@ mod tests {
         let m = DenseMatrix::new(t, "w").unwrap();
         let pool = ThreadPool::new(2);
         let q = I8Matrix::quantize(&m, &pool).unwrap();
-        let n_tok = 6;
+        let n_tok = 7; // three pairs of activation rows and one alone
         let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 11 % 13) as f32 - 6.0) / 3.0).collect();
         let mut out = vec![0f32; n_tok * rows];
         q.matmul(&x, n_tok, &mut out, &pool).unwrap();
@@ -346,6 +445,6 @@ mod tests {
             q.matmul(&x[r * cols..(r + 1) * cols], 1, &mut one, &pool).unwrap();
             assert_eq!(one, out[r * rows..(r + 1) * rows], "row {r} alone");
         }
-        assert!(q.matmul(&x, 7, &mut out, &pool).is_err());
+        assert!(q.matmul(&x, n_tok + 1, &mut out, &pool).is_err());
     }
 }
