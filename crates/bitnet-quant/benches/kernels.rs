@@ -2,8 +2,8 @@
 //! thread count, a memory-bandwidth baseline, and the thread pool's dispatch cost vs rayon.
 //!
 //! `cargo bench -p bitnet-quant --bench kernels` runs everything in a few minutes;
-//! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm_batch`, `-- gemm/`, `-- membw`, `-- pool`,
-//! or e.g. `-- 'gemv/avx512-vnni/2t'`.
+//! add a filter to run a part: `-- gemv/`, `-- gemv_hot`, `-- gemm_batch`, `-- gemm/`,
+//! `-- membw`, `-- pool`, or e.g. `-- 'gemv/avx512-vnni/2t'`.
 //!
 //! GEMV rotates over enough distinct weight matrices (72 MB; `BITNET_BENCH_ROTATION_MB=N`
 //! changes it) that every call reads its weights from DRAM, not from the 32 MB L3;

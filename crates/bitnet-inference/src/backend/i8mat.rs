@@ -80,7 +80,8 @@ impl I8Matrix {
             // Decode: straight into `out`, no temporary.
             pool.for_each_chunk_mut(&mut out[..n_vocab], chunk, &|c, oc| {
                 let j0 = c * chunk;
-                self.dot_rows(k, j0..j0 + oc.len(), &x[..cols], |j, v| oc[j - j0] = v);
+                let span = j0..j0 + oc.len();
+                self.dot_rows(k, span, [&x[..cols]], k.dot2, |j, _, v| oc[j - j0] = v);
             });
             return Ok(());
         }
@@ -95,11 +96,12 @@ impl I8Matrix {
             let mut r = 0;
             while r + 2 <= rows {
                 let put = |j: usize, t: usize, v: f32| oc[(j - j0) * rows + r + t] = v;
-                self.dot_rows_pair(k, span.clone(), [x(r), x(r + 1)], put);
+                self.dot_rows(k, span.clone(), [x(r), x(r + 1)], k.dot2x2, put);
                 r += 2;
             }
             if r < rows {
-                self.dot_rows(k, span, x(r), |j, v| oc[(j - j0) * rows + r] = v);
+                let put = |j: usize, _: usize, v: f32| oc[(j - j0) * rows + r] = v;
+                self.dot_rows(k, span, [x(r)], k.dot2, put);
             }
         });
         for (j, tr) in tmp.chunks_exact(rows).enumerate() {
@@ -115,35 +117,24 @@ impl I8Matrix {
         &self.data[j * self.cols..(j + 1) * self.cols]
     }
 
-    /// `put(j, x · row j * scale[j])` for every `j` of `span`, rows `j` and `j + half` together.
-    fn dot_rows(&self, k: Kernels, span: Range<usize>, x: &[f32], mut put: impl FnMut(usize, f32)) {
-        let half = span.len() / 2;
-        for j in span.start..span.start + half {
-            let [a, b] = (k.dot2)([self.row(j), self.row(j + half)], x);
-            put(j, a * self.scales[j]);
-            put(j + half, b * self.scales[j + half]);
-        }
-        if span.len() % 2 == 1 {
-            let j = span.end - 1;
-            put(j, (k.dot)(self.row(j), x) * self.scales[j]);
-        }
-    }
-
-    /// [`I8Matrix::dot_rows`] for two activation rows at once: `put(j, t, xs[t] · row j *
-    /// scale[j])`.
-    fn dot_rows_pair(
+    /// `put(j, t, xs[t] · row j * scale[j])` for every `j` of `span` and every activation row
+    /// `t`: rows `j` and `j + half` together through `pair`, a last odd row through the one-row
+    /// dot.
+    fn dot_rows<const T: usize>(
         &self,
         k: Kernels,
         span: Range<usize>,
-        xs: [&[f32]; 2],
+        xs: [&[f32]; T],
+        pair: PairFn<T>,
         mut put: impl FnMut(usize, usize, f32),
     ) {
         let half = span.len() / 2;
         for j in span.start..span.start + half {
-            let d = (k.dot2x2)([self.row(j), self.row(j + half)], xs);
+            let d = pair([self.row(j), self.row(j + half)], xs);
             for (jj, d) in [j, j + half].into_iter().zip(d) {
-                put(jj, 0, d[0] * self.scales[jj]);
-                put(jj, 1, d[1] * self.scales[jj]);
+                for (t, d) in d.into_iter().enumerate() {
+                    put(jj, t, d * self.scales[jj]);
+                }
             }
         }
         if span.len() % 2 == 1 {
@@ -165,18 +156,15 @@ fn use_avx2() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-/// Dots of two weight rows with one activation row.
-type Dot2Fn = fn([&[i8]; 2], &[f32]) -> [f32; 2];
-
-/// Dots of two weight rows with two activation rows: `[row][activation row]`.
-type Dot2x2Fn = fn([&[i8]; 2], [&[f32]; 2]) -> [[f32; 2]; 2];
+/// Dots of two weight rows with `T` activation rows: `[weight row][activation row]`.
+type PairFn<const T: usize> = fn([&[i8]; 2], [&[f32]; T]) -> [[f32; T]; 2];
 
 /// The kernels of this CPU (AVX2 + FMA, or the scalar reference).
 #[derive(Clone, Copy)]
 struct Kernels {
     dot: DotFn,
-    dot2: Dot2Fn,
-    dot2x2: Dot2x2Fn,
+    dot2: PairFn<1>,
+    dot2x2: PairFn<2>,
 }
 
 impl Kernels {
@@ -185,21 +173,16 @@ impl Kernels {
         if use_avx2() {
             return Kernels {
                 dot: dot_i8_f32_avx2_entry,
-                dot2: dot2_i8_f32_avx2_entry,
-                dot2x2: dot2x2_i8_f32_avx2_entry,
+                dot2: pair_avx2_entry,
+                dot2x2: pair_avx2_entry,
             };
         }
-        Kernels { dot: dot_i8_f32_scalar, dot2: dot2_i8_f32_scalar, dot2x2: dot2x2_i8_f32_scalar }
+        Kernels { dot: dot_i8_f32_scalar, dot2: pair_scalar, dot2x2: pair_scalar }
     }
 }
 
-/// Reference of the two-row dot: [`dot_i8_f32_scalar`] of each of `ws` with `x`.
-pub fn dot2_i8_f32_scalar(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
-    ws.map(|w| dot_i8_f32_scalar(w, x))
-}
-
-/// Reference of the two-by-two dot: [`dot_i8_f32_scalar`] of each of `ws` with each of `xs`.
-pub fn dot2x2_i8_f32_scalar(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
+/// Reference of the pair kernels: [`dot_i8_f32_scalar`] of each of `ws` with each of `xs`.
+pub fn pair_scalar<const T: usize>(ws: [&[i8]; 2], xs: [&[f32]; T]) -> [[f32; T]; 2] {
     ws.map(|w| xs.map(|x| dot_i8_f32_scalar(w, x)))
 }
 
@@ -259,54 +242,21 @@ unsafe fn finish_avx2(acc: [std::arch::x86_64::__m256; 2], w: &[i8], x: &[f32]) 
 }
 
 #[cfg(target_arch = "x86_64")]
-fn dot2_i8_f32_avx2_entry(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
+fn pair_avx2_entry<const T: usize>(ws: [&[i8]; 2], xs: [&[f32]; T]) -> [[f32; T]; 2] {
     // SAFETY: selected only when AVX2 and FMA were detected at run time.
-    unsafe { dot2_i8_f32_avx2(ws, x) }
+    unsafe { pair_avx2(ws, xs) }
 }
 
-/// [`dot_i8_f32_avx2`] of two weight rows with `x`: each 16 activations are loaded once for
-/// both rows, and the rows' four accumulators are four independent multiply-add chains. Each
-/// row is summed in the one-row kernel's lanes and order (the same bits).
+/// [`dot_i8_f32_avx2`] of two weight rows with `T` activation rows: each 16 weights are
+/// widened once for every activation row, each 16 activations loaded once for both weight
+/// rows; 4·T independent multiply-add chains. Each dot is summed in the one-row kernel's lanes
+/// and order (the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot2_i8_f32_avx2(ws: [&[i8]; 2], x: &[f32]) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let n = ws.iter().fold(x.len(), |n, w| n.min(w.len()));
-    let mut a = [[_mm256_setzero_ps(); 2]; 2];
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n bounds the two 32-byte loads of `x` and the 16-byte load of each
-        // row (both hold at least n values); loadu needs no alignment.
-        let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
-        let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
-        for (acc, w) in a.iter_mut().zip(&ws) {
-            let wb = _mm_loadu_si128(w.as_ptr().add(i) as *const __m128i);
-            let w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(wb));
-            let w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(wb, 8)));
-            acc[0] = _mm256_fmadd_ps(w0, x0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(w1, x1, acc[1]);
-        }
-        i += 16;
-    }
-    [finish_avx2(a[0], &ws[0][i..n], &x[i..n]), finish_avx2(a[1], &ws[1][i..n], &x[i..n])]
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dot2x2_i8_f32_avx2_entry(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
-    // SAFETY: selected only when AVX2 and FMA were detected at run time.
-    unsafe { dot2x2_i8_f32_avx2(ws, xs) }
-}
-
-/// [`dot_i8_f32_avx2`] of two weight rows with two activation rows: each 16 weights are
-/// widened once for both activation rows, each 16 activations loaded once for both weight
-/// rows; eight independent multiply-add chains. Each dot is summed in the one-row kernel's
-/// lanes and order (the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot2x2_i8_f32_avx2(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
+unsafe fn pair_avx2<const T: usize>(ws: [&[i8]; 2], xs: [&[f32]; T]) -> [[f32; T]; 2] {
     use std::arch::x86_64::*;
     let n = ws.iter().map(|w| w.len()).chain(xs.iter().map(|x| x.len())).min().unwrap_or(0);
-    let mut a = [[[_mm256_setzero_ps(); 2]; 2]; 2];
+    let mut a = [[[_mm256_setzero_ps(); 2]; T]; 2];
     let mut i = 0;
     while i + 16 <= n {
         // SAFETY: i + 16 <= n bounds the 16-byte load of each weight row and the two 32-byte
@@ -327,7 +277,7 @@ unsafe fn dot2x2_i8_f32_avx2(ws: [&[i8]; 2], xs: [&[f32]; 2]) -> [[f32; 2]; 2] {
         }
         i += 16;
     }
-    let mut out = [[0f32; 2]; 2];
+    let mut out = [[0f32; T]; 2];
     for ((o, acc), w) in out.iter_mut().zip(a).zip(&ws) {
         for ((o, acc), x) in o.iter_mut().zip(acc).zip(&xs) {
             *o = finish_avx2(acc, &w[i..n], &x[i..n]);
@@ -365,8 +315,9 @@ mod tests {
         }
     }
 
-    /// The two-row and two-by-two kernels give each dot's one-row result, bit for bit (AVX2
-    /// against the AVX2 one-row kernel, the scalar reference against the scalar one).
+    /// The pair kernels (two weight rows by one and by two activation rows) give each dot's
+    /// one-row result, bit for bit (AVX2 against the AVX2 one-row kernel, the scalar reference
+    /// against the scalar one).
     #[test]
     fn two_row_dots_equal_one_row_dots() {
         let mut s = 11u64;
@@ -382,20 +333,20 @@ mod tests {
                 }
                 let ws: [&[i8]; 2] = [&w[0], &w[1]];
                 for x in [x.clone(), x.iter().map(|v| v * 1e30).collect()] {
-                    let one = ws.map(|w| dot_i8_f32_scalar(w, &x));
-                    assert_eq!(dot2_i8_f32_scalar(ws, &x), one, "scalar n={n}");
+                    let one = ws.map(|w| [dot_i8_f32_scalar(w, &x)]);
+                    assert_eq!(pair_scalar(ws, [&x]), one, "scalar n={n}");
                     let y: Vec<f32> = x.iter().rev().map(|v| -v).collect();
                     let xs: [&[f32]; 2] = [&x, &y];
                     let grid = ws.map(|w| xs.map(|x| dot_i8_f32_scalar(w, x)));
-                    assert_eq!(dot2x2_i8_f32_scalar(ws, xs), grid, "scalar 2x2 n={n}");
+                    assert_eq!(pair_scalar(ws, xs), grid, "scalar 2x2 n={n}");
                     #[cfg(target_arch = "x86_64")]
                     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                         let bits = |v: [f32; 2]| v.map(f32::to_bits);
-                        let one = ws.map(|w| dot_i8_f32_avx2_entry(w, &x));
-                        let two = dot2_i8_f32_avx2_entry(ws, &x);
-                        assert_eq!(bits(two), bits(one), "avx2 n={n}");
+                        let one = ws.map(|w| dot_i8_f32_avx2_entry(w, &x).to_bits());
+                        let two = pair_avx2_entry(ws, [&x]).map(|[d]| d.to_bits());
+                        assert_eq!(two, one, "avx2 n={n}");
                         let grid = ws.map(|w| bits(xs.map(|x| dot_i8_f32_avx2_entry(w, x))));
-                        let got = dot2x2_i8_f32_avx2_entry(ws, xs).map(bits);
+                        let got = pair_avx2_entry(ws, xs).map(bits);
                         assert_eq!(got, grid, "avx2 2x2 n={n}");
                     }
                 }
