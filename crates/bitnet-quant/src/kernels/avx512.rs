@@ -62,23 +62,20 @@ unsafe fn run<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     }
 }
 
-/// GEMV over `rows` for every token of `job`, four tokens per pass over the weights (the
+/// GEMV over `rows` for every token of `job`, in [`super::gemv_passes`] over the weights (the
 /// second pass of a thread's rows mostly finds them in L2).
 #[inline(always)]
 unsafe fn gemv_tokens<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`; every pass covers tokens t0..t0 + T below n_tok.
     unsafe {
-        let n_tok = job.acts.len();
-        let mut t0 = 0;
-        while t0 < n_tok {
+        for (t0, n) in super::gemv_passes(job.acts.len()) {
             let r = rows.clone();
-            match n_tok - t0 {
+            match n {
                 1 => gemv_rows::<GEMV_STREAMS, GEMV_UNROLL, 1, VNNI>(job, r, t0),
                 2 => gemv_rows::<GEMV_STREAMS, 1, 2, VNNI>(job, r, t0),
                 3 => gemv_rows::<GEMV_STREAMS, 1, 3, VNNI>(job, r, t0),
                 _ => gemv_rows::<GEMV_STREAMS, 1, 4, VNNI>(job, r, t0),
             }
-            t0 += (n_tok - t0).min(4);
         }
     }
 }

@@ -213,6 +213,13 @@ fn run_rows(kernel: Kernel, job: &Job, rows: Range<usize>) {
 /// Measured on the EPYC dev box (`gemm_batch` bench, 2 threads, 6912x2560): 2 tokens 8.8 →
 /// 33.5 GB/s of weights, 4 tokens 8.1 → 13.6, 8 tokens 3.6 → 5.4 (one thread) against the GEMM.
 pub(crate) const GEMV_MAX_TOKENS: usize = 8;
+/// Tokens per pass of the multi-token GEMV, at most.
+const GEMV_PASS_TOKENS: usize = 4;
+
+/// The passes of the multi-token GEMV over `n_tok` tokens: (first token, tokens).
+pub(crate) fn gemv_passes(n_tok: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n_tok).step_by(GEMV_PASS_TOKENS).map(move |t0| (t0, (n_tok - t0).min(GEMV_PASS_TOKENS)))
+}
 
 /// Output rows per task are a multiple of this (whole cache lines of f32 outputs).
 const ROW_ALIGN: usize = 16;
