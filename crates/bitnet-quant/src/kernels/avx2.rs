@@ -21,6 +21,10 @@ const GEMV_UNROLL: usize = 2;
 const FLUSH_EVERY: usize = 7;
 /// Far-apart rows GEMV reads at once.
 const GEMV_STREAMS: usize = 2;
+/// Up to this many tokens a call runs as GEMV passes of up to four tokens each; more take the
+/// cache-blocked GEMM. Measured on the EPYC dev box (`gemm_batch`, avx2, 2 threads): the passes
+/// win at 2-8 tokens (see `avx512.rs`), but lose 10-40% to the GEMM at 16, 32 and 128.
+const GEMV_MAX_TOKENS: usize = 8;
 /// GEMM cache blocking: weight bytes per row block (L2), activation bytes per token block (L1).
 const GEMM_L2_BYTES: usize = 256 << 10;
 const GEMM_L1_BYTES: usize = 32 << 10;
@@ -50,7 +54,7 @@ unsafe fn run<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY (whole body): row r's weights and token t's activations lie inside `job.w` /
     // `job.xq` because r < rows and t < n_tok, as `launch` checked.
     unsafe {
-        if job.acts.len() <= super::GEMV_MAX_TOKENS {
+        if job.acts.len() <= GEMV_MAX_TOKENS {
             gemv_tokens::<VNNI>(job, rows);
         } else {
             gemm_rows::<VNNI>(job, rows);

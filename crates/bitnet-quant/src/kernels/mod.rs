@@ -208,12 +208,8 @@ fn run_rows(kernel: Kernel, job: &Job, rows: Range<usize>) {
     }
 }
 
-/// Up to this many tokens a call runs as GEMV passes of up to four tokens each (decode
-/// batches: each weight block unpacked once per pass); more take the cache-blocked GEMM.
-/// Measured on the EPYC dev box (`gemm_batch` bench, 2 threads, 6912x2560): 2 tokens 8.8 →
-/// 33.5 GB/s of weights, 4 tokens 8.1 → 13.6, 8 tokens 3.6 → 5.4 (one thread) against the GEMM.
-pub(crate) const GEMV_MAX_TOKENS: usize = 8;
-/// Tokens per pass of the multi-token GEMV, at most.
+/// Tokens per pass of the multi-token GEMV, at most. Each variant decides up to how many tokens
+/// a call takes the passes instead of its cache-blocked GEMM (its `GEMV_MAX_TOKENS`).
 const GEMV_PASS_TOKENS: usize = 4;
 
 /// The passes of the multi-token GEMV over `n_tok` tokens: (first token, tokens).
