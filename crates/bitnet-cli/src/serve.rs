@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Most requests waiting for a free slot; more are answered 503.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Prompt tokens run per step while other requests generate: a long prompt slows them
+    /// down instead of pausing them (0: each prompt whole, pausing them).
+    #[arg(long, value_name = "TOKENS", default_value_t = bitnet_server::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -52,7 +56,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
     let name = a.name.clone().unwrap_or_else(|| default_name(&a.model));
     let engine = a.model.load(LmHeadMode::I8)?;
-    let opts = ServerOptions { model_name: name, parallel: a.parallel, queue: a.queue, log: true };
+    let opts = ServerOptions {
+        model_name: name,
+        parallel: a.parallel,
+        queue: a.queue,
+        log: true,
+        prefill_chunk: a.prefill_chunk,
+    };
     bitnet_server::run(engine, &opts, listener).context("serving")
 }
 

@@ -2,9 +2,12 @@
 //! its own, advanced together one token per step, so every decode step is one forward call with
 //! one row per running sequence.
 //!
-//! A new sequence's prompt runs when it is admitted ([`Scheduler::admit`], the running ones wait
-//! for that prefill); [`Scheduler::step`] then emits each running sequence's next token through
-//! its sink, ends the ones that stop, and runs the others' tokens in one forward call. Each
+//! [`Scheduler::admit`] takes a new sequence; [`Scheduler::step`] emits each running sequence's
+//! next token through its sink, ends the ones that stop, runs the others' tokens in one forward
+//! call, and then runs prompts: while other sequences decode, at most
+//! [`Scheduler::set_prefill_chunk`] prompt tokens a step (chunked prefill, so a long prompt
+//! slows the running sequences down instead of stopping them), else the whole of the first
+//! waiting prompt. A sequence's first token comes out in the step after its prompt ends. Each
 //! sequence ends exactly as [`Engine::generate_ids_stream`] would end it with the same config
 //! (stop tokens and strings, the token budget, the context, the sink returning false), and a
 //! seed draws the same numbers, so the tokens are the engine's up to the floating-point
@@ -61,9 +64,14 @@ pub struct Scheduler<'e> {
     chat: Option<&'e ChatTemplate>,
     eos: &'e [u32],
     rows_per_call: usize,
+    prefill_chunk: usize,
     slots: Vec<Slot>,
     logits: Vec<f32>,
+    admitted: u64,
 }
+
+/// Prompt tokens a step runs while other sequences decode, by default.
+pub const DEFAULT_PREFILL_CHUNK: usize = 64;
 
 /// A KV-cache slot: the tokens whose keys and values it holds, and its sequence if running.
 #[derive(Default)]
@@ -83,6 +91,10 @@ struct Seq {
     next: u32,
     /// The uniform already drawn for the next pick (by a step queued ahead).
     ahead: Option<f64>,
+    /// Whether the prompt is still being run (the slot's `cached` holds the part that ran).
+    prefilling: bool,
+    /// Admission order (prompts run first come, first served).
+    order: u64,
     timings: Timings,
     started: Instant,
     sink: Sink,
@@ -102,8 +114,10 @@ impl Engine {
             chat: self.chat.as_ref(),
             eos: &self.eos,
             rows_per_call,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
             slots: (0..slots).map(|_| Slot::default()).collect(),
             logits: Vec::new(),
+            admitted: 0,
         })
     }
 }
@@ -126,7 +140,12 @@ impl Scheduler<'_> {
     pub fn context_len(&self) -> usize {
         self.runner.context_len()
     }
-    /// Running sequences.
+    /// Prompt tokens a step runs while other sequences decode ([`DEFAULT_PREFILL_CHUNK`]
+    /// unless set); 0 runs each prompt whole in the step after its admission.
+    pub fn set_prefill_chunk(&mut self, tokens: usize) {
+        self.prefill_chunk = tokens;
+    }
+    /// Admitted sequences, running or with their prompt still to run.
     pub fn active(&self) -> usize {
         self.slots.iter().filter(|s| s.seq.is_some()).count()
     }
@@ -135,44 +154,84 @@ impl Scheduler<'_> {
         self.slots.len() - self.active()
     }
 
-    /// Runs the prompt `ids` in a free slot and picks its first token (emitted by the next
-    /// [`Scheduler::step`]); `sink` receives the sequence's events. Errors (nothing admitted,
-    /// the sink not called) on bad ids, a prompt longer than the context, bad sampling
+    /// Takes the prompt `ids` into a free slot; the following [`Scheduler::step`]s run it and
+    /// pick its first token, and `sink` receives the sequence's events. Errors (nothing
+    /// admitted, the sink not called) on bad ids, a prompt longer than the context, bad sampling
     /// parameters, or no free slot.
     pub fn admit(&mut self, ids: &[u32], cfg: &GenerationConfig, sink: Sink) -> Result<()> {
         let sampler = Sampler::new(cfg.sampling.clone())?;
         self.check_prompt(ids)?;
         let slot = self.pick_slot(ids)?;
         let reuse = common_prefix(&self.slots[slot].cached, ids).min(ids.len() - 1);
-        let started = Instant::now();
-        let mut seq = Seq {
+        self.slots[slot].cached.truncate(reuse);
+        self.admitted += 1;
+        self.slots[slot].seq = Some(Seq {
             context: ids.to_vec(),
             prompt_len: ids.len(),
             sampler,
             em: Emitter::new(cfg, self.eos),
             next: 0,
             ahead: None,
+            prefilling: true,
+            order: self.admitted,
             timings: Timings { prompt_tokens: ids.len() - reuse, ..Timings::default() },
-            started,
+            started: Instant::now(),
             sink,
+        });
+        Ok(())
+    }
+
+    /// Runs prompts after a step's decode, first come first served: up to `prefill_chunk`
+    /// tokens while sequences decode (`decoding`), else the whole of the first waiting prompt
+    /// and then up to `prefill_chunk` tokens of the others. A prompt that ends gets its first
+    /// token picked. A failed forward call drops that sequence only (its sink is told).
+    fn prefill(&mut self, mut decoding: bool) -> Result<()> {
+        let chunk = match self.prefill_chunk {
+            0 => usize::MAX,
+            n => n,
         };
-        self.slots[slot].cached.truncate(reuse);
-        for (c, part) in ids[reuse..].chunks(self.rows_per_call).enumerate() {
-            let base = reuse + c * self.rows_per_call;
-            let rows: Vec<RowPos> =
-                (0..part.len()).map(|i| RowPos { slot, pos: base + i }).collect();
-            if let Err(e) = self.runner.forward_slots(part, &rows, false) {
-                self.slots[slot].cached.clear();
-                return Err(e);
+        let mut budget = if decoding { chunk } else { usize::MAX };
+        while budget > 0 {
+            let waiting =
+                self.slots.iter().enumerate().filter_map(|(i, s)| {
+                    s.seq.as_ref().filter(|q| q.prefilling).map(|q| (q.order, i))
+                });
+            let Some((_, slot)) = waiting.min() else { break };
+            let Slot { cached, seq } = &mut self.slots[slot];
+            let Some(seq) = seq.as_mut() else { break };
+            let (start, len) = (cached.len(), seq.prompt_len);
+            let end = start.saturating_add(budget).min(len);
+            let mut run = || -> Result<()> {
+                for (c, part) in seq.context[start..end].chunks(self.rows_per_call).enumerate() {
+                    let base = start + c * self.rows_per_call;
+                    let rows: Vec<RowPos> =
+                        (0..part.len()).map(|i| RowPos { slot, pos: base + i }).collect();
+                    self.runner.forward_slots(part, &rows, false)?;
+                    cached.extend_from_slice(part);
+                }
+                if end == len && seq.em.budget_left() > 0 {
+                    pick_rows(&mut *self.runner, &mut self.logits, &mut [&mut *seq])?;
+                }
+                Ok(())
+            };
+            if let Err(e) = run() {
+                cached.clear();
+                if let Some(mut seq) = self.slots[slot].seq.take() {
+                    (seq.sink)(SeqEvent::Failed(&e.to_string()));
+                }
+                continue;
             }
-            self.slots[slot].cached.extend_from_slice(part);
+            budget -= end - start;
+            if end < len {
+                break;
+            }
+            seq.prefilling = false;
+            seq.timings.prompt_s = seq.started.elapsed().as_secs_f64();
+            seq.started = Instant::now();
+            if !decoding {
+                (decoding, budget) = (true, chunk);
+            }
         }
-        if cfg.max_tokens > 0 {
-            pick_rows(&mut *self.runner, &mut self.logits, &mut [&mut seq])?;
-        }
-        seq.timings.prompt_s = started.elapsed().as_secs_f64();
-        seq.started = Instant::now();
-        self.slots[slot].seq = Some(seq);
         Ok(())
     }
 
@@ -195,12 +254,13 @@ impl Scheduler<'_> {
     }
 
     /// One step: every running sequence emits its pending token (ending if it stops), and the
-    /// rest run that token in one forward call and pick their next. On an error the running
-    /// sequences are dropped with [`SeqEvent::Failed`] and the error is returned.
+    /// rest run that token in one forward call and pick their next; then prompts run (see the
+    /// module documentation). On an error of the decode call the running sequences are dropped
+    /// with [`SeqEvent::Failed`] and the error is returned.
     pub fn step(&mut self) -> Result<()> {
         let r = self.emit_all().and_then(|rows| match rows.is_empty() {
-            true => Ok(()),
-            false => self.decode(&rows),
+            true => self.prefill(false),
+            false => self.decode(&rows).and_then(|()| self.prefill(true)),
         });
         if let Err(e) = &r {
             self.fail_all(&e.to_string());
@@ -214,7 +274,7 @@ impl Scheduler<'_> {
         let (tok, ctx) = (self.tokenizer, self.context_len());
         let mut rows = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(seq) = slot.seq.as_mut() else { continue };
+            let Some(seq) = slot.seq.as_mut().filter(|s| !s.prefilling) else { continue };
             let end = emit_next(seq, tok)?;
             if end.is_none() && slot.cached.len() < ctx {
                 rows.push(RowPos { slot: i, pos: slot.cached.len() });
@@ -229,11 +289,16 @@ impl Scheduler<'_> {
     /// forward call and picks every sequence's next token. Where the picks are made on the
     /// backend and it can, the step after this one is queued before the ids come back, when
     /// every sequence will run it (a token left in its budget after the one picked now, and
-    /// room in the context); the next call finds it queued unless the sequences changed.
+    /// room in the context) and no prompt waits to run; the next call finds it queued unless
+    /// the sequences changed.
     fn decode(&mut self, rows: &[RowPos]) -> Result<()> {
         let ctx = self.context_len();
-        let mut seqs: Vec<&mut Seq> =
-            self.slots.iter_mut().filter_map(|s| s.seq.as_mut()).collect();
+        let waiting = self.slots.iter().any(|s| s.seq.as_ref().is_some_and(|q| q.prefilling));
+        let mut seqs: Vec<&mut Seq> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.seq.as_mut().filter(|q| !q.prefilling))
+            .collect();
         let ids: Vec<u32> = seqs.iter().map(|s| s.next).collect();
         for seq in seqs.iter_mut() {
             seq.context.push(seq.next);
@@ -242,6 +307,7 @@ impl Scheduler<'_> {
             Some(p) => {
                 let us: Vec<f64> = seqs.iter_mut().map(|s| s.pending_uniform()).collect();
                 let more = self.runner.samples_ahead()
+                    && !waiting
                     && seqs
                         .iter()
                         .zip(rows)

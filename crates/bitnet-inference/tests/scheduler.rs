@@ -168,3 +168,56 @@ fn bad_admissions_are_errors_and_leave_the_scheduler_usable() {
     }
     assert_eq!(s.free_slots(), 1);
 }
+
+#[test]
+fn a_long_prompt_runs_in_chunks_while_a_running_sequence_keeps_streaming() {
+    let mut e = Engine::builder().synthetic("tiny").threads(2).context_len(96).build().unwrap();
+    let vocab = e.dims().vocab as u32;
+    let short = vec![3u32, 17, 29];
+    let long: Vec<u32> = (0..50).map(|i| (i * 7 + 5) % vocab).collect();
+    let c = |n| cfg(n, 0.0, 0, 1.0);
+    let want_short = e.generate_ids(&short, &c(30)).unwrap().generated_ids;
+    let want_long = e.generate_ids(&long, &c(8)).unwrap().generated_ids;
+    // Steps from the long prompt's admission to its first token: one per chunk, then one.
+    for (chunk, first_at) in [(7, 50usize.div_ceil(7) + 1), (0, 2), (64, 2)] {
+        let counts = Arc::new(Mutex::new([0usize; 2]));
+        let outs: Outputs = Arc::default();
+        let sink = |i: usize| -> Sink {
+            let (counts, outs) = (counts.clone(), outs.clone());
+            Box::new(move |ev| {
+                match ev {
+                    SeqEvent::Token(_) => counts.lock().unwrap()[i] += 1,
+                    SeqEvent::Done(o) => outs.lock().unwrap().push((i, o)),
+                    SeqEvent::Failed(why) => panic!("sequence {i} failed: {why}"),
+                }
+                true
+            })
+        };
+        let mut s = e.scheduler(2).unwrap();
+        s.set_prefill_chunk(chunk);
+        s.admit(&short, &c(30), sink(0)).unwrap();
+        s.step().unwrap(); // the short prompt, alone: whole
+        s.step().unwrap();
+        assert_eq!(counts.lock().unwrap()[0], 1);
+        s.admit(&long, &c(8), sink(1)).unwrap();
+        assert_eq!(s.active(), 2);
+        let mut steps = 0;
+        while counts.lock().unwrap()[1] == 0 {
+            let before = counts.lock().unwrap()[0];
+            s.step().unwrap();
+            steps += 1;
+            assert_eq!(counts.lock().unwrap()[0], before + 1, "chunk {chunk}: streams on");
+            assert!(steps < 100);
+        }
+        assert_eq!(steps, first_at, "chunk {chunk}");
+        while s.active() > 0 {
+            s.step().unwrap();
+        }
+        drop(s);
+        let mut outs = std::mem::take(&mut *outs.lock().unwrap());
+        outs.sort_by_key(|(i, _)| *i);
+        assert_eq!(outs[0].1.generated_ids, want_short, "chunk {chunk}");
+        assert_eq!(outs[1].1.generated_ids, want_long, "chunk {chunk}");
+        assert_eq!(outs[1].1.timings.prompt_tokens, long.len());
+    }
+}

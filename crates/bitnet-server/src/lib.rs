@@ -25,6 +25,7 @@ mod metrics;
 mod routes;
 mod worker;
 
+pub use bitnet_inference::scheduler::DEFAULT_PREFILL_CHUNK;
 use bitnet_inference::Engine;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -43,12 +44,22 @@ pub struct ServerOptions {
     pub queue: usize,
     /// Print one line per generation (tokens, speed, stop reason) to stderr.
     pub log: bool,
+    /// Prompt tokens run per decode step while other requests generate (chunked prefill; 0
+    /// runs a prompt whole, pausing the others).
+    pub prefill_chunk: usize,
 }
 
 impl ServerOptions {
-    /// Options with the given model id, 4 parallel sequences, a queue of 64 and no log.
+    /// Options with the given model id, 4 parallel sequences, a queue of 64, prompts in chunks
+    /// of [`DEFAULT_PREFILL_CHUNK`] tokens and no log.
     pub fn new(model_name: impl Into<String>) -> Self {
-        ServerOptions { model_name: model_name.into(), parallel: 4, queue: 64, log: false }
+        ServerOptions {
+            model_name: model_name.into(),
+            parallel: 4,
+            queue: 64,
+            log: false,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        }
     }
 }
 
@@ -57,8 +68,7 @@ impl ServerOptions {
 /// axum/tower stack; tests call them directly).
 pub fn app(engine: Engine, opts: &ServerOptions) -> std::io::Result<Router> {
     let metrics = Arc::new(metrics::Metrics::default());
-    let (slots, queue) = (opts.parallel.max(1), opts.queue.max(1));
-    let worker = worker::Worker::start(engine, slots, queue, metrics.clone(), opts.log)?;
+    let worker = worker::Worker::start(engine, opts, metrics.clone())?;
     let state = routes::AppState {
         worker,
         metrics,

@@ -7,6 +7,7 @@
 //! away (the client disconnected), that sequence's next send fails and it stops there.
 
 use crate::metrics::Metrics;
+use crate::ServerOptions;
 use bitnet_core::Error;
 use bitnet_inference::chat::ChatMessage;
 use bitnet_inference::scheduler::{Scheduler, SeqEvent, Sink};
@@ -60,15 +61,15 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the engine's thread with `slots` sequences decoded together and room for `limit`
-    /// waiting jobs. Fails when the slots' KV caches cannot be allocated.
+    /// Starts the engine's thread with `opts.parallel` sequences decoded together and room for
+    /// `opts.queue` waiting jobs. Fails when the slots' KV caches cannot be allocated.
     pub fn start(
         engine: Engine,
-        slots: usize,
-        limit: usize,
+        opts: &ServerOptions,
         metrics: Arc<Metrics>,
-        log: bool,
     ) -> std::io::Result<Worker> {
+        let (slots, limit, log) = (opts.parallel.max(1), opts.queue.max(1), opts.log);
+        let prefill_chunk = opts.prefill_chunk;
         let (tx, rx) = sync_channel::<Job>(limit);
         let (ready_tx, ready_rx) = sync_channel::<Result<(), String>>(1);
         let m = metrics.clone();
@@ -81,6 +82,7 @@ impl Worker {
                     return;
                 }
             };
+            sched.set_prefill_chunk(prefill_chunk);
             let _ = ready_tx.send(Ok(()));
             if catch_unwind(AssertUnwindSafe(|| serve_jobs(&mut sched, &rx, &m, log))).is_err() {
                 // The running sequences' channels close with the scheduler: their requests
