@@ -15,6 +15,9 @@
 //             ld.acquire; each block adds 1 to its own counter with red.release at its end;
 //   flag-rlx: the same with relaxed loads and one fence.acq_rel after the spin.
 // And a persistent kernel doing the same steps separated by a grid barrier (one counter).
+// Then the PDL chain again by threads a block, blocks and shared memory a block (with little
+// shared memory the next kernel's blocks may be resident while this one runs): smaller blocks
+// hand off a little faster but read and sum the row much slower (NOTES.md, 23rd session).
 #include <cstdio>
 #include <cstdlib>
 #include <cuda_runtime.h>
@@ -111,9 +114,10 @@ __global__ void __launch_bounds__(1024, 1) persistent(float* buf, unsigned* bar,
 
 // Microseconds per kernel of the chain (graph replays).
 template <int MODE>
-float chain(float* buf, unsigned* cnt, cudaStream_t st, int blocks, int read) {
-    // 150 KB of shared memory a block: one block per SM, as the fused kernels' registers force.
-    const int smem = 150 * 1024;
+float chain(float* buf, unsigned* cnt, cudaStream_t st, int blocks, int read, int threads = 1024,
+            int smem = 150 * 1024) {
+    // By default 150 KB of shared memory a block: one block per SM, as the fused kernels'
+    // registers force.
     CK(cudaFuncSetAttribute(step<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     cudaGraph_t g;
     cudaGraphExec_t ge;
@@ -122,7 +126,7 @@ float chain(float* buf, unsigned* cnt, cudaStream_t st, int blocks, int read) {
     for (int i = 0; i < CHAIN; ++i) {
         cudaLaunchConfig_t c = {};
         c.gridDim = blocks;
-        c.blockDim = 1024;
+        c.blockDim = threads;
         c.dynamicSmemBytes = smem;
         c.stream = st;
         cudaLaunchAttribute a[1];
@@ -194,6 +198,19 @@ int main() {
                    chain<FLAG_ACQ>(buf, cnt, st, sms, read),
                    chain<FLAG_RLX>(buf, cnt, st, sms, read), grid_barrier(buf, cnt, st, sms, read));
         }
+    }
+    // The PDL hand-off against block size and residency: with little shared memory the next
+    // kernel's blocks can be resident (launched by launch_dependents) while this one runs.
+    printf("\nPDL chain, us per kernel, by threads a block, blocks, shared memory a block\n");
+    printf("| threads | blocks | smem KB | write only | read + block sum |\n");
+    printf("| ---: | ---: | ---: | ---: | ---: |\n");
+    const int cfg[][3] = {{1024, 1, 150}, {1024, 1, 0}, {512, 1, 150}, {512, 1, 0},
+                          {256, 1, 150}, {256, 1, 0},   {256, 2, 0},   {128, 1, 0}};
+    for (const auto& c : cfg) {
+        const int blocks = sms * c[1], smem = c[2] * 1024;
+        printf("| %d | %d | %d | %.3f | %.3f |\n", c[0], blocks, c[2],
+               chain<PDL>(buf, cnt, st, blocks, 0, c[0], smem),
+               chain<PDL>(buf, cnt, st, blocks, 1, c[0], smem));
     }
     return 0;
 }
