@@ -60,13 +60,19 @@ impl<T: Pod> AlignedVec<T> {
         Layout::from_size_align(bytes.max(1), ALIGN).expect("AlignedVec layout")
     }
 
-    /// `len` zeroed elements.
+    /// `len` zeroed elements (aborts, as `Vec` does, when the memory cannot be had).
     pub fn zeros(len: usize) -> Self {
-        let layout = Self::layout(len);
+        Self::try_zeros(len).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)))
+    }
+
+    /// `len` zeroed elements, or `None` when the allocator refuses them (or the size
+    /// overflows): for allocations a user sizes, such as a KV cache.
+    pub fn try_zeros(len: usize) -> Option<Self> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>())?;
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN).ok()?;
         // SAFETY: layout has non-zero size; a null return is handled.
         let raw = unsafe { alloc_zeroed(layout) } as *mut T;
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedVec { ptr, len }
+        NonNull::new(raw).map(|ptr| AlignedVec { ptr, len })
     }
 
     /// A copy of `src`.
@@ -138,6 +144,15 @@ mod tests {
             assert_eq!(v.len(), len);
             assert!(v.iter().all(|&x| x == 0.0));
         }
+    }
+
+    #[test]
+    fn try_zeros_refuses_what_cannot_be_had_instead_of_aborting() {
+        assert!(AlignedVec::<f32>::try_zeros(usize::MAX).is_none()); // bytes overflow
+        assert!(AlignedVec::<f32>::try_zeros(1 << 61).is_none()); // 8 EiB: no allocator gives it
+        let v = AlignedVec::<f32>::try_zeros(100).unwrap();
+        assert_eq!(v.len(), 100);
+        assert!(v.iter().all(|&x| x == 0.0));
     }
 
     #[test]

@@ -221,3 +221,15 @@ fn a_long_prompt_runs_in_chunks_while_a_running_sequence_keeps_streaming() {
         assert_eq!(outs[1].1.timings.prompt_tokens, long.len());
     }
 }
+
+#[test]
+fn a_kv_cache_too_large_for_memory_is_an_error_not_an_abort() {
+    use bitnet_core::{Device, DeviceRequest};
+    let cpu = || Engine::builder().synthetic("tiny").device(DeviceRequest::Exact(Device::Cpu));
+    let err = cpu().context_len(1 << 40).build().err().expect("no memory for that").to_string();
+    assert!(err.contains("KV cache") && err.contains("--ctx"), "{err}");
+    let mut e = cpu().context_len(1 << 16).build().unwrap();
+    let err = e.scheduler(1 << 24).err().expect("no memory for those slots").to_string();
+    assert!(err.contains("KV cache") && err.contains("--parallel"), "{err}");
+    assert!(e.scheduler(2).is_ok(), "the engine stays usable");
+}

@@ -143,7 +143,9 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Self::Buf> {
-        Ok(AlignedVec::zeros(len))
+        AlignedVec::try_zeros(len).ok_or_else(|| {
+            Error::invalid(format!("cannot allocate a buffer of {:.1} GB", len as f64 * 4e-9))
+        })
     }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
         Ok(AlignedVec::from_slice(data))
@@ -171,7 +173,18 @@ impl Backend for CpuBackend {
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
-        Ok(CpuCache { shape, k: AlignedVec::zeros(n), v: AlignedVec::zeros(n) })
+        let too_big = || {
+            let gb = n as f64 * 8.0 / 1e9; // keys and values, f32
+            let fewer = if shape.slots > 1 { " or fewer sequences (--parallel)" } else { "" };
+            Error::invalid(format!(
+                "cannot allocate the KV cache: {gb:.1} GB for {} sequence slot(s) of {} \
+                 positions; use a shorter context (--ctx){fewer}",
+                shape.slots, shape.max_seq
+            ))
+        };
+        let k = AlignedVec::try_zeros(n).ok_or_else(too_big)?;
+        let v = AlignedVec::try_zeros(n).ok_or_else(too_big)?;
+        Ok(CpuCache { shape, k, v })
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
