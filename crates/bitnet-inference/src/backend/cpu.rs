@@ -169,21 +169,12 @@ impl Backend for CpuBackend {
         })
     }
     fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
-        let n = [shape.layers, shape.slots, shape.kv_heads, shape.max_seq, shape.head_dim]
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| Error::invalid("KV cache size overflows"))?;
-        let too_big = || {
-            let gb = n as f64 * 8.0 / 1e9; // keys and values, f32
-            let fewer = if shape.slots > 1 { " or fewer sequences (--parallel)" } else { "" };
-            Error::invalid(format!(
-                "cannot allocate the KV cache: {gb:.1} GB for {} sequence slot(s) of {} \
-                 positions; use a shorter context (--ctx){fewer}",
-                shape.slots, shape.max_seq
-            ))
-        };
-        let k = AlignedVec::try_zeros(n).ok_or_else(too_big)?;
-        let v = AlignedVec::try_zeros(n).ok_or_else(too_big)?;
+        let n = shape.values()?;
+        let failed = || Error::invalid(shape.alloc_failed());
+        let (k, v) = (
+            AlignedVec::try_zeros(n).ok_or_else(failed)?,
+            AlignedVec::try_zeros(n).ok_or_else(failed)?,
+        );
         Ok(CpuCache { shape, k, v })
     }
 

@@ -266,7 +266,8 @@ impl Backend for CudaBackend {
             head_dim: shape.head_dim,
         };
         let n = dims.len()?;
-        let (k, v) = (ops::zeros(&self.gpu, n)?, ops::zeros(&self.gpu, n)?);
+        let alloc = || ops::zeros(&self.gpu, n).map_err(|e| e.context(shape.alloc_failed()));
+        let (k, v) = (alloc()?, alloc()?);
         Ok(CudaCache { dims, k, v, written: LayerWrites::new(shape.layers) })
     }
 

@@ -66,6 +66,28 @@ pub struct CacheShape {
     pub head_dim: usize,
 }
 
+impl CacheShape {
+    /// Keys and values held (each), or an error when the count overflows.
+    pub fn values(&self) -> Result<usize> {
+        [self.layers, self.slots, self.kv_heads, self.max_seq, self.head_dim]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::invalid("KV cache size overflows"))
+    }
+
+    /// What to say when a cache of this shape (f32 keys and values) cannot be allocated: its
+    /// size and what to lower.
+    pub fn alloc_failed(&self) -> String {
+        let gb = self.values().map_or(f64::INFINITY, |n| n as f64 * 8e-9);
+        let fewer = if self.slots > 1 { " or fewer sequences (--parallel)" } else { "" };
+        format!(
+            "cannot allocate the KV cache: {gb:.1} GB for {} sequence slot(s) of {} positions; \
+             use a shorter context (--ctx){fewer}",
+            self.slots, self.max_seq
+        )
+    }
+}
+
 /// Attention geometry of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttnShape {
