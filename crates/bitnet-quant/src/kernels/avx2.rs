@@ -71,10 +71,10 @@ unsafe fn gemv_tokens<const VNNI: bool>(job: &Job, rows: Range<usize>) {
         for (t0, n) in super::gemv_passes(job.acts.len()) {
             let r = rows.clone();
             match n {
-                1 => gemv_rows::<GEMV_STREAMS, GEMV_UNROLL, 1, VNNI>(job, r, t0),
-                2 => gemv_rows::<GEMV_STREAMS, 1, 2, VNNI>(job, r, t0),
-                3 => gemv_rows::<1, 1, 3, VNNI>(job, r, t0),
-                _ => gemv_rows::<1, 1, 4, VNNI>(job, r, t0),
+                1 => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, GEMV_UNROLL, 1>(job, r, t0),
+                2 => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, 1, 2>(job, r, t0),
+                3 => super::gemv_rows::<Dots<VNNI>, 1, 1, 3>(job, r, t0),
+                _ => super::gemv_rows::<Dots<VNNI>, 1, 1, 4>(job, r, t0),
             }
         }
     }
@@ -292,37 +292,18 @@ unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNN
     }
 }
 
-/// GEMV over `rows` for the `T` tokens from `t0`, cut into `S` segments walked in step (as in
-/// `avx512.rs`).
-#[inline(always)]
-unsafe fn gemv_rows<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
-    job: &Job,
-    rows: Range<usize>,
-    t0: usize,
-) {
-    // SAFETY: see `run`; every row index below lies in `rows`, every token in t0..t0 + T.
-    unsafe {
-        let (w, rb) = (job.w.as_ptr(), job.row_bytes);
-        let x: [*const i8; T] = std::array::from_fn(|t| job.xq.as_ptr().add((t0 + t) * rb * 4));
-        let seg = rows.len() / S;
-        for r in rows.start..rows.start + seg {
-            let mut at = [w; S];
-            for (s, p) in at.iter_mut().enumerate() {
-                *p = w.add((r + s * seg) * rb);
-            }
-            let acc = gemv_rows_at::<S, U, T, VNNI>(at, rb, x);
-            for (s, acc) in acc.iter().enumerate() {
-                for (t, &a) in acc.iter().enumerate() {
-                    job.store(t0 + t, r + s * seg, a);
-                }
-            }
-        }
-        for r in rows.start + S * seg..rows.end {
-            let [acc] = gemv_rows_at::<1, U, T, VNNI>([w.add(r * rb)], rb, x);
-            for (t, &a) in acc.iter().enumerate() {
-                job.store(t0 + t, r, a);
-            }
-        }
+/// This variant's [`gemv_rows_at`] for the shared row walk ([`super::gemv_rows`]).
+pub(crate) struct Dots<const VNNI: bool>;
+
+impl<const VNNI: bool> super::RowDots for Dots<VNNI> {
+    #[inline(always)]
+    unsafe fn dots<const S: usize, const U: usize, const T: usize>(
+        w: [*const u8; S],
+        row_bytes: usize,
+        x: [*const i8; T],
+    ) -> [[i32; T]; S] {
+        // SAFETY: forwarded contract.
+        unsafe { gemv_rows_at::<S, U, T, VNNI>(w, row_bytes, x) }
     }
 }
 

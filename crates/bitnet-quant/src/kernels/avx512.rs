@@ -20,7 +20,7 @@ use std::ops::Range;
 
 /// Blocks per GEMV loop iteration (each with its own accumulators).
 const GEMV_UNROLL: usize = 2;
-/// Far-apart rows GEMV reads at once (see [`gemv_rows`]).
+/// Far-apart rows GEMV reads at once (see [`super::gemv_rows`]).
 const GEMV_STREAMS: usize = 2;
 /// Up to this many tokens a call runs as GEMV passes of up to four tokens each (decode
 /// batches: each weight block unpacked once per pass); more take the cache-blocked GEMM.
@@ -78,10 +78,10 @@ unsafe fn gemv_tokens<const VNNI: bool>(job: &Job, rows: Range<usize>) {
         for (t0, n) in super::gemv_passes(job.acts.len()) {
             let r = rows.clone();
             match n {
-                1 => gemv_rows::<GEMV_STREAMS, GEMV_UNROLL, 1, VNNI>(job, r, t0),
-                2 => gemv_rows::<GEMV_STREAMS, 1, 2, VNNI>(job, r, t0),
-                3 => gemv_rows::<GEMV_STREAMS, 1, 3, VNNI>(job, r, t0),
-                _ => gemv_rows::<GEMV_STREAMS, 1, 4, VNNI>(job, r, t0),
+                1 => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, GEMV_UNROLL, 1>(job, r, t0),
+                2 => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, 1, 2>(job, r, t0),
+                3 => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, 1, 3>(job, r, t0),
+                _ => super::gemv_rows::<Dots<VNNI>, GEMV_STREAMS, 1, 4>(job, r, t0),
             }
         }
     }
@@ -258,40 +258,18 @@ unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNN
     }
 }
 
-/// GEMV over `rows` for the `T` tokens from `t0`: the range is cut into `GEMV_STREAMS` equal
-/// segments walked in step, so that several far-apart sequential streams are in flight.
-/// Measured on the EPYC dev box: one row at a time reached ~85% of a single-stream read, two
-/// segments ~105%; interleaving neighbouring rows (4 close streams) only ~55%, with or
-/// without software prefetch.
-#[inline(always)]
-unsafe fn gemv_rows<const S: usize, const U: usize, const T: usize, const VNNI: bool>(
-    job: &Job,
-    rows: Range<usize>,
-    t0: usize,
-) {
-    // SAFETY: see `run`; every row index below lies in `rows`, every token in t0..t0 + T.
-    unsafe {
-        let (w, rb) = (job.w.as_ptr(), job.row_bytes);
-        let x: [*const i8; T] = std::array::from_fn(|t| job.xq.as_ptr().add((t0 + t) * rb * 4));
-        let seg = rows.len() / S;
-        for r in rows.start..rows.start + seg {
-            let mut at = [w; S];
-            for (s, p) in at.iter_mut().enumerate() {
-                *p = w.add((r + s * seg) * rb);
-            }
-            let acc = gemv_rows_at::<S, U, T, VNNI>(at, rb, x);
-            for (s, acc) in acc.iter().enumerate() {
-                for (t, &a) in acc.iter().enumerate() {
-                    job.store(t0 + t, r + s * seg, a);
-                }
-            }
-        }
-        for r in rows.start + S * seg..rows.end {
-            let [acc] = gemv_rows_at::<1, U, T, VNNI>([w.add(r * rb)], rb, x);
-            for (t, &a) in acc.iter().enumerate() {
-                job.store(t0 + t, r, a);
-            }
-        }
+/// This variant's [`gemv_rows_at`] for the shared row walk ([`super::gemv_rows`]).
+pub(crate) struct Dots<const VNNI: bool>;
+
+impl<const VNNI: bool> super::RowDots for Dots<VNNI> {
+    #[inline(always)]
+    unsafe fn dots<const S: usize, const U: usize, const T: usize>(
+        w: [*const u8; S],
+        row_bytes: usize,
+        x: [*const i8; T],
+    ) -> [[i32; T]; S] {
+        // SAFETY: forwarded contract.
+        unsafe { gemv_rows_at::<S, U, T, VNNI>(w, row_bytes, x) }
     }
 }
 

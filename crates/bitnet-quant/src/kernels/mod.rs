@@ -217,6 +217,61 @@ pub(crate) fn gemv_passes(n_tok: usize) -> impl Iterator<Item = (usize, usize)> 
     (0..n_tok).step_by(GEMV_PASS_TOKENS).map(move |t0| (t0, (n_tok - t0).min(GEMV_PASS_TOKENS)))
 }
 
+/// The multi-row integer dots of a SIMD variant, for [`gemv_rows`].
+pub(crate) trait RowDots {
+    /// Integer dot products of the `S` rows at `w[s]` with the `T` token rows at `x[t]`, `U`
+    /// blocks per loop iteration.
+    ///
+    /// # Safety
+    /// `row_bytes` bytes at each `w[s]` and `4 * row_bytes` activations at each `x[t]` are
+    /// readable, and the CPU has the variant's features (the caller enabled them).
+    unsafe fn dots<const S: usize, const U: usize, const T: usize>(
+        w: [*const u8; S],
+        row_bytes: usize,
+        x: [*const i8; T],
+    ) -> [[i32; T]; S];
+}
+
+/// GEMV over `rows` for the `T` tokens from `t0` with `K`'s dots: the range is cut into `S`
+/// equal segments walked in step, so that several far-apart sequential streams are in flight.
+/// Measured on the EPYC dev box: one row at a time reached ~85% of a single-stream read, two
+/// segments ~105%; interleaving neighbouring rows (4 close streams) only ~55%, with or
+/// without software prefetch.
+///
+/// # Safety
+/// As `K::dots`; `rows` and the tokens `t0..t0 + T` lie inside `job`.
+#[inline(always)]
+pub(crate) unsafe fn gemv_rows<K: RowDots, const S: usize, const U: usize, const T: usize>(
+    job: &Job,
+    rows: Range<usize>,
+    t0: usize,
+) {
+    // SAFETY: every row index below lies in `rows`, every token in t0..t0 + T.
+    unsafe {
+        let (w, rb) = (job.w.as_ptr(), job.row_bytes);
+        let x: [*const i8; T] = std::array::from_fn(|t| job.xq.as_ptr().add((t0 + t) * rb * 4));
+        let seg = rows.len() / S;
+        for r in rows.start..rows.start + seg {
+            let mut at = [w; S];
+            for (s, p) in at.iter_mut().enumerate() {
+                *p = w.add((r + s * seg) * rb);
+            }
+            let acc = K::dots::<S, U, T>(at, rb, x);
+            for (s, acc) in acc.iter().enumerate() {
+                for (t, &a) in acc.iter().enumerate() {
+                    job.store(t0 + t, r + s * seg, a);
+                }
+            }
+        }
+        for r in rows.start + S * seg..rows.end {
+            let [acc] = K::dots::<1, U, T>([w.add(r * rb)], rb, x);
+            for (t, &a) in acc.iter().enumerate() {
+                job.store(t0 + t, r, a);
+            }
+        }
+    }
+}
+
 /// Output rows per task are a multiple of this (whole cache lines of f32 outputs).
 const ROW_ALIGN: usize = 16;
 /// Below this many weight bytes × tokens a call runs on the calling thread alone.
