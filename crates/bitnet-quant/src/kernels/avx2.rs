@@ -351,78 +351,32 @@ unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
     }
 }
 
-/// Runs tiles of `R` rows (starting at row `r`) over the tokens `toks`.
-#[inline(always)]
-unsafe fn gemm_row_group<const R: usize, const T: usize, const VNNI: bool>(
-    job: &Job,
-    r: usize,
-    toks: Range<usize>,
-) {
-    // SAFETY: see `run`; rows r..r+R and tokens `toks` exist.
-    unsafe {
-        let rb = job.row_bytes;
-        let w = job.w.as_ptr().add(r * rb);
-        let mut t = toks.start;
-        while t + T <= toks.end {
-            let acc = gemm_tile::<R, T, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
-            for (i, row) in acc.iter().enumerate() {
-                for (j, &a) in row.iter().enumerate() {
-                    job.store(t + j, r + i, a);
-                }
-            }
-            t += T;
-        }
-        for t in t..toks.end {
-            let acc = gemm_tile::<R, 1, VNNI>(w, rb, job.xq.as_ptr().add(t * rb * 4));
-            for (i, [a]) in acc.iter().enumerate() {
-                job.store(t, r + i, *a);
-            }
-        }
+/// This variant's [`gemm_tile`] for the shared blocked GEMM ([`super::gemm_blocked`]).
+struct Tile<const VNNI: bool>;
+
+impl<const VNNI: bool> super::TileDots for Tile<VNNI> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const T: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        x: *const i8,
+    ) -> [[i32; T]; R] {
+        // SAFETY: forwarded contract.
+        unsafe { gemm_tile::<R, T, VNNI>(w, row_bytes, x) }
     }
 }
 
 /// GEMM over `rows`, blocked so that a block of weight rows stays in L2 while a block of
-/// tokens' activations stays in L1.
+/// tokens' activations stays in L1: tiles of 2 rows × 2 tokens (VNNI) or 1 row × 4 tokens.
 #[inline(always)]
 unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`.
     unsafe {
+        let (l2, l1) = (GEMM_L2_BYTES, GEMM_L1_BYTES);
         if VNNI {
-            gemm_rows_tiled::<2, 2, true>(job, rows);
+            super::gemm_blocked::<Tile<true>, 2, 2>(job, rows, l2, l1);
         } else {
-            gemm_rows_tiled::<1, 4, false>(job, rows);
-        }
-    }
-}
-
-/// [`gemm_rows`] with tiles of `R` rows × `T` tokens.
-#[inline(always)]
-unsafe fn gemm_rows_tiled<const R: usize, const T: usize, const VNNI: bool>(
-    job: &Job,
-    rows: Range<usize>,
-) {
-    // SAFETY: see `run`.
-    unsafe {
-        let (rb, n_tok) = (job.row_bytes, job.acts.len());
-        let block_rows = (GEMM_L2_BYTES / rb / R).max(1) * R;
-        let block_toks = (GEMM_L1_BYTES / (4 * rb) / T).max(1) * T;
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let r1 = (r0 + block_rows).min(rows.end);
-            let mut t0 = 0;
-            while t0 < n_tok {
-                let t1 = (t0 + block_toks).min(n_tok);
-                let mut r = r0;
-                while r + R <= r1 {
-                    gemm_row_group::<R, T, VNNI>(job, r, t0..t1);
-                    r += R;
-                }
-                for r in r..r1 {
-                    gemm_row_group::<1, T, VNNI>(job, r, t0..t1);
-                }
-                t0 = t1;
-            }
-            r0 = r1;
+            super::gemm_blocked::<Tile<false>, 1, 4>(job, rows, l2, l1);
         }
     }
 }

@@ -370,46 +370,18 @@ unsafe fn reduce16_x4x1(v: &[__m512i; 16]) -> [i32; 16] {
     }
 }
 
-/// Copies a narrow tile into the first columns of a full-width one.
-#[inline(always)]
-fn copy_tile<const R: usize, const T: usize>(src: &[[i32; T]; R], dst: &mut [[i32; GEMM_TOKS]; R]) {
-    for (s, d) in src.iter().zip(dst) {
-        d[..T].copy_from_slice(s);
-    }
-}
+/// This variant's [`gemm_tile`] for the shared blocked GEMM ([`super::gemm_blocked`]).
+struct Tile<const VNNI: bool>;
 
-/// Runs tiles of `R` rows (starting at row `r`) over the tokens `toks`.
-#[inline(always)]
-unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(
-    job: &Job,
-    r: usize,
-    toks: Range<usize>,
-) {
-    // SAFETY: see `run`; rows r..r+R and tokens `toks` exist.
-    unsafe {
-        let rb = job.row_bytes;
-        let w = job.w.as_ptr().add(r * rb);
-        let x = |t: usize| job.xq.as_ptr().add(t * rb * 4);
-        let store = |t0: usize, acc: &[[i32; GEMM_TOKS]; R], nt: usize| {
-            for (i, row) in acc.iter().enumerate() {
-                for (j, &a) in row[..nt].iter().enumerate() {
-                    job.store(t0 + j, r + i, a);
-                }
-            }
-        };
-        let mut t = toks.start;
-        while t + GEMM_TOKS <= toks.end {
-            store(t, &gemm_tile::<R, GEMM_TOKS, VNNI>(w, rb, x(t)), GEMM_TOKS);
-            t += GEMM_TOKS;
-        }
-        let mut acc = [[0i32; GEMM_TOKS]; R];
-        match toks.end - t {
-            1 => copy_tile(&gemm_tile::<R, 1, VNNI>(w, rb, x(t)), &mut acc),
-            2 => copy_tile(&gemm_tile::<R, 2, VNNI>(w, rb, x(t)), &mut acc),
-            3 => copy_tile(&gemm_tile::<R, 3, VNNI>(w, rb, x(t)), &mut acc),
-            _ => return,
-        }
-        store(t, &acc, toks.end - t);
+impl<const VNNI: bool> super::TileDots for Tile<VNNI> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const T: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        x: *const i8,
+    ) -> [[i32; T]; R] {
+        // SAFETY: forwarded contract.
+        unsafe { gemm_tile::<R, T, VNNI>(w, row_bytes, x) }
     }
 }
 
@@ -419,27 +391,12 @@ unsafe fn gemm_row_group<const R: usize, const VNNI: bool>(
 unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`.
     unsafe {
-        let (rb, n_tok) = (job.row_bytes, job.acts.len());
-        let block_rows = (GEMM_L2_BYTES / rb / GEMM_ROWS).max(1) * GEMM_ROWS;
-        let block_toks = (GEMM_L1_BYTES / (4 * rb) / GEMM_TOKS).max(1) * GEMM_TOKS;
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let r1 = (r0 + block_rows).min(rows.end);
-            let mut t0 = 0;
-            while t0 < n_tok {
-                let t1 = (t0 + block_toks).min(n_tok);
-                let mut r = r0;
-                while r + GEMM_ROWS <= r1 {
-                    gemm_row_group::<GEMM_ROWS, VNNI>(job, r, t0..t1);
-                    r += GEMM_ROWS;
-                }
-                for r in r..r1 {
-                    gemm_row_group::<1, VNNI>(job, r, t0..t1);
-                }
-                t0 = t1;
-            }
-            r0 = r1;
-        }
+        super::gemm_blocked::<Tile<VNNI>, GEMM_ROWS, GEMM_TOKS>(
+            job,
+            rows,
+            GEMM_L2_BYTES,
+            GEMM_L1_BYTES,
+        );
     }
 }
 

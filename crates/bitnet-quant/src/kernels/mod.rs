@@ -272,6 +272,102 @@ pub(crate) unsafe fn gemv_rows<K: RowDots, const S: usize, const U: usize, const
     }
 }
 
+/// The tile dots of a SIMD variant's GEMM, for [`gemm_blocked`].
+pub(crate) trait TileDots {
+    /// Integer dot products of the `R` rows at `w` (stride `row_bytes`) with the `T` token rows
+    /// at `x` (stride `4 * row_bytes`), whole rows.
+    ///
+    /// # Safety
+    /// Those rows are readable, and the CPU has the variant's features (the caller enabled them).
+    unsafe fn tile<const R: usize, const T: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        x: *const i8,
+    ) -> [[i32; T]; R];
+}
+
+/// GEMM over `rows` for every token of `job` in tiles of `R` rows × `T` tokens (`T` at most
+/// 4), blocked so that a block of weight rows (`l2_bytes`) stays in L2 while a block of tokens'
+/// activations (`l1_bytes`) stays in L1; rows past the last whole `R` take tiles of one row,
+/// tokens past the last whole `T` one tile of the rest.
+///
+/// # Safety
+/// As `K::tile`; `rows` lie inside `job`.
+#[inline(always)]
+pub(crate) unsafe fn gemm_blocked<K: TileDots, const R: usize, const T: usize>(
+    job: &Job,
+    rows: Range<usize>,
+    l2_bytes: usize,
+    l1_bytes: usize,
+) {
+    // SAFETY: every row below lies in `rows`, every token below n_tok.
+    unsafe {
+        let (rb, n_tok) = (job.row_bytes, job.acts.len());
+        let block_rows = (l2_bytes / rb / R).max(1) * R;
+        let block_toks = (l1_bytes / (4 * rb) / T).max(1) * T;
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let r1 = (r0 + block_rows).min(rows.end);
+            let mut t0 = 0;
+            while t0 < n_tok {
+                let t1 = (t0 + block_toks).min(n_tok);
+                let mut r = r0;
+                while r + R <= r1 {
+                    gemm_row_group::<K, R, T>(job, r, t0..t1);
+                    r += R;
+                }
+                for r in r..r1 {
+                    gemm_row_group::<K, 1, T>(job, r, t0..t1);
+                }
+                t0 = t1;
+            }
+            r0 = r1;
+        }
+    }
+}
+
+/// Tiles of `R` rows from row `r` over the tokens `toks` (see [`gemm_blocked`]).
+#[inline(always)]
+unsafe fn gemm_row_group<K: TileDots, const R: usize, const T: usize>(
+    job: &Job,
+    r: usize,
+    toks: Range<usize>,
+) {
+    /// Stores a tile's dots (rows from `r`, tokens from `t`).
+    #[inline(always)]
+    unsafe fn store<const R: usize, const T: usize>(
+        job: &Job,
+        r: usize,
+        t: usize,
+        acc: [[i32; T]; R],
+    ) {
+        for (i, row) in acc.iter().enumerate() {
+            for (j, &a) in row.iter().enumerate() {
+                // SAFETY: the caller's rows and tokens lie inside `job`.
+                unsafe { job.store(t + j, r + i, a) };
+            }
+        }
+    }
+    const { assert!(T <= 4, "the remainder below covers up to 3 tokens") };
+    // SAFETY: rows r..r + R and tokens `toks` lie inside `job` (caller).
+    unsafe {
+        let rb = job.row_bytes;
+        let w = job.w.as_ptr().add(r * rb);
+        let x = |t: usize| job.xq.as_ptr().add(t * rb * 4);
+        let mut t = toks.start;
+        while t + T <= toks.end {
+            store(job, r, t, K::tile::<R, T>(w, rb, x(t)));
+            t += T;
+        }
+        match toks.end - t {
+            0 => {}
+            1 => store(job, r, t, K::tile::<R, 1>(w, rb, x(t))),
+            2 => store(job, r, t, K::tile::<R, 2>(w, rb, x(t))),
+            _ => store(job, r, t, K::tile::<R, 3>(w, rb, x(t))),
+        }
+    }
+}
+
 /// Output rows per task are a multiple of this (whole cache lines of f32 outputs).
 const ROW_ALIGN: usize = 16;
 /// Below this many weight bytes × tokens a call runs on the calling thread alone.
