@@ -5,10 +5,12 @@
 //! and then the one f32 formula [`finish`]: `y = (acc − a.sum) as f32 / a.scale * s_w`,
 //! so all variants give bit-identical outputs.
 //!
-//! Variants ([`Kernel`]): `scalar` (the readable reference), `avx2` (`vpmaddubsw`),
-//! `avx2-vnni` (AVX-VNNI `vpdpbusd`), `avx512` (AVX-512BW `vpmaddubsw`) and `avx512-vnni`.
-//! The best available one is chosen at run time; the environment variable
-//! `BITNET_KERNEL=scalar|avx2|avx2-vnni|avx512|avx512-vnni|auto` overrides it (read once).
+//! Variants ([`Kernel`]): `scalar` (the readable reference); on x86-64 `avx2` (`vpmaddubsw`),
+//! `avx2-vnni` (AVX-VNNI `vpdpbusd`), `avx512` (AVX-512BW `vpmaddubsw`) and `avx512-vnni`; on
+//! aarch64 `neon` (`smull`) and `neon-dotprod` (`sdot`). The best available one is chosen at
+//! run time; the environment variable
+//! `BITNET_KERNEL=scalar|avx2|avx2-vnni|avx512|avx512-vnni|neon|neon-dotprod|auto` overrides it
+//! (read once).
 //! Work is split over output rows on a [`ThreadPool`].
 //!
 //! Activations: `xq` holds `padded_cols` entries per token, zero past `cols`, and
@@ -24,6 +26,8 @@ use std::sync::OnceLock;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 
 /// The environment variable that pins a kernel variant.
@@ -42,12 +46,23 @@ pub enum Kernel {
     Avx512,
     /// AVX-512BW with AVX512-VNNI `vpdpbusd`.
     Avx512Vnni,
+    /// aarch64 NEON with `smull` + `sadalp`.
+    Neon,
+    /// aarch64 NEON with the dot-product extension's `sdot`.
+    NeonDotprod,
 }
 
 impl Kernel {
-    /// All variants, slowest first.
-    pub const ALL: [Kernel; 5] =
-        [Kernel::Scalar, Kernel::Avx2, Kernel::Avx2Vnni, Kernel::Avx512, Kernel::Avx512Vnni];
+    /// All variants, slowest first among those of one architecture.
+    pub const ALL: [Kernel; 7] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::Avx2Vnni,
+        Kernel::Avx512,
+        Kernel::Avx512Vnni,
+        Kernel::Neon,
+        Kernel::NeonDotprod,
+    ];
 
     /// The name used by `BITNET_KERNEL`.
     pub fn name(self) -> &'static str {
@@ -57,6 +72,8 @@ impl Kernel {
             Kernel::Avx2Vnni => "avx2-vnni",
             Kernel::Avx512 => "avx512",
             Kernel::Avx512Vnni => "avx512-vnni",
+            Kernel::Neon => "neon",
+            Kernel::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -71,9 +88,19 @@ impl Kernel {
                 Kernel::Avx2Vnni => has!("avx2") && has!("avxvnni"),
                 Kernel::Avx512 => has!("avx512f") && has!("avx512bw"),
                 Kernel::Avx512Vnni => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
+                Kernel::Neon | Kernel::NeonDotprod => false,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            match self {
+                Kernel::Scalar | Kernel::Neon => true,
+                Kernel::NeonDotprod => has!("dotprod"),
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == Kernel::Scalar
         }
@@ -203,7 +230,12 @@ fn run_rows(kernel: Kernel, job: &Job, rows: Range<usize>) {
         Kernel::Avx512 => unsafe { avx512::run_maddubs(job, rows) },
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => unsafe { avx512::run_vnni(job, rows) },
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => unsafe { neon::run_neon(job, rows) },
+        #[cfg(target_arch = "aarch64")]
+        Kernel::NeonDotprod => unsafe { neon::run_dotprod(job, rows) },
+        // Variants of another architecture are never available (`ensure_available`).
+        #[allow(unreachable_patterns)]
         _ => scalar::run(job, rows),
     }
 }
@@ -475,6 +507,9 @@ pub(crate) fn quantize_row_unchecked(kernel: Kernel, x: &[f32], out: &mut [i8]) 
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 | Kernel::Avx2Vnni => unsafe { avx2::quantize_row(x, out) },
+        // SAFETY: NEON is part of every aarch64 CPU.
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon | Kernel::NeonDotprod => unsafe { neon::quantize_row(x, out) },
         _ => crate::quantize::quantize_row_scalar(x, out),
     }
 }
