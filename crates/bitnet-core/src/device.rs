@@ -85,6 +85,28 @@ impl DeviceRequest {
     }
 }
 
+/// Bytes of host memory a new allocation can still be backed by: `MemAvailable` plus
+/// `SwapFree` from `/proc/meminfo` (Linux), or `None` where that is not known.
+///
+/// Linux grants large zeroed allocations lazily (overcommit) and commits their pages only when
+/// they are written, so an allocation larger than this succeeds and the process is killed
+/// later, when it fills; callers sizing user-chosen buffers (a KV cache) check against it.
+pub fn host_memory_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_available(&text)
+}
+
+/// `MemAvailable` + `SwapFree` (in bytes) from the text of `/proc/meminfo`.
+fn parse_meminfo_available(text: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb = line[name.len()..].trim().strip_suffix("kB")?.trim();
+        kb.parse::<u64>().ok()?.checked_mul(1024)
+    };
+    let avail = field("MemAvailable:")?;
+    Some(avail.saturating_add(field("SwapFree:").unwrap_or(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +136,17 @@ mod tests {
     fn exact_cuda_request_fails_loudly() {
         let r = DeviceRequest::Exact(Device::Cuda(1)).select(|_| Err(Error::Device("none".into())));
         assert!(r.unwrap_err().to_string().contains("opening cuda:1"));
+    }
+
+    #[test]
+    fn meminfo_available_adds_free_swap() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000 kB\n\
+                    SwapTotal: 0 kB\nSwapFree:        48 kB\n";
+        assert_eq!(parse_meminfo_available(text), Some(2048 * 1024));
+        assert_eq!(parse_meminfo_available("MemAvailable: 5 kB\n"), Some(5 * 1024));
+        assert_eq!(parse_meminfo_available("MemTotal: 5 kB\n"), None);
+        assert_eq!(parse_meminfo_available("MemAvailable: lots kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(host_memory_available().is_some_and(|b| b > 0));
     }
 }

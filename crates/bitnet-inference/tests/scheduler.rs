@@ -233,3 +233,27 @@ fn a_kv_cache_too_large_for_memory_is_an_error_not_an_abort() {
     assert!(err.contains("KV cache") && err.contains("--parallel"), "{err}");
     assert!(e.scheduler(2).is_ok(), "the engine stays usable");
 }
+
+#[test]
+fn a_kv_cache_larger_than_the_memory_available_is_refused_up_front() {
+    // Keys and values of 1.5x the memory there is, each allocation below it: Linux would grant
+    // both (pages are committed only when sequences write them) and kill the server later.
+    use bitnet_core::{Device, DeviceRequest};
+    let Some(avail) = bitnet_core::device::host_memory_available() else {
+        eprintln!("skipped: this OS does not report the memory available");
+        return;
+    };
+    let ctx = 1 << 12;
+    let mut e = Engine::builder()
+        .synthetic("tiny")
+        .device(DeviceRequest::Exact(Device::Cpu))
+        .context_len(ctx)
+        .build()
+        .unwrap();
+    let d = e.dims().clone();
+    let per_slot = (d.layers * d.kv_heads * d.head_dim * ctx * 8) as u64;
+    let slots = (avail + avail / 2).div_ceil(per_slot) as usize;
+    let err = e.scheduler(slots).err().expect("more than the memory available").to_string();
+    assert!(err.contains("KV cache") && err.contains("GB available"), "{err}");
+    assert!(e.scheduler(2).is_ok(), "the engine stays usable");
+}

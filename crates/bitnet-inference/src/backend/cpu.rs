@@ -170,6 +170,18 @@ impl Backend for CpuBackend {
     }
     fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
         let n = shape.values()?;
+        // The zeroed pages are committed as sequences fill them: a cache larger than the memory
+        // there is would be granted here and the process killed later. Refuse it now, as the
+        // GPU's eager allocation does.
+        let bytes = (n as u64).saturating_mul(2 * std::mem::size_of::<f32>() as u64);
+        if let Some(avail) = bitnet_core::device::host_memory_available() {
+            if bytes > avail {
+                let gb = avail as f64 * 1e-9;
+                let msg =
+                    format!("{} (this machine has {gb:.1} GB available)", shape.alloc_failed());
+                return Err(Error::invalid(msg));
+            }
+        }
         let failed = || Error::invalid(shape.alloc_failed());
         let (k, v) = (
             AlignedVec::try_zeros(n).ok_or_else(failed)?,
