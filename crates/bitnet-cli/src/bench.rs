@@ -3,6 +3,7 @@
 use crate::generate::ModelArgs;
 use anyhow::{bail, Result};
 use bitnet_inference::backend::LmHeadMode;
+use bitnet_inference::models::Dims;
 use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
 use clap::Args;
@@ -20,6 +21,10 @@ pub struct BenchArgs {
     /// next token picked on the backend as `generate` does.
     #[arg(short = 'n', long = "n-gen", default_value_t = 64)]
     n_gen: usize,
+    /// Tokens already in the KV cache when the generation test starts (as llama-bench's -d):
+    /// decode speed deep in a conversation, where attention reads the whole cache.
+    #[arg(short = 'd', long, default_value_t = 0, value_name = "TOKENS")]
+    depth: usize,
     /// Repetitions of each test (after one warm-up run).
     #[arg(short = 'r', long, default_value_t = 3)]
     reps: usize,
@@ -59,6 +64,15 @@ fn measure(reps: usize, tokens: usize, mut f: impl FnMut() -> Result<()>) -> Res
     Ok(out)
 }
 
+/// Positions each of `n_gen` decode steps after `depth` cached tokens attends to, on average
+/// (depth + 1 ..= depth + n_gen), and the bytes of f32 keys and values (both backends) that
+/// reads per step.
+fn kv_read_per_step(d: &Dims, depth: usize, n_gen: usize) -> (f64, usize) {
+    let positions = depth as f64 + (n_gen as f64 + 1.0) / 2.0;
+    let per_position = d.layers * d.kv_heads * d.head_dim * 2 * std::mem::size_of::<f32>();
+    (positions, (positions * per_position as f64) as usize)
+}
+
 /// Peak resident memory of this process in bytes (Linux), if known.
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -74,11 +88,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let mut engine = a.model.load_with(mode, a.profile)?;
     let d = engine.dims().clone();
-    if a.n_prompt + a.n_gen > engine.context_len() {
-        bail!("-p {} + -n {} exceeds the context of {}", a.n_prompt, a.n_gen, engine.context_len());
+    let ctx = engine.context_len();
+    if a.n_prompt + a.n_gen > ctx {
+        bail!("-p {} + -n {} exceeds the context of {ctx}", a.n_prompt, a.n_gen);
+    }
+    if a.depth + a.n_gen > ctx {
+        bail!("-d {} + -n {} exceeds the context of {ctx} (--ctx sets it)", a.depth, a.n_gen);
     }
     let ids: Vec<u32> =
-        (0..a.n_prompt.max(1)).map(|i| ((i * 7919 + 13) % d.vocab) as u32).collect();
+        (0..a.n_prompt.max(a.depth + 1)).map(|i| ((i * 7919 + 13) % d.vocab) as u32).collect();
     let pp = if a.n_prompt > 0 {
         Some(measure(a.reps, a.n_prompt, || {
             engine.forward_tokens(&ids, 0, false)?;
@@ -98,8 +116,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..GenerationConfig::default()
     };
     let tg = if a.n_gen > 0 {
+        // The depth's tokens run once, untimed; each repetition then reuses them (the engine
+        // keeps a prompt's cached prefix) and runs the last prompt token and the steps.
+        let prompt = &ids[..a.depth + 1];
+        if a.depth > 0 {
+            engine.forward_tokens(&prompt[..a.depth], 0, false)?;
+        }
         Some(measure(a.reps, a.n_gen, || {
-            let out = engine.generate_ids(&ids[..1], &tg_cfg)?;
+            let out = engine.generate_ids(prompt, &tg_cfg)?;
             if out.generated_ids.len() != a.n_gen {
                 bail!("generation stopped after {} tokens", out.generated_ids.len());
             }
@@ -112,7 +136,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let batched = batched_decode(&mut engine, &a)?;
     let ternary = ternary_params(&engine);
     let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
-    let bytes_per_token = ternary / 4 + head_bytes;
+    let (kv_positions, kv_bytes) = kv_read_per_step(&d, a.depth, a.n_gen);
+    let bytes_per_token = ternary / 4 + head_bytes + kv_bytes;
     let name = match (&a.model.model, &a.model.synthetic) {
         (Some(p), _) => p.display().to_string(),
         (_, Some(s)) => format!("synthetic {s}"),
@@ -125,8 +150,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "model": name, "backend": engine.describe(), "params": params,
             "pp": pp.as_ref().map(|v| stat(v).mean), "pp_sd": pp.as_ref().map(|v| stat(v).sd),
             "tg": tg.as_ref().map(|v| stat(v).mean), "tg_sd": tg.as_ref().map(|v| stat(v).sd),
-            "n_prompt": a.n_prompt, "n_gen": a.n_gen,
-            "bytes_per_token": bytes_per_token, "peak_rss": rss,
+            "n_prompt": a.n_prompt, "n_gen": a.n_gen, "depth": a.depth,
+            "bytes_per_token": bytes_per_token, "kv_bytes_per_token": kv_bytes, "peak_rss": rss,
             "batched": batched.iter().map(|(b, g, m)| serde_json::json!({
                 "batch": b, "tg": stat(g).mean, "tg_sd": stat(g).sd,
                 "tg_no_argmax": stat(m).mean, "tg_no_argmax_sd": stat(m).sd,
@@ -145,13 +170,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if let Some(v) = &tg {
         let s = stat(v);
-        println!("| {name} | {p} | {b} | tg{} | {:.2} ± {:.2} |", a.n_gen, s.mean, s.sd);
+        let test = match a.depth {
+            0 => format!("tg{}", a.n_gen),
+            depth => format!("tg{} @ d{depth}", a.n_gen),
+        };
+        println!("| {name} | {p} | {b} | {test} | {:.2} ± {:.2} |", s.mean, s.sd);
         println!(
-            "\nbytes read per generated token: {:.1} MB (ternary {:.1} MB + lm_head {:.1} MB); \
-             at {:.2} tokens/s that is {:.2} GB/s",
+            "\nbytes read per generated token: {:.1} MB (ternary {:.1} MB + lm_head {:.1} MB + \
+             KV cache {:.1} MB at {kv_positions:.1} positions on average); at {:.2} tokens/s that \
+             is {:.2} GB/s",
             bytes_per_token as f64 / 1e6,
             (ternary / 4) as f64 / 1e6,
             head_bytes as f64 / 1e6,
+            kv_bytes as f64 / 1e6,
             s.mean,
             s.mean * bytes_per_token as f64 / 1e9
         );
@@ -240,4 +271,29 @@ fn ternary_params(e: &Engine) -> usize {
     let d = e.dims();
     let (qd, kvd) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
     d.layers * (2 * d.hidden * qd + 2 * d.hidden * kvd + 3 * d.hidden * d.intermediate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_bytes_count_every_position_a_step_attends_to() {
+        let d = Dims {
+            hidden: 2560,
+            intermediate: 6912,
+            layers: 30,
+            heads: 20,
+            kv_heads: 5,
+            head_dim: 128,
+            vocab: 128256,
+            max_positions: 4096,
+            eps: 1e-5,
+            rope_theta: 5e5,
+        };
+        // One step at depth 0 attends to its own position: 30 layers x 640 x (K + V) x 4 bytes.
+        assert_eq!(kv_read_per_step(&d, 0, 1), (1.0, 153_600));
+        // Steps at positions 1001..=1064 attend to 1032.5 positions on average.
+        assert_eq!(kv_read_per_step(&d, 1000, 64), (1032.5, 158_592_000));
+    }
 }
