@@ -148,7 +148,7 @@ pub fn store_kv(
 }
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
-/// context is `max_len`: enough blocks to fill the GPU twice ([`attention_split_limit`]), at
+/// context is `max_len`: enough blocks to fill the GPU ([`attention_split_limit`]), at
 /// least `split_len` positions per split (a power of two; [`Gpu::attention_split_len`] by
 /// default: 64, `BITNET_ATTN_SPLIT_LEN`) of `max_len` rounded up to a power of two. H100 tg64
 /// from 128 and 400 positions (4 and 8 splits): 1,370 / 1,367 and 1,373 tok/s against 1,346 /
@@ -174,10 +174,10 @@ pub fn split_len_pow2(len: usize) -> usize {
 }
 
 /// The most splits [`attention_splits`] gives `rows` rows of `heads` heads (at long contexts):
-/// enough blocks to fill the GPU twice, 1 to 64.
+/// enough blocks to fill every SM four times (`BITNET_ATTN_FILL`), 1 to 64.
 pub fn attention_split_limit(gpu: &Gpu, rows: usize, heads: usize) -> usize {
     let blocks = (rows * heads).max(1);
-    (2 * gpu.info().sms as usize).div_ceil(blocks).clamp(1, 64)
+    (gpu.knobs().attn_fill() * gpu.info().sms as usize).div_ceil(blocks).clamp(1, 64)
 }
 
 /// Scratch values attention needs for `splits > 1`.

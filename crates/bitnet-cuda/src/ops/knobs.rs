@@ -24,6 +24,8 @@ pub(crate) struct Knobs {
     one_kernel: bool,
     /// `BITNET_ATTN_SPLIT_LEN`: fewest positions per attention split by default (64).
     attn_split_len: Option<usize>,
+    /// `BITNET_ATTN_FILL`: attention blocks a long context may split into, per SM.
+    attn_fill: Option<usize>,
 }
 
 impl Knobs {
@@ -39,6 +41,7 @@ impl Knobs {
             unfused_rope: std::env::var("BITNET_CUDA_FUSE_ROPE").is_ok_and(|v| v == "0"),
             one_kernel: std::env::var("BITNET_CUDA_ONE_KERNEL").is_ok_and(|v| v == "1"),
             attn_split_len: num("BITNET_ATTN_SPLIT_LEN"),
+            attn_fill: num("BITNET_ATTN_FILL"),
         }
     }
 
@@ -87,6 +90,14 @@ impl Knobs {
     /// Fewest positions per attention split (a power of two). Default 64 (H100, NOTES.md).
     pub(crate) fn attn_split_len(&self) -> usize {
         super::split_len_pow2(self.attn_split_len.unwrap_or(64))
+    }
+
+    /// Attention blocks per SM that splitting a long context aims at. Default 4 (H100,
+    /// NOTES.md, `bench -d D -n 64`, fill 2 / 4 / 8 / 16): d2000 863 / 930 / 897 / 899 tok/s,
+    /// d4000 661 / 770 / 691 / 702; d0 and d1000 within noise. Past 16 splits the partials
+    /// merge in `attn_combine` instead of the cluster.
+    pub(crate) fn attn_fill(&self) -> usize {
+        self.attn_fill.unwrap_or(4).max(1)
     }
 
     /// Blocks per SM the split-K GEMM aims at.
