@@ -292,7 +292,8 @@ unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNN
     }
 }
 
-/// This variant's [`gemv_rows_at`] for the shared row walk ([`super::gemv_rows`]).
+/// This variant's dots for the shared GEMV row walk ([`super::gemv_rows`]: [`gemv_rows_at`])
+/// and blocked GEMM ([`super::gemm_blocked`]: [`gemm_tile`]).
 pub(crate) struct Dots<const VNNI: bool>;
 
 impl<const VNNI: bool> super::RowDots for Dots<VNNI> {
@@ -351,10 +352,7 @@ unsafe fn gemm_tile<const R: usize, const T: usize, const VNNI: bool>(
     }
 }
 
-/// This variant's [`gemm_tile`] for the shared blocked GEMM ([`super::gemm_blocked`]).
-struct Tile<const VNNI: bool>;
-
-impl<const VNNI: bool> super::TileDots for Tile<VNNI> {
+impl<const VNNI: bool> super::TileDots for Dots<VNNI> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const T: usize>(
         w: *const u8,
@@ -374,9 +372,9 @@ unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     unsafe {
         let (l2, l1) = (GEMM_L2_BYTES, GEMM_L1_BYTES);
         if VNNI {
-            super::gemm_blocked::<Tile<true>, 2, 2>(job, rows, l2, l1);
+            super::gemm_blocked::<Dots<true>, 2, 2>(job, rows, l2, l1);
         } else {
-            super::gemm_blocked::<Tile<false>, 1, 4>(job, rows, l2, l1);
+            super::gemm_blocked::<Dots<false>, 1, 4>(job, rows, l2, l1);
         }
     }
 }

@@ -258,7 +258,8 @@ unsafe fn gemv_rows_at<const S: usize, const U: usize, const T: usize, const VNN
     }
 }
 
-/// This variant's [`gemv_rows_at`] for the shared row walk ([`super::gemv_rows`]).
+/// This variant's dots for the shared GEMV row walk ([`super::gemv_rows`]: [`gemv_rows_at`])
+/// and blocked GEMM ([`super::gemm_blocked`]: [`gemm_tile`]).
 pub(crate) struct Dots<const VNNI: bool>;
 
 impl<const VNNI: bool> super::RowDots for Dots<VNNI> {
@@ -370,10 +371,7 @@ unsafe fn reduce16_x4x1(v: &[__m512i; 16]) -> [i32; 16] {
     }
 }
 
-/// This variant's [`gemm_tile`] for the shared blocked GEMM ([`super::gemm_blocked`]).
-struct Tile<const VNNI: bool>;
-
-impl<const VNNI: bool> super::TileDots for Tile<VNNI> {
+impl<const VNNI: bool> super::TileDots for Dots<VNNI> {
     #[inline(always)]
     unsafe fn tile<const R: usize, const T: usize>(
         w: *const u8,
@@ -391,7 +389,7 @@ impl<const VNNI: bool> super::TileDots for Tile<VNNI> {
 unsafe fn gemm_rows<const VNNI: bool>(job: &Job, rows: Range<usize>) {
     // SAFETY: see `run`.
     unsafe {
-        super::gemm_blocked::<Tile<VNNI>, GEMM_ROWS, GEMM_TOKS>(
+        super::gemm_blocked::<Dots<VNNI>, GEMM_ROWS, GEMM_TOKS>(
             job,
             rows,
             GEMM_L2_BYTES,
