@@ -88,9 +88,10 @@ impl DeviceRequest {
 /// Bytes of host memory a new allocation can still be backed by: `MemAvailable` plus
 /// `SwapFree` from `/proc/meminfo` (Linux), or `None` where that is not known.
 ///
-/// Linux grants large zeroed allocations lazily (overcommit) and commits their pages only when
-/// they are written, so an allocation larger than this succeeds and the process is killed
-/// later, when it fills; callers sizing user-chosen buffers (a KV cache) check against it.
+/// Linux may grant an allocation larger than this (overcommit) and kill the process when its
+/// pages are touched (at once, where the allocation is zeroed by writing, as aligned zeroed
+/// allocations are; else as it fills); callers sizing user-chosen buffers (a KV cache) check
+/// against it.
 pub fn host_memory_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     parse_meminfo_available(&text)
