@@ -43,10 +43,18 @@ pub fn try_cast_slice<T: Pod>(b: &[u8]) -> Option<&[T]> {
     Some(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const T, b.len() / sz) })
 }
 
+/// Allocations of at least this many bytes are anonymous memory maps: zero pages the OS
+/// commits as they are first written, where the allocator's aligned zeroing writes every page
+/// at once (a KV cache of 4,096 positions would take its whole size in memory from the start).
+const MAP_BYTES: usize = 4 << 20;
+
 /// A fixed-length, heap-allocated, 64-byte-aligned, zero-initialised `[T]`.
 pub struct AlignedVec<T: Pod> {
     ptr: NonNull<T>,
     len: usize,
+    /// The anonymous map holding the elements, for sizes of [`MAP_BYTES`] and more (page
+    /// aligned); `None` for a heap allocation of [`AlignedVec::layout`].
+    map: Option<memmap2::MmapMut>,
 }
 
 // SAFETY: AlignedVec owns its allocation exclusively, like Vec<T>; T: Send + Sync.
@@ -65,14 +73,25 @@ impl<T: Pod> AlignedVec<T> {
         Self::try_zeros(len).unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)))
     }
 
-    /// `len` zeroed elements, or `None` when the allocator refuses them (or the size
-    /// overflows): for allocations a user sizes, such as a KV cache.
+    /// `len` zeroed elements, or `None` when the allocator (or the OS, for a map) refuses them
+    /// or the size overflows: for allocations a user sizes, such as a KV cache. From
+    /// [`MAP_BYTES`] on, pages are committed as they are first written.
     pub fn try_zeros(len: usize) -> Option<Self> {
         let bytes = len.checked_mul(std::mem::size_of::<T>())?;
+        if bytes >= MAP_BYTES {
+            let mut map = memmap2::MmapMut::map_anon(bytes).ok()?;
+            let ptr = NonNull::new(map.as_mut_ptr() as *mut T)?;
+            // Maps start on a page: a multiple of ALIGN (checked, not assumed).
+            return (ptr.as_ptr() as usize).is_multiple_of(ALIGN).then_some(AlignedVec {
+                ptr,
+                len,
+                map: Some(map),
+            });
+        }
         let layout = Layout::from_size_align(bytes.max(1), ALIGN).ok()?;
         // SAFETY: layout has non-zero size; a null return is handled.
         let raw = unsafe { alloc_zeroed(layout) } as *mut T;
-        NonNull::new(raw).map(|ptr| AlignedVec { ptr, len })
+        NonNull::new(raw).map(|ptr| AlignedVec { ptr, len, map: None })
     }
 
     /// A copy of `src`.
@@ -100,7 +119,10 @@ impl<T: Pod> AlignedVec<T> {
 
 impl<T: Pod> Drop for AlignedVec<T> {
     fn drop(&mut self) {
-        // SAFETY: ptr was allocated in `zeros` with exactly this layout.
+        if self.map.is_some() {
+            return; // the map unmaps itself
+        }
+        // SAFETY: ptr was allocated in `try_zeros` with exactly this layout (no map).
         unsafe { dealloc(self.ptr.as_ptr() as *mut u8, Self::layout(self.len)) }
     }
 }
@@ -108,7 +130,8 @@ impl<T: Pod> Drop for AlignedVec<T> {
 impl<T: Pod> Deref for AlignedVec<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        // SAFETY: ptr is valid for len initialised (zeroed or written) elements.
+        // SAFETY: ptr is valid for len initialised (zeroed or written) elements: a heap block,
+        // or the map `self.map` owns (its memory does not move with the struct).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }
@@ -153,6 +176,35 @@ mod tests {
         let v = AlignedVec::<f32>::try_zeros(100).unwrap();
         assert_eq!(v.len(), 100);
         assert!(v.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn large_buffers_are_maps_whose_pages_are_committed_when_written() {
+        // Resident bytes of this process (Linux), else None.
+        let rss = || -> Option<u64> {
+            let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+            Some(s.split_whitespace().nth(1)?.parse::<u64>().ok()? * 4096)
+        };
+        let len = (64 << 20) / 4; // 64 MiB of f32
+        let mut v = AlignedVec::<f32>::zeros(len);
+        assert!(v.map.is_some());
+        assert_eq!(v.as_ptr() as usize % ALIGN, 0);
+        // Other tests' threads allocate too: margins of a quarter of the buffer.
+        let before = rss();
+        let w = AlignedVec::<f32>::zeros(len);
+        if let (Some(a), Some(b)) = (before, rss()) {
+            assert!(b < a + (16 << 20), "zeroing committed the pages up front");
+        }
+        v[len / 2 + 1] = 1.0;
+        v.iter_mut().step_by(1024).for_each(|x| *x += 1.0);
+        if let (Some(a), Some(b)) = (before, rss()) {
+            assert!(b > a + (48 << 20), "writing every page commits it");
+        }
+        drop(w);
+        assert!(v.iter().step_by(1024).all(|&x| x == 1.0));
+        assert_eq!(v.iter().filter(|&&x| x != 0.0).count(), len / 1024 + 1);
+        let c = v.clone();
+        assert_eq!(&c[..], &v[..]);
     }
 
     #[test]
