@@ -89,8 +89,7 @@ impl DeviceRequest {
 /// `SwapFree` from `/proc/meminfo` (Linux), or `None` where that is not known.
 ///
 /// Linux may grant an allocation larger than this (overcommit) and kill the process when its
-/// pages are touched (at once, where the allocation is zeroed by writing, as aligned zeroed
-/// allocations are; else as it fills); callers sizing user-chosen buffers (a KV cache) check
+/// pages are touched (as a buffer fills); callers sizing user-chosen buffers (a KV cache) check
 /// against it.
 pub fn host_memory_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

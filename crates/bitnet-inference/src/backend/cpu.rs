@@ -170,9 +170,9 @@ impl Backend for CpuBackend {
     }
     fn kv_cache(&self, shape: CacheShape) -> Result<Self::Cache> {
         let n = shape.values()?;
-        // The allocator may grant a cache larger than the memory there is, and the kernel then
-        // kills the process as the zeroing touches its pages: refuse it with a message instead,
-        // as the GPU's allocation does.
+        // A cache larger than the memory there is may be granted (its pages are committed as
+        // sequences fill them) and the process killed later: refuse it now, as the GPU's
+        // allocation does.
         let bytes = (n as u64).saturating_mul(2 * std::mem::size_of::<f32>() as u64);
         if let Some(avail) = bitnet_core::device::host_memory_available() {
             if bytes > avail {
