@@ -2,7 +2,7 @@
 
 use crate::generate::ModelArgs;
 use anyhow::{bail, Result};
-use bitnet_inference::backend::LmHeadMode;
+use bitnet_inference::backend::{CacheShape, LmHeadMode};
 use bitnet_inference::models::Dims;
 use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
@@ -65,11 +65,12 @@ fn measure(reps: usize, tokens: usize, mut f: impl FnMut() -> Result<()>) -> Res
 }
 
 /// Positions each of `n_gen` decode steps after `depth` cached tokens attends to, on average
-/// (depth + 1 ..= depth + n_gen), and the bytes of f32 keys and values (both backends) that
-/// reads per step.
+/// (depth + 1 ..= depth + n_gen), and the bytes of keys and values that reads per step.
 fn kv_read_per_step(d: &Dims, depth: usize, n_gen: usize) -> (f64, usize) {
     let positions = depth as f64 + (n_gen as f64 + 1.0) / 2.0;
-    let per_position = d.layers * d.kv_heads * d.head_dim * 2 * std::mem::size_of::<f32>();
+    let (layers, kv_heads, head_dim) = (d.layers, d.kv_heads, d.head_dim);
+    let one = CacheShape { layers, slots: 1, max_seq: 1, kv_heads, head_dim };
+    let per_position = one.bytes().map_or(0, |b| b as usize);
     (positions, (positions * per_position as f64) as usize)
 }
 

@@ -173,9 +173,8 @@ impl Backend for CpuBackend {
         // A cache larger than the memory there is may be granted (its pages are committed as
         // sequences fill them) and the process killed later: refuse it now, as the GPU's
         // allocation does.
-        let bytes = (n as u64).saturating_mul(2 * std::mem::size_of::<f32>() as u64);
         if let Some(avail) = bitnet_core::device::host_memory_available() {
-            if bytes > avail {
+            if shape.bytes()? > avail {
                 let gb = avail as f64 * 1e-9;
                 let msg =
                     format!("{} (this machine has {gb:.1} GB available)", shape.alloc_failed());

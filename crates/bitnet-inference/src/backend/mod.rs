@@ -75,10 +75,16 @@ impl CacheShape {
             .ok_or_else(|| Error::invalid("KV cache size overflows"))
     }
 
-    /// What to say when a cache of this shape (f32 keys and values) cannot be allocated: its
-    /// size and what to lower.
+    /// Bytes of the cache's f32 keys and values (both backends keep them in f32), or an error
+    /// when the count overflows.
+    pub fn bytes(&self) -> Result<u64> {
+        let per_value = 2 * std::mem::size_of::<f32>() as u64;
+        Ok((self.values()? as u64).saturating_mul(per_value))
+    }
+
+    /// What to say when a cache of this shape cannot be allocated: its size and what to lower.
     pub fn alloc_failed(&self) -> String {
-        let gb = self.values().map_or(f64::INFINITY, |n| n as f64 * 8e-9);
+        let gb = self.bytes().map_or(f64::INFINITY, |b| b as f64 * 1e-9);
         let fewer = if self.slots > 1 { " or fewer sequences (--parallel)" } else { "" };
         format!(
             "cannot allocate the KV cache: {gb:.1} GB for {} sequence slot(s) of {} positions; \
