@@ -290,7 +290,8 @@ mod tests {
             vocab: 128256,
             max_positions: 4096,
             eps: 1e-5,
-            rope_theta: 5e5,
+            rope: bitnet_inference::backend::Rope::new(5e5),
+            arch: bitnet_inference::config::Architecture::BitNet,
         };
         // One step at depth 0 attends to its own position: 30 layers x 640 x (K + V) x 4 bytes.
         assert_eq!(kv_read_per_step(&d, 0, 1), (1.0, 153_600));

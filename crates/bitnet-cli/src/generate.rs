@@ -17,7 +17,8 @@ pub struct ModelArgs {
     /// (default: the model shipped in models/default).
     #[arg(short, long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Use a synthetic model with random weights instead of a file: 2b4t, large or tiny.
+    /// Use a synthetic model with random weights instead of a file: 2b4t, large, tiny or
+    /// falcon3-1b (LLaMA architecture).
     #[arg(long, value_name = "NAME", conflicts_with = "model")]
     pub synthetic: Option<String>,
     /// CPU threads (default: all cores).

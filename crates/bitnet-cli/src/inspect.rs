@@ -1,6 +1,7 @@
 //! `bitnet inspect`: what is in a model file.
 
 use anyhow::Result;
+use bitnet_inference::config::Architecture;
 use bitnet_inference::formats;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -27,7 +28,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
     writeln!(out, "file: {} ({:?})", a.path.display(), f.kind)?;
     writeln!(
         out,
-        "architecture: BitNet b1.58 | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
+        "architecture: {} | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
+        match c.architecture {
+            Architecture::BitNet => "BitNet b1.58 (sub-norms, relu2)",
+            Architecture::Llama => "Llama with BitNet b1.58 projections (silu, no sub-norms)",
+        },
         c.hidden_size,
         c.num_hidden_layers,
         c.num_attention_heads,
@@ -39,8 +44,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "rope_theta {} | rms_norm_eps {} | tied embeddings {} | quantization {:?}",
-        c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings, c.quantization
+        "rope_theta {}{} | rms_norm_eps {} | tied embeddings {} | quantization {:?}",
+        c.rope_theta,
+        c.rope_scaling.map_or(String::new(), |s| format!(
+            " (llama3 scaling: factor {}, low/high freq factor {}/{}, original ctx {})",
+            s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_positions
+        )),
+        c.rms_norm_eps,
+        c.tie_word_embeddings,
+        c.quantization
     )?;
     let mut by_type: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut total = 0usize;

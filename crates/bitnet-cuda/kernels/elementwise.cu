@@ -121,6 +121,16 @@ extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __re
     }
 }
 
+// gate = silu(gate) * up = gate / (1 + exp(-gate)) * up (as torch's SiLU).
+extern "C" __global__ void silu_mul(float* __restrict__ gate, const float* __restrict__ up,
+                                    int len) {
+    PDL_ENTER();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        gate[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
+    }
+}
+
 // x += y.
 extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, int len) {
     PDL_ENTER();

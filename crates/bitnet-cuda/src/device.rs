@@ -112,7 +112,7 @@ kernels! {
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
     attn_rope1: "attention_rope_nd1", attn_rope2: "attention_rope_nd2",
     attn_rope4: "attention_rope_nd4", attn_rope8: "attention_rope_nd8",
-    attn_combine: "attn_combine", relu2_mul: "relu2_mul", add: "add_f32", copy: "copy_f32",
+    attn_combine: "attn_combine", relu2_mul: "relu2_mul", silu_mul: "silu_mul", add: "add_f32", copy: "copy_f32",
     read_xor: "read_xor",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",

@@ -16,11 +16,39 @@ const MAX_LAYERS: usize = 4096;
 /// Largest accepted vocabulary / context length.
 const MAX_VOCAB: usize = 1 << 24;
 
-/// The feed-forward activation. BitNet b1.58 uses squared ReLU only.
+/// The feed-forward activation: squared ReLU for BitNet b1.58, SiLU for LLaMA-architecture
+/// BitNet checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum HiddenAct {
     /// `relu(x)²`.
     Relu2,
+    /// `x * sigmoid(x)`.
+    Silu,
+}
+
+/// The decoder block a checkpoint was trained with (`model_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Architecture {
+    /// HF `BitNetForCausalLM` (`model_type: bitnet`): RMSNorms inside the attention and the
+    /// feed-forward (`attn_sub_norm`, `ffn_sub_norm`) and squared ReLU.
+    BitNet,
+    /// HF `LlamaForCausalLM` with `quantization_config.quant_method: bitnet` (`model_type:
+    /// llama`; Falcon3-*-1.58bit, Llama3-8B-1.58): every projection a BitLinear, no sub-norms,
+    /// SiLU-gated feed-forward.
+    Llama,
+}
+
+/// Llama-3 RoPE frequency scaling (`rope_type: llama3`), as HF transformers applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Llama3Scaling {
+    /// `factor`: low frequencies are divided by it.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_max_positions: f64,
 }
 
 /// Which HF BitLinear class an offline-packed checkpoint was saved for.
@@ -53,6 +81,8 @@ pub enum Quantization {
 /// The model hyper-parameters, validated.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BitNetConfig {
+    /// The decoder block (`model_type`). Default BitNet.
+    pub architecture: Architecture,
     /// Width of the residual stream.
     pub hidden_size: usize,
     /// Width of the feed-forward layer.
@@ -70,11 +100,14 @@ pub struct BitNetConfig {
     pub vocab_size: usize,
     /// Longest context the model was trained for. Default 2048.
     pub max_position_embeddings: usize,
-    /// RMSNorm epsilon. Default 1e-5.
+    /// RMSNorm epsilon. Default 1e-5 (BitNet), 1e-6 (Llama).
     pub rms_norm_eps: f64,
-    /// RoPE base (top-level `rope_theta` or `rope_parameters.rope_theta`). Default 500000.
+    /// RoPE base (top-level `rope_theta` or `rope_parameters.rope_theta`). Default 500000
+    /// (BitNet), 10000 (Llama).
     pub rope_theta: f64,
-    /// Feed-forward activation (must be `relu2`).
+    /// Llama-3 RoPE frequency scaling, if the config asks for it.
+    pub rope_scaling: Option<Llama3Scaling>,
+    /// Feed-forward activation: `relu2` for BitNet, `silu` for Llama.
     pub hidden_act: HiddenAct,
     /// Whether `lm_head` shares the embedding matrix. Default false (as HF); the 2B-4T sets true.
     pub tie_word_embeddings: bool,
@@ -204,32 +237,65 @@ fn required(v: Option<usize>, key: &str, p: &mut Problems, obj: &Map<String, Val
     v.unwrap_or(0)
 }
 
-/// RoPE base: top-level `rope_theta` (older configs) or `rope_parameters.rope_theta` (5.x).
-fn json_rope(obj: &Map<String, Value>, p: &mut Problems) -> f64 {
+/// RoPE base and scaling: top-level `rope_theta` (older configs) or `rope_parameters.rope_theta`
+/// (5.x); the scaling from `rope_parameters` or `rope_scaling` (`default` or `llama3`).
+fn json_rope(obj: &Map<String, Value>, p: &mut Problems) -> (Option<f64>, Option<Llama3Scaling>) {
     let mut theta = json_f64(obj, "rope_theta", p);
-    if let Some(rp) = obj.get("rope_parameters").filter(|v| !v.is_null()) {
-        match rp.as_object() {
-            Some(rp) => {
-                if let Some(t) = json_f64(rp, "rope_theta", p) {
-                    theta = Some(t);
-                }
-                match json_str(rp, "rope_type", p) {
-                    None | Some("default") => {}
-                    Some(t) => {
-                        p.push(format!("rope_parameters.rope_type `{t}` is not supported yet"))
-                    }
-                }
-            }
-            None => p.push("`rope_parameters` must be an object"),
+    let mut scaling = None;
+    for key in ["rope_scaling", "rope_parameters"] {
+        let Some(rp) = obj.get(key).filter(|v| !v.is_null()) else { continue };
+        let Some(rp) = rp.as_object() else {
+            p.push(format!("`{key}` must be an object"));
+            continue;
+        };
+        if let Some(t) = json_f64(rp, "rope_theta", p) {
+            theta = Some(t);
+        }
+        let kind = match json_str(rp, "rope_type", p) {
+            Some(k) => Some(k),
+            None => json_str(rp, "type", p),
+        };
+        match kind {
+            None | Some("default") => {}
+            Some("llama3") => scaling = llama3_scaling(rp, key, p),
+            Some(t) => p.push(format!("{key}.rope_type `{t}` is not supported yet")),
         }
     }
-    if let Some(rs) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
-        let kind = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str);
-        if kind != Some("default") {
-            p.push(format!("`rope_scaling` {rs} is not supported yet"));
+    (theta, scaling)
+}
+
+fn llama3_scaling(rp: &Map<String, Value>, key: &str, p: &mut Problems) -> Option<Llama3Scaling> {
+    let mut get = |k: &str| {
+        let v = json_f64(rp, k, p);
+        if !v.is_some_and(|v| v.is_finite() && v > 0.0) {
+            p.push(format!("{key}.{k} must be a positive number for llama3 RoPE scaling"));
+        }
+        v.unwrap_or(1.0)
+    };
+    let s = Llama3Scaling {
+        factor: get("factor"),
+        low_freq_factor: get("low_freq_factor"),
+        high_freq_factor: get("high_freq_factor"),
+        original_max_positions: get("original_max_position_embeddings"),
+    };
+    if s.high_freq_factor <= s.low_freq_factor {
+        p.push(format!("{key}: high_freq_factor must exceed low_freq_factor"));
+    }
+    Some(s)
+}
+
+/// `model_type`: absent (older BitNet configs) or `bitnet` -> BitNet; `llama` -> Llama.
+fn json_arch(obj: &Map<String, Value>, p: &mut Problems) -> Architecture {
+    match json_str(obj, "model_type", p) {
+        None | Some("bitnet") => Architecture::BitNet,
+        Some("llama") => Architecture::Llama,
+        Some(t) => {
+            p.push(format!(
+                "model_type `{t}` is not supported (bitnet, or llama with BitNet quantization)"
+            ));
+            Architecture::BitNet
         }
     }
-    theta.unwrap_or(500_000.0)
 }
 
 fn parse_quantization(obj: &Map<String, Value>, p: &mut Problems) -> (Quantization, Vec<String>) {
@@ -318,13 +384,20 @@ impl BitNetConfig {
         let vocab_size = required(json_usize(obj, "vocab_size", p), "vocab_size", p, obj);
         let kv = json_usize(obj, "num_key_value_heads", p);
         let head_dim = json_usize(obj, "head_dim", p);
-        let act = json_str(obj, "hidden_act", p).unwrap_or("relu2");
+        let architecture = json_arch(obj, p);
+        let llama = architecture == Architecture::Llama;
+        let act = json_str(obj, "hidden_act", p).unwrap_or(if llama { "silu" } else { "relu2" });
         let (quantization, modules_to_not_convert) = parse_quantization(obj, p);
-        if json_bool(obj, "attention_bias", p) == Some(true) {
-            p.push("attention_bias = true is not supported yet (BitNet has no biases)");
+        for bias in ["attention_bias", "mlp_bias"] {
+            if json_bool(obj, bias, p) == Some(true) {
+                p.push(format!("{bias} = true is not supported yet (BitNet has no biases)"));
+            }
         }
+        let (theta, rope_scaling) = json_rope(obj, p);
+        let theta = theta.unwrap_or(if llama { 10_000.0 } else { 500_000.0 });
         let dtype = json_str(obj, "dtype", p).or(json_str(obj, "torch_dtype", p));
         let cfg = BitNetConfig {
+            architecture,
             hidden_size,
             intermediate_size,
             num_hidden_layers,
@@ -333,9 +406,14 @@ impl BitNetConfig {
             head_dim: head_dim.unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
             vocab_size,
             max_position_embeddings: json_usize(obj, "max_position_embeddings", p).unwrap_or(2048),
-            rms_norm_eps: json_f64(obj, "rms_norm_eps", p).unwrap_or(1e-5),
-            rope_theta: json_rope(obj, p),
-            hidden_act: HiddenAct::Relu2,
+            rms_norm_eps: json_f64(obj, "rms_norm_eps", p).unwrap_or(if llama {
+                1e-6
+            } else {
+                1e-5
+            }),
+            rope_theta: theta,
+            rope_scaling,
+            hidden_act: if llama { HiddenAct::Silu } else { HiddenAct::Relu2 },
             tie_word_embeddings: json_bool(obj, "tie_word_embeddings", p).unwrap_or(false),
             bos_token_id: if obj.contains_key("bos_token_id") {
                 json_token(obj, "bos_token_id", p)
@@ -355,8 +433,14 @@ impl BitNetConfig {
             modules_to_not_convert,
             dtype: dtype.map(str::to_string),
         };
-        if act != "relu2" {
-            p.push(format!("hidden_act `{act}` is not supported (BitNet b1.58 uses `relu2`)"));
+        match (llama, act) {
+            (false, "relu2") | (true, "silu") => {}
+            (false, _) => {
+                p.push(format!("hidden_act `{act}` is not supported (BitNet b1.58 uses `relu2`)"))
+            }
+            (true, _) => p.push(format!(
+                "hidden_act `{act}` is not supported for model_type llama (BitNet Llamas use `silu`)"
+            )),
         }
         cfg.check(p, head_dim.is_some());
         std::mem::replace(p, Problems(Vec::new())).finish(cfg)
@@ -484,6 +568,7 @@ impl BitNetConfig {
         let theta = float("rope.freq_base", &mut p).unwrap_or(500_000.0);
         let tok = |k: &str| meta.get_usize(k).ok().flatten().and_then(|v| u32::try_from(v).ok());
         let cfg = BitNetConfig {
+            architecture: Architecture::BitNet,
             hidden_size,
             intermediate_size,
             num_hidden_layers,
@@ -494,6 +579,7 @@ impl BitNetConfig {
             max_position_embeddings: ctx,
             rms_norm_eps: eps,
             rope_theta: theta,
+            rope_scaling: None,
             hidden_act: HiddenAct::Relu2,
             tie_word_embeddings: true,
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
@@ -532,6 +618,43 @@ mod tests {
         assert_eq!(two.num_key_value_heads, 4);
         assert_eq!(two.head_dim, 16);
         assert_eq!(two.quantization, Quantization::None);
+    }
+
+    #[test]
+    fn llama_configs_take_llama_defaults_and_llama3_rope_scaling() {
+        let base = r#""model_type":"llama","hidden_size":64,"intermediate_size":160,
+            "num_hidden_layers":2,"num_attention_heads":4,"vocab_size":384,"bos_token_id":0,
+            "eos_token_id":1,"quantization_config":{"quant_method":"bitnet"}"#;
+        let c = BitNetConfig::from_json_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(c.architecture, Architecture::Llama);
+        assert_eq!((c.hidden_act, c.rms_norm_eps, c.rope_theta), (HiddenAct::Silu, 1e-6, 10_000.0));
+        assert_eq!(c.rope_scaling, None);
+        let scaled = r#","rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,
+            "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#;
+        let c = BitNetConfig::from_json_str(&format!("{{{base}{scaled}}}")).unwrap();
+        let want = Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 8192.0,
+        };
+        assert_eq!((c.rope_theta, c.rope_scaling), (500_000.0, Some(want)));
+        // The same under transformers 5's `rope_parameters`, with `type` for `rope_type`.
+        let params = scaled.replace("rope_scaling", "rope_parameters").replace("rope_type", "type");
+        let c = BitNetConfig::from_json_str(&format!("{{{base}{params}}}")).unwrap();
+        assert_eq!(c.rope_scaling, Some(want));
+        for (bad, what) in [
+            (r#","hidden_act":"gelu""#, "gelu"),
+            (r#","rope_scaling":{"rope_type":"yarn","factor":4.0}"#, "yarn"),
+            (r#","rope_scaling":{"rope_type":"llama3","factor":8.0}"#, "low_freq_factor"),
+            (r#","mlp_bias":true"#, "mlp_bias"),
+        ] {
+            let e = BitNetConfig::from_json_str(&format!("{{{base}{bad}}}")).unwrap_err();
+            assert!(e.to_string().contains(what), "{e} lacks {what}");
+        }
+        let e = BitNetConfig::from_json_str(&format!("{{{}}}", base.replace("llama", "mistral")))
+            .unwrap_err();
+        assert!(e.to_string().contains("model_type `mistral`"), "{e}");
     }
 
     #[test]

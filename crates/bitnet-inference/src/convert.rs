@@ -37,6 +37,12 @@ pub fn convert(
 ) -> Result<ConvertReport> {
     let file = formats::load(input).with_context(|| format!("loading {}", input.display()))?;
     let cfg = &file.config;
+    if cfg.architecture != crate::config::Architecture::BitNet {
+        return Err(Error::unsupported(
+            "converting a LLaMA-architecture BitNet checkpoint to GGUF (the GGUF writer knows \
+             the bitnet architecture only); run the safetensors directory directly",
+        ));
+    }
     let dtype = match ty {
         TernaryFormat::I2S => DType::I2S,
         TernaryFormat::TQ2_0 => DType::TQ2_0,

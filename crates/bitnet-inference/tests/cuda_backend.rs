@@ -6,7 +6,7 @@
 use bitnet_core::{DType, Tensor};
 use bitnet_inference::backend::{
     AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, LmHeadMode, NormInput,
-    NormSpec, RowPos,
+    NormSpec, Rope, RowPos,
 };
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -120,7 +120,7 @@ fn run<B: Backend>(
         let rows: Vec<RowPos> = (0..chunk).map(|i| RowPos { slot: 1, pos: start + i }).collect();
         let kv = b.upload(&rng.vec(chunk * kvd, 1.0)).unwrap();
         b.copy(&kv, 0, &mut kb, 0, chunk * kvd).unwrap();
-        b.rope(&mut kb, &rows, c.kv, c.hd, 10_000.0).unwrap();
+        b.rope(&mut kb, &rows, c.kv, c.hd, Rope::new(10_000.0)).unwrap();
         if start == 600 {
             outs.push(("rope_k", get(b, &kb, chunk * kvd)));
         }
@@ -140,7 +140,8 @@ fn run<B: Backend>(
     let mut qf = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
     let mut kf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
     let vf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
-    b.rope_store_kv(&mut qf, &mut kf, &vf, &mut cache, 0, &rows, attn, 10_000.0).unwrap();
+    b.rope_store_kv(&mut qf, &mut kf, &vf, &mut cache, 0, &rows, attn, Rope::new(10_000.0))
+        .unwrap();
     outs.push(("rope_store_q", get(b, &qf, n * qd)));
     outs.push(("rope_store_k", get(b, &kf, n * kvd)));
     b.attention(&qf, &cache, 0, &rows, attn, &mut att).unwrap();
@@ -157,8 +158,18 @@ fn run<B: Backend>(
         let mut qf = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
         let mut kf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
         let vf = b.upload(&rng.vec(n * kvd, 1.0)).unwrap();
-        b.rope_attention(&mut qf, &mut kf, &vf, &mut cache, 1, &rows, attn, 10_000.0, &mut att)
-            .unwrap();
+        b.rope_attention(
+            &mut qf,
+            &mut kf,
+            &vf,
+            &mut cache,
+            1,
+            &rows,
+            attn,
+            Rope::new(10_000.0),
+            &mut att,
+        )
+        .unwrap();
         outs.push(("attention", get(b, &att, m * qd)));
         let q2 = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
         b.attention(&q2, &cache, 1, &rows, attn, &mut att).unwrap();
@@ -202,6 +213,12 @@ fn run<B: Backend>(
     let u = b.upload(&rng.vec(1000, 3.0)).unwrap();
     b.relu2_mul(&mut g, &u, 999).unwrap();
     outs.push(("relu2_mul", get(b, &g, 1000)));
+    // SiLU with exp over- and underflowing at the ends.
+    let mut gv = rng.vec(1000, 8.0);
+    gv[..6].copy_from_slice(&[-100.0, 30.0, -88.0, -30.0, 0.0, -0.0]);
+    let mut gs = b.upload(&gv).unwrap();
+    b.silu_mul(&mut gs, &u, 1000).unwrap();
+    outs.push(("silu_mul", get(b, &gs, 1000)));
     b.add(&mut g, &u, 1000).unwrap();
     outs.push(("add", get(b, &g, 1000)));
     b.copy(&u, 10, &mut g, 500, 300).unwrap();
@@ -225,6 +242,8 @@ fn compare(c: &Case, seed: u64, dtype: DType, head: LmHeadMode) {
         let e = rel_err(a, b);
         let tol = match *name {
             "embed1" | "embed12" | "relu2_mul" | "add" | "copy" => 0.0,
+            // expf on the device, the host's exp on the CPU: ulps apart.
+            "silu_mul" => 1e-6,
             // One int8 step of difference at a rounding boundary of the RMSNorm output.
             "bitlinear_fused" | "norm_linear_add" | "logits" => 2e-2,
             _ => 2e-5,
@@ -253,14 +272,17 @@ fn every_op_matches_the_cpu_backend_2b4t_heads() {
     let _ = c.f;
 }
 
-/// Heads of 64 values (attention's per-lane RoPE with two values a lane) and of 100 (not a
-/// multiple of 32: its shared-memory RoPE with four).
+/// Heads of 64 values (attention's per-lane RoPE with two values a lane), of 100 (not a
+/// multiple of 32: its shared-memory RoPE with four) and of 256 (the widest).
 #[test]
 fn every_op_matches_the_cpu_backend_other_head_widths() {
     let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 64, vocab: 300 };
     compare(&c, 5, DType::F32, LmHeadMode::I8);
     let c = Case { d: 200, f: 0, heads: 4, kv: 1, hd: 100, vocab: 300 };
     compare(&c, 6, DType::F32, LmHeadMode::I8);
+    // Falcon3's heads of 256 values.
+    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 256, vocab: 300 };
+    compare(&c, 7, DType::F32, LmHeadMode::I8);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use bitnet_core::{DType, Tensor};
-use bitnet_inference::config::{BitNetConfig, LinearClass, Quantization};
+use bitnet_inference::config::{Architecture, BitNetConfig, LinearClass, Quantization};
 use bitnet_inference::formats::gguf::GgufVocab;
 use bitnet_inference::formats::gguf_write::{bitnet_writer, GgufTarget};
 use bitnet_inference::formats::{load, parse_safetensors, FileKind};
@@ -205,13 +205,17 @@ fn hf_fixtures_load_with_the_expected_tensors() {
         let packed = matches!(c.quantization, Quantization::OfflinePacked { .. });
         for i in 0..c.num_hidden_layers {
             let l = |s: &str| format!("model.layers.{i}.{s}");
-            for (n, len) in [
-                ("input_layernorm.weight", h),
-                ("post_attention_layernorm.weight", h),
-                ("self_attn.attn_sub_norm.weight", h),
-                ("mlp.ffn_sub_norm.weight", inter),
+            let bitnet = c.architecture == Architecture::BitNet;
+            for (n, len, there) in [
+                ("input_layernorm.weight", h, true),
+                ("post_attention_layernorm.weight", h, true),
+                ("self_attn.attn_sub_norm.weight", h, bitnet),
+                ("mlp.ffn_sub_norm.weight", inter, bitnet),
             ] {
-                assert_eq!(m.tensors.require(&l(n)).unwrap().dims(), &[len], "{name}: {n}");
+                match m.tensors.require(&l(n)) {
+                    Ok(t) => assert!(there && t.dims() == [len], "{name}: {n} {:?}", t.dims()),
+                    Err(_) => assert!(!there, "{name}: no {n}"),
+                }
             }
             for (p, out, inp) in projections {
                 let w = m.tensors.require(&l(&format!("{p}.weight"))).unwrap();
@@ -248,6 +252,19 @@ fn hf_fixtures_load_with_the_expected_tensors() {
                 DType::F32,
                 2,
             ),
+            "llama_offline_bitlinear" | "llama3_rope_scaling" => {
+                let scaled = name == "llama3_rope_scaling";
+                assert_eq!(c.architecture, Architecture::Llama);
+                assert_eq!(c.rope_scaling.is_some(), scaled, "{name}");
+                assert_eq!(c.rms_norm_eps, if scaled { 1e-5 } else { 1e-6 }, "{name}");
+                (
+                    Quantization::OfflinePacked { linear_class: LinearClass::BitLinear },
+                    scaled,
+                    if scaled { 500000.0 } else { 1000042.0 },
+                    if scaled { DType::BF16 } else { DType::F32 },
+                    2,
+                )
+            }
             _ => continue,
         };
         let emb = m.tensors.require("model.embed_tokens.weight").unwrap().dtype();

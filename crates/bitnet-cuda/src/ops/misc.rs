@@ -96,17 +96,31 @@ fn elementwise_dims(gpu: &Gpu, len: usize) -> Dims {
     Dims::line(blocks as u32, 256)
 }
 
-/// `gate = relu(gate)^2 * up` over the first `len` values.
-pub fn relu2_mul(
+/// A gated feed-forward's activation (see [`gated_mul`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// `relu(gate)^2 * up` (BitNet b1.58).
+    Relu2,
+    /// `silu(gate) * up` (LLaMA-architecture BitNet checkpoints).
+    Silu,
+}
+
+/// `gate = act(gate) * up` over the first `len` values.
+pub fn gated_mul(
     gpu: &Gpu,
+    act: Gate,
     gate: &mut CudaSlice<f32>,
     up: &CudaSlice<f32>,
     len: usize,
 ) -> Result<()> {
-    need(gate.len().min(up.len()), len, "relu2_mul")?;
+    need(gate.len().min(up.len()), len, "gated_mul")?;
     let (gp, upp, n) = (dptr(gpu, gate), dptr(gpu, up), to_i32(len, "length")?);
-    // Kernel: relu2_mul(gate, up, len); both hold len values (checked).
-    launch!(gpu, &gpu.k.relu2_mul, elementwise_dims(gpu, len); gp, upp, n)
+    let f = match act {
+        Gate::Relu2 => &gpu.k.relu2_mul,
+        Gate::Silu => &gpu.k.silu_mul,
+    };
+    // Kernel: relu2_mul / silu_mul(gate, up, len); both hold len values (checked).
+    launch!(gpu, f, elementwise_dims(gpu, len); gp, upp, n)
 }
 
 /// `x += y` over the first `len` values.

@@ -30,7 +30,7 @@ pub use linear::{
     ternary_matmul_multi, DeviceTernary, QuantActs, MAX_SEGMENTS, SPLIT_SLOTS,
 };
 pub use lm_head::{lm_head_f32, lm_head_i8, lm_head_i8_with, LmF32, LmI8, LmKernel};
-pub use misc::{add, copy, embed, read_xor, read_xor_blocks, relu2_mul, EmbedTable};
+pub use misc::{add, copy, embed, gated_mul, read_xor, read_xor_blocks, EmbedTable, Gate};
 pub use sample::{sample, sample_to_device, IdFetch, IdSlot, PickTo, SampleConfig, SampleScratch};
 
 /// Most rows passed by value in [`RowsArg`] / [`IdsArg`].

@@ -2,7 +2,7 @@
 //! on one [`ThreadPool`].
 
 use super::i8mat::I8Matrix;
-use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, RowPos};
+use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, Rope, RowPos};
 use bitnet_core::{AlignedVec, Error, Result, ThreadPool};
 use bitnet_quant::bitlinear::{BitLinear, BitLinearScratch};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -220,9 +220,9 @@ impl Backend for CpuBackend {
         rows: &[RowPos],
         heads: usize,
         head_dim: usize,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
-        self.timed(3, || self.rope__(x, rows, heads, head_dim, theta))
+        self.timed(3, || self.rope__(x, rows, heads, head_dim, rope))
     }
 
     fn store_kv(
@@ -250,6 +250,10 @@ impl Backend for CpuBackend {
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
         self.timed(6, || self.relu2_mul__(gate, up, len))
+    }
+
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        self.timed(6, || self.silu_mul__(gate, up, len))
     }
 
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
@@ -334,7 +338,7 @@ impl CpuBackend {
         rows: &[RowPos],
         heads: usize,
         head_dim: usize,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
         let width = heads * head_dim;
         need(x.len(), rows.len() * width, "rope")?;
@@ -346,9 +350,8 @@ impl CpuBackend {
         }
         for (r, rp) in rows.iter().enumerate() {
             for i in 0..half {
-                // As HF: inv_freq = 1 / theta^(2i/d) in f32; angle = pos * inv_freq in f32.
-                let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32);
-                let a = rp.pos as f32 * inv_freq;
+                // As HF: angle = pos * inv_freq in f32.
+                let a = rp.pos as f32 * rope.inv_freq(i, head_dim);
                 cos[i] = a.cos();
                 sin[i] = a.sin();
             }
@@ -427,6 +430,19 @@ impl CpuBackend {
         for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
             let r = g.max(0.0);
             *g = r * r * u;
+        }
+        Ok(())
+    }
+    fn silu_mul__(
+        &self,
+        gate: &mut AlignedVec<f32>,
+        up: &AlignedVec<f32>,
+        len: usize,
+    ) -> Result<()> {
+        need(gate.len().min(up.len()), len, "silu_mul")?;
+        for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
+            // As torch's SiLU: x / (1 + exp(-x)), then times up.
+            *g = *g / (1.0 + (-*g).exp()) * u;
         }
         Ok(())
     }

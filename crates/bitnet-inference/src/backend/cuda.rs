@@ -28,8 +28,8 @@ pub use types::{CudaBuf, CudaCache, CudaLinear, CudaLmHead};
 use writes::LayerWrites;
 
 use super::{
-    AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, RowPos,
-    StackParts, StackShape,
+    AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, Rope,
+    RowPos, StackParts, StackShape,
 };
 use bitnet_core::{Error, Result};
 use bitnet_cuda::layout::PackedTernary;
@@ -289,13 +289,13 @@ impl Backend for CudaBackend {
         x: &mut Self::Buf,
         cache: &mut Self::Cache,
         row: RowPos,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
         self.timed(Op::OneKernel, || {
             let mut s = lock(&self.scratch);
             cache.written.wrote(None, s.embeds);
             let a = s.rows(&self.gpu, &[row])?;
-            let f = s.inv_freq(&self.gpu, theta, cache.dims.head_dim)?;
+            let f = s.inv_freq(&self.gpu, rope, cache.dims.head_dim)?;
             let c = &mut *cache;
             ops::decode_layers(&self.gpu, stack, x.touched(), &mut c.k, &mut c.v, &c.dims, &a, f)
         })
@@ -390,12 +390,12 @@ impl Backend for CudaBackend {
         rows: &[RowPos],
         heads: usize,
         head_dim: usize,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
         self.timed(Op::Rope, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
-            let f = s.inv_freq(&self.gpu, theta, head_dim)?;
+            let f = s.inv_freq(&self.gpu, rope, head_dim)?;
             ops::rope(&self.gpu, x.touched(), f, &a, heads, head_dim)
         })
     }
@@ -436,16 +436,16 @@ impl Backend for CudaBackend {
         layer: usize,
         rows: &[RowPos],
         shape: AttnShape,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
         cache_fits("rope_store_kv", shape, &cache.dims)?;
         self.timed(Op::Rope, || {
             let mut s = lock(&self.scratch);
             let a = s.rows(&self.gpu, rows)?;
-            s.inv_freq(&self.gpu, theta, shape.head_dim)?;
-            let Scratch { rope, rows_host, embeds, .. } = &mut *s;
-            let key = (theta.to_bits(), shape.head_dim);
-            let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
+            s.inv_freq(&self.gpu, rope, shape.head_dim)?;
+            let Scratch { rope: freqs, rows_host, embeds, .. } = &mut *s;
+            let key = (rope.key(), shape.head_dim);
+            let f = freqs.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
             let c = &mut *cache;
             c.written.wrote(Some(layer), *embeds);
             ops::rope_store(
@@ -496,22 +496,20 @@ impl Backend for CudaBackend {
         layer: usize,
         rows: &[RowPos],
         shape: AttnShape,
-        theta: f32,
+        rope: Rope,
         out: &mut Self::Buf,
     ) -> Result<()> {
         // Fused for a few rows, each in a slot of its own.
         let distinct = || ops::slots_distinct(rows.iter().map(|r| r.slot));
         if rows.len() > ops::SMALL || !self.gpu.fuse_rope() || !distinct() {
-            return super::rope_then_attention(
-                self, q, k, v, cache, layer, rows, shape, theta, out,
-            );
+            return super::rope_then_attention(self, q, k, v, cache, layer, rows, shape, rope, out);
         }
         self.timed(Op::Attention, || {
-            let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(theta))?;
-            let Scratch { part, rows_host, rope, embeds, .. } = &mut *s;
+            let (mut s, a, splits) = self.attn_prep(&cache.dims, rows, shape, Some(rope))?;
+            let Scratch { part, rows_host, rope: freqs, embeds, .. } = &mut *s;
             let part = part.as_mut().ok_or_else(|| Error::invalid("attention scratch"))?;
-            let key = (theta.to_bits(), shape.head_dim);
-            let f = rope.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
+            let key = (rope.key(), shape.head_dim);
+            let f = freqs.get(&key).ok_or_else(|| Error::invalid("rope frequencies"))?;
             let c = &mut *cache;
             // The positions before each row's own were all written before the last embedding
             // (earlier steps) unless something wrote this layer since.
@@ -538,7 +536,7 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
     ) -> Result<()> {
         let d = norm_width("relu2_rms_norm", w, width)?;
-        self.timed(Op::Relu2Mul, || {
+        self.timed(Op::GatedMul, || {
             let (g, u) = (&gate.data, &up.data);
             self.norm_into(out, rows, d, |o, q| {
                 ops::relu2_rms_norm(&self.gpu, g, u, &w.data, d, eps, rows, o, q)
@@ -547,7 +545,13 @@ impl Backend for CudaBackend {
     }
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(Op::Relu2Mul, || ops::relu2_mul(&self.gpu, gate.touched(), &up.data, len))
+        let (g, u) = (gate.touched(), &up.data);
+        self.timed(Op::GatedMul, || ops::gated_mul(&self.gpu, ops::Gate::Relu2, g, u, len))
+    }
+
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
+        let (g, u) = (gate.touched(), &up.data);
+        self.timed(Op::GatedMul, || ops::gated_mul(&self.gpu, ops::Gate::Silu, g, u, len))
     }
 
     fn copy(

@@ -14,11 +14,13 @@ pub mod cpu;
 pub mod cuda;
 mod dense;
 mod i8mat;
+mod rope;
 
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use dense::DenseMatrix;
+pub use rope::Rope;
 
 /// Where one row (token) of a batch sits: its sequence slot in the KV cache and its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +174,9 @@ pub trait Backend: Send + Sync {
         x: &mut Self::Buf,
         cache: &mut Self::Cache,
         row: RowPos,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
-        let _ = (stack, x, cache, row, theta);
+        let _ = (stack, x, cache, row, rope);
         Err(Error::unsupported(format!("one-kernel decode on {}", self.describe())))
     }
 
@@ -247,7 +249,7 @@ pub trait Backend: Send + Sync {
         rows: &[RowPos],
         heads: usize,
         head_dim: usize,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()>;
     /// Writes the rows' keys and values into the cache of `layer`.
     fn store_kv(
@@ -270,10 +272,10 @@ pub trait Backend: Send + Sync {
         layer: usize,
         rows: &[RowPos],
         shape: AttnShape,
-        theta: f32,
+        rope: Rope,
     ) -> Result<()> {
-        self.rope(q, rows, shape.heads, shape.head_dim, theta)?;
-        self.rope(k, rows, shape.kv_heads, shape.head_dim, theta)?;
+        self.rope(q, rows, shape.heads, shape.head_dim, rope)?;
+        self.rope(k, rows, shape.kv_heads, shape.head_dim, rope)?;
         self.store_kv(cache, layer, k, v, rows)
     }
     /// [`Backend::rope_store_kv`] then [`Backend::attention`] of `q` into `out` (one kernel where
@@ -288,10 +290,10 @@ pub trait Backend: Send + Sync {
         layer: usize,
         rows: &[RowPos],
         shape: AttnShape,
-        theta: f32,
+        rope: Rope,
         out: &mut Self::Buf,
     ) -> Result<()> {
-        rope_then_attention(self, q, k, v, cache, layer, rows, shape, theta, out)
+        rope_then_attention(self, q, k, v, cache, layer, rows, shape, rope, out)
     }
     /// Causal attention: each row attends to positions `0..=pos` of its slot.
     fn attention(
@@ -305,6 +307,8 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `gate = relu(gate)^2 * up` over the first `len` values.
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
+    /// `gate = silu(gate) * up = gate / (1 + exp(-gate)) * up` over the first `len` values.
+    fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()>;
     /// [`Backend::relu2_mul`] over `rows` rows of `w.len()`, then [`Backend::rms_norm`] of the
     /// result into `out` (one kernel where the backend fuses them; `gate` may be left as it was).
     #[allow(clippy::too_many_arguments)]
@@ -480,10 +484,10 @@ pub(crate) fn rope_then_attention<B: Backend + ?Sized>(
     layer: usize,
     rows: &[RowPos],
     shape: AttnShape,
-    theta: f32,
+    rope: Rope,
     out: &mut B::Buf,
 ) -> Result<()> {
-    b.rope_store_kv(q, k, v, cache, layer, rows, shape, theta)?;
+    b.rope_store_kv(q, k, v, cache, layer, rows, shape, rope)?;
     b.attention(q, cache, layer, rows, shape, out)
 }
 

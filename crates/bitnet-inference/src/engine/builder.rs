@@ -1,7 +1,7 @@
 //! [`EngineBuilder`]: loading a model file (or a synthetic model) onto a device.
 
 use super::Engine;
-use crate::backend::{CpuBackend, LmHeadMode};
+use crate::backend::{CpuBackend, LmHeadMode, Rope};
 use crate::chat::ChatTemplate;
 use crate::config::{BitNetConfig, LinearClass, Quantization};
 use crate::formats::{self, ModelFile};
@@ -195,7 +195,8 @@ pub(crate) fn dims_from_config(c: &BitNetConfig) -> Dims {
         vocab: c.vocab_size,
         max_positions: c.max_position_embeddings,
         eps: c.rms_norm_eps as f32,
-        rope_theta: c.rope_theta as f32,
+        rope: Rope { theta: c.rope_theta as f32, llama3: c.rope_scaling },
+        arch: c.architecture,
     }
 }
 

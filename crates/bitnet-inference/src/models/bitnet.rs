@@ -5,11 +5,15 @@
 //! out = h + down_proj(ffn_sub_norm(relu(gate_proj(m))² * up_proj(m)))                        m = post_attention_layernorm(h)
 //! logits = lm_head(norm(out))
 //! ```
+//! LLaMA-architecture BitNet checkpoints ([`Architecture::Llama`]: HF `LlamaForCausalLM` with a
+//! bitnet `quantization_config`) have no sub-norms and a SiLU-gated feed-forward:
+//! `h = x + o_proj(Attention(..))`, `out = h + down_proj(silu(gate_proj(m)) * up_proj(m))`.
 //! Every projection is a BitLinear (per-token int8 activations x ternary weights).
 
 use crate::backend::{
-    AttnShape, Backend, CacheShape, NormInput, NormSpec, RowPos, StackParts, StackShape,
+    AttnShape, Backend, CacheShape, NormInput, NormSpec, Rope, RowPos, StackParts, StackShape,
 };
+use crate::config::Architecture;
 use bitnet_core::{Error, Result};
 
 /// The dimensions and constants of a BitNet model.
@@ -33,8 +37,10 @@ pub struct Dims {
     pub max_positions: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
-    /// RoPE base.
-    pub rope_theta: f32,
+    /// RoPE frequencies.
+    pub rope: Rope,
+    /// The decoder block.
+    pub arch: Architecture,
 }
 
 impl Dims {
@@ -47,8 +53,8 @@ impl Dims {
 pub(crate) struct Layer<B: Backend> {
     pub input_norm: B::Buf,
     pub post_norm: B::Buf,
-    pub attn_sub_norm: B::Buf,
-    pub ffn_sub_norm: B::Buf,
+    /// The attention and feed-forward sub-norms (BitNet; `None` for Llama).
+    pub sub_norms: Option<[B::Buf; 2]>,
     /// q, k and v projections.
     pub qkv: Proj<B>,
     pub o: B::Linear,
@@ -97,6 +103,21 @@ impl<B: Backend> Proj<B> {
             }
         }
     }
+}
+
+/// `acc += W · x` over `rows` rows of `width` outputs, the product through `tmp` (a projection
+/// with no norm before it: Llama's o and down).
+fn linear_add<B: Backend>(
+    b: &B,
+    w: &B::Linear,
+    x: &B::Buf,
+    rows: usize,
+    tmp: &mut B::Buf,
+    acc: &mut B::Buf,
+    width: usize,
+) -> Result<()> {
+    b.bitlinear(w, x, rows, tmp)?;
+    b.add(acc, tmp, rows * width)
 }
 
 /// A loaded BitNet model on one backend.
@@ -176,11 +197,13 @@ impl<B: Backend> BitNetModel<B> {
     ) -> Result<Self> {
         let parts: Option<Vec<StackParts<'_, B>>> = layers
             .iter()
-            .map(|l| match (&l.qkv, &l.gate_up) {
-                (Proj::Fused(qkv), Proj::Fused(gu)) => Some(StackParts {
-                    norms: [&l.input_norm, &l.attn_sub_norm, &l.post_norm, &l.ffn_sub_norm],
-                    mats: [qkv, &l.o, gu, &l.down],
-                }),
+            .map(|l| match (&l.qkv, &l.gate_up, &l.sub_norms) {
+                (Proj::Fused(qkv), Proj::Fused(gu), Some([attn_sub, ffn_sub])) => {
+                    Some(StackParts {
+                        norms: [&l.input_norm, attn_sub, &l.post_norm, ffn_sub],
+                        mats: [qkv, &l.o, gu, &l.down],
+                    })
+                }
                 _ => None,
             })
             .collect();
@@ -277,7 +300,7 @@ impl<B: Backend> BitNetModel<B> {
         b.embed(&self.embed, ids, &mut st.x)?;
         match (&self.stack, rows) {
             (Some(stack), [row]) => {
-                b.decode_layers(stack, &mut st.x, &mut st.cache, *row, d.rope_theta)?
+                b.decode_layers(stack, &mut st.x, &mut st.cache, *row, d.rope)?
             }
             _ => self.run_layers(st, rows)?,
         };
@@ -305,19 +328,32 @@ impl<B: Backend> BitNetModel<B> {
             let norm = NormSpec { input, weight: &l.input_norm, width: d.hidden, eps: d.eps };
             l.qkv.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
-            b.rope_attention(q, k, v, cache, li, rows, attn, d.rope_theta, &mut st.att)?;
-            let input = NormInput::Plain(&st.att);
-            let norm = NormSpec { input, weight: &l.attn_sub_norm, width: d.hidden, eps: d.eps };
+            b.rope_attention(q, k, v, cache, li, rows, attn, d.rope, &mut st.att)?;
             let (xn, tmp, x) = (&mut st.xn, &mut st.tmp, &mut st.x);
-            b.norm_linear_add(norm, n, xn, &l.o, tmp, x, d.hidden)?;
+            match &l.sub_norms {
+                Some([w, _]) => {
+                    let input = NormInput::Plain(&st.att);
+                    let norm = NormSpec { input, weight: w, width: d.hidden, eps: d.eps };
+                    b.norm_linear_add(norm, n, xn, &l.o, tmp, x, d.hidden)?;
+                }
+                None => linear_add(b, &l.o, &st.att, n, tmp, x, d.hidden)?,
+            }
             // Feed-forward block.
             let input = NormInput::Plain(&st.x);
             let norm = NormSpec { input, weight: &l.post_norm, width: d.hidden, eps: d.eps };
             l.gate_up.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.gate, &mut st.up])?;
-            let input = NormInput::Relu2(&mut st.gate, &st.up);
-            let w = &l.ffn_sub_norm;
-            let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
-            b.norm_linear_add(norm, n, &mut st.xn, &l.down, &mut st.tmp, &mut st.x, d.hidden)?;
+            let (tmp, x) = (&mut st.tmp, &mut st.x);
+            match &l.sub_norms {
+                Some([_, w]) => {
+                    let input = NormInput::Relu2(&mut st.gate, &st.up);
+                    let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
+                    b.norm_linear_add(norm, n, &mut st.xn, &l.down, tmp, x, d.hidden)?;
+                }
+                None => {
+                    b.silu_mul(&mut st.gate, &st.up, n * d.intermediate)?;
+                    linear_add(b, &l.down, &st.gate, n, tmp, x, d.hidden)?;
+                }
+            }
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! memory (no file), for `bitnet bench --synthetic` and tests.
 
 use super::bitnet::{BitNetModel, Dims, Layer, Proj};
-use crate::backend::{Backend, DenseMatrix, LmHeadMode};
+use crate::backend::{Backend, DenseMatrix, LmHeadMode, Rope};
+use crate::config::Architecture;
 use bitnet_core::{DType, Error, Result, Tensor};
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -18,7 +19,8 @@ pub fn preset(name: &str) -> Result<Dims> {
         vocab,
         max_positions: 4096,
         eps: 1e-5,
-        rope_theta: 500_000.0,
+        rope: Rope::new(500_000.0),
+        arch: Architecture::BitNet,
     };
     Ok(match name {
         // microsoft/bitnet-b1.58-2B-4T
@@ -26,9 +28,17 @@ pub fn preset(name: &str) -> Result<Dims> {
         // 1bitLLM/bitnet_b1_58-large (0.7B)
         "large" => d(1536, 4096, 24, 16, 16, 32_002),
         "tiny" => d(256, 640, 4, 4, 2, 1024),
+        // tiiuae/Falcon3-1B-Instruct-1.58bit (LLaMA architecture: SiLU, no sub-norms)
+        "falcon3-1b" => Dims {
+            max_positions: 8192,
+            eps: 1e-6,
+            rope: Rope::new(1_000_042.0),
+            arch: Architecture::Llama,
+            ..d(2048, 8192, 18, 8, 4, 131_072)
+        },
         _ => {
             return Err(Error::invalid(format!(
-                "unknown synthetic model `{name}` (expected 2b4t, large or tiny)"
+                "unknown synthetic model `{name}` (expected 2b4t, large, tiny or falcon3-1b)"
             )))
         }
     })
@@ -81,8 +91,12 @@ pub fn build<B: Backend>(
         layers.push(Layer {
             input_norm: backend.upload(&vec![1.0; h])?,
             post_norm: backend.upload(&vec![1.0; h])?,
-            attn_sub_norm: backend.upload(&vec![1.0; qd])?,
-            ffn_sub_norm: backend.upload(&vec![1.0; f])?,
+            sub_norms: match d.arch {
+                Architecture::BitNet => {
+                    Some([backend.upload(&vec![1.0; qd])?, backend.upload(&vec![1.0; f])?])
+                }
+                Architecture::Llama => None,
+            },
             qkv: Proj::new(
                 &backend,
                 vec![lin(qd, h, &mut rng)?, lin(kvd, h, &mut rng)?, lin(kvd, h, &mut rng)?],

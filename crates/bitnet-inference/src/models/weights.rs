@@ -3,6 +3,7 @@
 
 use super::bitnet::{BitNetModel, Dims, Layer, Proj};
 use crate::backend::{Backend, DenseMatrix, LmHeadMode};
+use crate::config::Architecture;
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
 use bitnet_quant::formats::{hf_packed, i2s::I2sMatrix, TernaryFormat};
 use bitnet_quant::quantize::absmean_ternary;
@@ -158,16 +159,17 @@ pub fn build<B: Backend>(
         let lin = |name: &str, r: usize, c: usize| -> Result<B::Linear> {
             backend.linear(load_projection(src, &format!("{p}.{name}"), r, c, kind)?)
         };
+        let sub_norms = match d.arch {
+            Architecture::BitNet => Some([
+                vector(&backend, src, &format!("{p}.self_attn.attn_sub_norm.weight"), qd)?,
+                vector(&backend, src, &format!("{p}.mlp.ffn_sub_norm.weight"), f)?,
+            ]),
+            Architecture::Llama => None,
+        };
         layers.push(Layer {
             input_norm: vector(&backend, src, &format!("{p}.input_layernorm.weight"), h)?,
             post_norm: vector(&backend, src, &format!("{p}.post_attention_layernorm.weight"), h)?,
-            attn_sub_norm: vector(
-                &backend,
-                src,
-                &format!("{p}.self_attn.attn_sub_norm.weight"),
-                qd,
-            )?,
-            ffn_sub_norm: vector(&backend, src, &format!("{p}.mlp.ffn_sub_norm.weight"), f)?,
+            sub_norms,
             qkv: Proj::new(
                 &backend,
                 vec![

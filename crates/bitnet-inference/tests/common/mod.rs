@@ -8,12 +8,14 @@ pub mod files;
 use std::path::PathBuf;
 
 /// Every committed fixture (tests/fixtures/README.md says what each covers).
-pub const FIXTURES: [&str; 5] = [
+pub const FIXTURES: [&str; 7] = [
     "online_f32_tied_gqa",
     "online_bf16_untied_mha",
     "offline_autobitlinear",
     "offline_bitlinear",
     "offline_autobitlinear_256",
+    "llama_offline_bitlinear",
+    "llama3_rope_scaling",
 ];
 
 pub fn fixture_dir(name: &str) -> PathBuf {

@@ -87,11 +87,6 @@ pub(crate) fn i8_rows(m: &DenseMatrix) -> Result<(Vec<i8>, Vec<f32>)> {
     Ok((q, scales))
 }
 
-/// RoPE inverse frequencies exactly as the CPU computes them: `1 / theta^(2i / d)` in f32.
-pub(crate) fn inv_freq(theta: f32, head_dim: usize) -> Vec<f32> {
-    (0..head_dim / 2).map(|i| 1.0f32 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

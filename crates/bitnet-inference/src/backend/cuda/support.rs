@@ -1,8 +1,8 @@
 //! Small pieces of the CUDA backend: argument checks, output lists and the scratch buffers
 //! that operations borrow.
 
-use super::{host, lock, CudaBackend, CudaBuf, Scratch};
-use crate::backend::{AttnShape, RowPos, StackParts, StackShape};
+use super::{lock, CudaBackend, CudaBuf, Scratch};
+use crate::backend::{AttnShape, Rope, RowPos, StackParts, StackShape};
 use bitnet_core::{Error, Result};
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::layout::padded_cols;
@@ -46,12 +46,12 @@ pub(super) fn cache_fits(op: &str, shape: AttnShape, dims: &CacheDims) -> Result
 }
 
 impl Scratch {
-    /// The RoPE inverse frequencies of (`theta`, `hd`), uploaded on first use.
-    pub(super) fn inv_freq(&mut self, gpu: &Gpu, theta: f32, hd: usize) -> Result<&CudaSlice<f32>> {
-        Ok(match self.rope.entry((theta.to_bits(), hd)) {
+    /// The RoPE inverse frequencies of (`rope`, `hd`), uploaded on first use.
+    pub(super) fn inv_freq(&mut self, gpu: &Gpu, rope: Rope, hd: usize) -> Result<&CudaSlice<f32>> {
+        Ok(match self.rope.entry((rope.key(), hd)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(ops::upload(gpu, &host::inv_freq(theta, hd))?)
+                e.insert(ops::upload(gpu, &rope.inv_freqs(hd))?)
             }
         })
     }
@@ -85,14 +85,14 @@ impl CudaBackend {
         Ok(())
     }
     /// Checks an attention call against the cache and prepares it: the scratch (locked), the
-    /// rows argument and the split count, with the split scratch sized (and, for `theta`, the
+    /// rows argument and the split count, with the split scratch sized (and, for `rope`, the
     /// RoPE frequencies uploaded).
     pub(super) fn attn_prep(
         &self,
         dims: &CacheDims,
         rows: &[RowPos],
         shape: AttnShape,
-        theta: Option<f32>,
+        rope: Option<Rope>,
     ) -> Result<(std::sync::MutexGuard<'_, Scratch>, RowsArg, usize)> {
         let AttnShape { heads, head_dim, .. } = shape;
         cache_fits("attention", shape, dims)?;
@@ -106,8 +106,8 @@ impl CudaBackend {
             s.end_step(&self.gpu, false)?;
             s.part = Some(ops::zeros(&self.gpu, need.max(1 << 16))?);
         }
-        if let Some(theta) = theta {
-            s.inv_freq(&self.gpu, theta, head_dim)?;
+        if let Some(rope) = rope {
+            s.inv_freq(&self.gpu, rope, head_dim)?;
         }
         Ok((s, a, splits))
     }

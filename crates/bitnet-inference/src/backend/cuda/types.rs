@@ -13,7 +13,7 @@ use std::sync::Mutex;
 pub(super) struct Scratch {
     pub(super) quant: Option<QuantActs>,
     pub(super) part: Option<CudaSlice<f32>>,
-    pub(super) rope: HashMap<(u32, usize), CudaSlice<f32>>,
+    pub(super) rope: HashMap<([u64; 5], usize), CudaSlice<f32>>,
     pub(super) rows_host: Vec<(usize, usize)>,
     pub(super) rows_table: Vec<i32>,
     pub(super) rows_dev: Option<CudaSlice<i32>>,
