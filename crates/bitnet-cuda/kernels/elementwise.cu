@@ -121,14 +121,13 @@ extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __re
     }
 }
 
-// gate = silu(gate) * up = gate / (1 + exp(-gate)) * up (as torch's SiLU).
+// gate = silu(gate) * up = gate / (1 + exp(-gate)) * up (as torch's SiLU; silu_mul1 in
+// gemv_norm.cu, shared with the fused kernel).
 extern "C" __global__ void silu_mul(float* __restrict__ gate, const float* __restrict__ up,
                                     int len) {
     PDL_ENTER();
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        gate[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up[i]);
-    }
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < len; i += gridDim.x * blockDim.x)
+        gate[i] = silu_mul1(gate[i], up[i]);
 }
 
 // x += y.

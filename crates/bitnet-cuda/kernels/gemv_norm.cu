@@ -12,10 +12,12 @@
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
-// x or relu(x)^2 * y. Each kernel is compiled for one of these modes (NORM_PLAIN, NORM_RELU2);
-// the host picks it from its input (y is set for the second).
+// x or relu(x)^2 * y, normed; or, with no norm (LLaMA-architecture blocks: no weight, w unused),
+// x or silu(x) * y as it is. Each kernel is compiled for one of these modes; the host picks it.
 #define NORM_PLAIN 0
 #define NORM_RELU2 1
+#define NORM_NONE 2
+#define NORM_SILU 3
 struct NormArg {
     const float* x;
     const float* y;
@@ -69,6 +71,16 @@ __device__ __forceinline__ void block_sum_max(float& ss, float& m, float* red1, 
     m = warp_max_nonneg(red2[lane]);
 }
 
+// silu(g) * u = g / (1 + exp(-g)) * u (as torch's SiLU), lane by lane; the silu_mul kernel
+// (elementwise.cu) uses it too, so fused and unfused agree bit for bit.
+__device__ __forceinline__ float silu_mul1(float g, float u) {
+    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+}
+__device__ __forceinline__ float4 silu_mul4(float4 g, float4 u) {
+    return make_float4(silu_mul1(g.x, u.x), silu_mul1(g.y, u.y), silu_mul1(g.z, u.z),
+                       silu_mul1(g.w, u.w));
+}
+
 // a * b and a * s, lane by lane, each product rounded (no fused multiply-add).
 __device__ __forceinline__ float4 mul4(float4 a, float4 b) {
     return make_float4(__fmul_rn(a.x, b.x), __fmul_rn(a.y, b.y), __fmul_rn(a.z, b.z),
@@ -91,7 +103,8 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
                                               float* red1, float* red2) {
     constexpr int P = NORM4_SLOTS;
     const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
-    constexpr bool relu2 = MODE == NORM_RELU2;
+    constexpr bool relu2 = MODE == NORM_RELU2, silu = MODE == NORM_SILU;
+    constexpr bool normed = MODE == NORM_PLAIN || MODE == NORM_RELU2;
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[P], b[P];
     // Every load goes out before any value is combined.
@@ -102,7 +115,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
         const int f = tid + j * nt;
         if (f < d4) {
             v[j] = ((const float4*)n.x)[f];
-            if (relu2) b[j] = ((const float4*)n.y)[f];
+            if (relu2 || silu) b[j] = ((const float4*)n.y)[f];
         }
     }
     // Each value as (x·w)·inv, where the norm kernel computes w·(x·inv) (an ulp apart at
@@ -110,29 +123,29 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     // max|x·w| joins Σx²'s reduction: one block reduction and barrier instead of two (H100 tg64
     // +0.3%, same-call rounds). The int8 copy is still exactly the CPU quantization of the f32
     // output.
-    asm volatile("cp.async.wait_all;" ::: "memory");
+    if (normed) asm volatile("cp.async.wait_all;" ::: "memory");
     const float4* w4 = (const float4*)wsm;
     float ss = 0.0f, m = 0.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
         if (slots4_past(j, d4)) break;
-        v[j] = norm_combine4(v[j], b[j], relu2);
-        ss = sum_sq4(ss, v[j]);
+        v[j] = silu ? silu_mul4(v[j], b[j]) : norm_combine4(v[j], b[j], relu2);
+        if (normed) ss = sum_sq4(ss, v[j]);
         const int f = tid + j * nt;
         if (f < d4) {
-            v[j] = mul4(v[j], w4[f]);
+            if (normed) v[j] = mul4(v[j], w4[f]);
             m = max_abs4(m, v[j]);
         }
     }
     block_sum_max(ss, m, red1, red2);
     STAMP(7);
-    const float inv = norm_inv(ss, n.d, n.eps);
+    const float inv = normed ? norm_inv(ss, n.d, n.eps) : 1.0f;
 #pragma unroll
     for (int j = 0; j < P; ++j) {
-        if (slots4_past(j, d4)) break;
+        if (!normed || slots4_past(j, d4)) break;
         v[j] = scale4(v[j], inv);
     }
-    const float amax = __fmul_rn(m, inv);
+    const float amax = normed ? __fmul_rn(m, inv) : m;
     const float s = quant_scale(amax);
     int part = 0;
     const bool first = blockIdx.x == 0;
@@ -183,7 +196,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
-    norm_weights_async(wsm, n.w, n.d >> 2);
+    if (MODE == NORM_PLAIN || MODE == NORM_RELU2) norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     STAMP(1);
     const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2);
@@ -211,5 +224,9 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     }
 GEMV_NORM_KERNEL(1, NORM_PLAIN, plain)
 GEMV_NORM_KERNEL(1, NORM_RELU2, relu2)
+GEMV_NORM_KERNEL(1, NORM_NONE, none)
+GEMV_NORM_KERNEL(1, NORM_SILU, silu)
 GEMV_NORM_KERNEL(2, NORM_PLAIN, plain)
 GEMV_NORM_KERNEL(2, NORM_RELU2, relu2)
+GEMV_NORM_KERNEL(2, NORM_NONE, none)
+GEMV_NORM_KERNEL(2, NORM_SILU, silu)

@@ -287,29 +287,44 @@ fn stacked_matrices_equal_their_parts_bit_for_bit() {
     assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 128), w(8, 128), w(8, 128)]).is_err());
 }
 
-/// The norm fused into the GEMV (one token): its f32 output matches the norm kernel's, its
-/// int8 copy is the CPU quantization of that output, its projection equals the GEMV on that
-/// copy bit for bit (so every block used the same activations), and its inputs are left as
-/// they were.
+/// The fused kernel's input: normed plain or relu² rows, or with no norm plain or SiLU rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fuse {
+    Plain,
+    Relu2,
+    None,
+    Silu,
+}
+
+/// The norm fused into the GEMV (one token): its f32 output matches the norm kernel's (with no
+/// norm: the input, or the silu_mul kernel's product, bit for bit), its int8 copy is the CPU
+/// quantization of that output, its projection equals the GEMV on that copy bit for bit (so
+/// every block used the same activations), and its inputs are left as they were.
 #[test]
 fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(7);
-    // (input width, stacked parts, relu² input; input scale)
-    let cases: [(usize, &[usize], bool, f32); 10] = [
-        (2560, &[2560, 640, 640], false, 3.0),
-        (2560, &[2560], false, 1.0),
-        (2560, &[6912, 6912], false, 0.5),
-        (6912, &[2560], true, 2.0),
-        (2560, &[2560], true, 1.0),
-        (200, &[9, 130], false, 1.0),
-        (8192, &[64], true, 1.0),
-        (4100, &[24], false, 1.0),   // one thread's second float4 slot
-        (2560, &[640], false, 0.0),  // all-zero input
-        (2560, &[640], false, 1e18), // Σx² overflows: a zero row
+    // (input width, stacked parts, input; input scale)
+    let cases: [(usize, &[usize], Fuse, f32); 16] = [
+        (2560, &[2560, 640, 640], Fuse::Plain, 3.0),
+        (2560, &[2560], Fuse::Plain, 1.0),
+        (2560, &[6912, 6912], Fuse::Plain, 0.5),
+        (6912, &[2560], Fuse::Relu2, 2.0),
+        (2560, &[2560], Fuse::Relu2, 1.0),
+        (200, &[9, 130], Fuse::Plain, 1.0),
+        (8192, &[64], Fuse::Relu2, 1.0),
+        (4100, &[24], Fuse::Plain, 1.0), // one thread's second float4 slot
+        (2560, &[640], Fuse::Plain, 0.0), // all-zero input
+        (2560, &[640], Fuse::Plain, 1e18), // Σx² overflows: a zero row
+        (2048, &[2048], Fuse::None, 3.0), // Falcon3's o and down (no norm, SiLU)
+        (8192, &[2048], Fuse::Silu, 6.0),
+        (200, &[9, 130], Fuse::Silu, 100.0), // exp over- and underflows
+        (4100, &[24], Fuse::None, 1e30),
+        (2560, &[640], Fuse::None, 0.0),
+        (2560, &[640], Fuse::Silu, 0.0),
     ];
-    for (d, parts, relu2, scale) in cases {
-        let what = format!("d={d} parts={parts:?} relu2={relu2} scale={scale}");
+    for (d, parts, mode, scale) in cases {
+        let what = format!("d={d} parts={parts:?} {mode:?} scale={scale}");
         let x: Vec<f32> = (0..d).map(|_| rng.unit() * scale).collect();
         let y: Vec<f32> = (0..d).map(|_| rng.unit()).collect();
         let nw: Vec<f32> = (0..d).map(|_| 1.0 + 0.2 * rng.unit()).collect();
@@ -331,10 +346,16 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         let mut q = QuantActs::new(&g, 1, kp).unwrap();
         let mut outs: Vec<_> =
             parts.iter().map(|&r| ops::upload(&g, &vec![f32::NAN; r]).unwrap()).collect();
+        let normed = matches!(mode, Fuse::Plain | Fuse::Relu2);
         for rep in 0..2 {
-            let src = if relu2 { ops::NormSrc::Relu2(&dx, &dy) } else { ops::NormSrc::Plain(&dx) };
+            let src = match mode {
+                Fuse::Relu2 => ops::NormSrc::Relu2(&dx, &dy),
+                Fuse::Silu => ops::NormSrc::Silu(&dx, &dy),
+                _ => ops::NormSrc::Plain(&dx),
+            };
             let mut refs: Vec<_> = outs.iter_mut().collect();
-            ops::norm_ternary_gemv(&g, src, &dnw, 1e-5, &mut xn, &mut q, &w, &mut refs, false)
+            let nw = normed.then_some(&dnw);
+            ops::norm_ternary_gemv(&g, src, nw, 1e-5, &mut xn, &mut q, &w, &mut refs, false)
                 .unwrap();
             // The inputs are read, not written.
             for (buf, host) in [(&dx, &x), (&dy, &y)] {
@@ -343,29 +364,29 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
                 let same = got.iter().zip(host).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{what}: an input was written");
             }
-            // The norm kernel on the same input.
-            let input: Vec<f32> = if relu2 {
-                x.iter().zip(&y).map(|(a, b)| a.max(0.0) * a.max(0.0) * b).collect()
+            // The norm kernel (or, with no norm, the element-wise kernel) on the same input.
+            let mut input = ops::upload(&g, &x).unwrap();
+            let gate = if mode == Fuse::Relu2 { ops::Gate::Relu2 } else { ops::Gate::Silu };
+            if matches!(mode, Fuse::Relu2 | Fuse::Silu) {
+                ops::gated_mul(&g, gate, &mut input, &dy, d).unwrap();
+            }
+            let ref_out = if normed {
+                let mut o = ops::zeros::<f32>(&g, d).unwrap();
+                ops::rms_norm(&g, &input, &dnw, d, 1e-5, 1, &mut o, None).unwrap();
+                o
             } else {
-                x.clone()
+                input
             };
-            let mut ref_out = ops::zeros::<f32>(&g, d).unwrap();
-            ops::rms_norm(
-                &g,
-                &ops::upload(&g, &input).unwrap(),
-                &dnw,
-                d,
-                1e-5,
-                1,
-                &mut ref_out,
-                None,
-            )
-            .unwrap();
             let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
             ops::download(&g, &xn, &mut a).unwrap();
             ops::download(&g, &ref_out, &mut b).unwrap();
             for i in 0..d {
-                assert!((a[i] - b[i]).abs() <= 1e-5 * b[i].abs().max(1.0), "{what}: xn[{i}]");
+                let ok = if normed {
+                    (a[i] - b[i]).abs() <= 1e-5 * b[i].abs().max(1.0)
+                } else {
+                    a[i].to_bits() == b[i].to_bits()
+                };
+                assert!(ok, "{what}: xn[{i}] {} vs {}", a[i], b[i]);
             }
             let (qv, sc, sums) = q.download(&g, 1).unwrap();
             let mut wq = vec![0i8; kp];
@@ -396,7 +417,7 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         let mut q = QuantActs::new(&g, 1, w.padded_cols()).unwrap();
         let src = ops::NormSrc::Plain(&dx);
         let outs = &mut [&mut out];
-        let r = ops::norm_ternary_gemv(&g, src, &dx, 1e-5, &mut xn, &mut q, &w, outs, false);
+        let r = ops::norm_ternary_gemv(&g, src, Some(&dx), 1e-5, &mut xn, &mut q, &w, outs, false);
         assert!(r.is_err() && !ops::norm_gemv_fits(d), "d = {d}");
     }
 }

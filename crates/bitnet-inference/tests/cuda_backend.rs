@@ -188,11 +188,16 @@ fn run<B: Backend>(
     }
     // The norm and the projection in one call (one kernel on the GPU for one row), for each
     // kind of norm input.
+    // With no norm weight (LLaMA-architecture o and down): the input, or silu(gate) * up, as is.
     for rows in [1, 12] {
-        for relu2 in [false, true] {
+        for kind in 0..4 {
             let mut gt = b.upload(&gate_vals).unwrap();
-            let input = if relu2 { NormInput::Relu2(&mut gt, &up) } else { NormInput::Plain(&x) };
-            let weight = if relu2 { &wd } else { &w };
+            let (input, weight) = match kind {
+                0 => (NormInput::Plain(&x), Some(&w)),
+                1 => (NormInput::Relu2(&mut gt, &up), Some(&wd)),
+                2 => (NormInput::Plain(&x), None),
+                _ => (NormInput::Silu(&mut gt, &up), None),
+            };
             let norm = NormSpec { input, weight, width: d, eps: 1e-5 };
             b.norm_linear(norm, rows, &mut xn, &lin, &mut [&mut q]).unwrap();
             outs.push(("norm_linear_xn", get(b, &xn, rows * d)));
@@ -204,9 +209,11 @@ fn run<B: Backend>(
     let mut acc = b.upload(&rng.vec(n * qd, 1.0)).unwrap();
     let mut tmp = b.alloc(n * qd).unwrap();
     for rows in [1, 12] {
-        let norm = NormSpec { input: NormInput::Plain(&x), weight: &w, width: d, eps: 1e-5 };
-        b.norm_linear_add(norm, rows, &mut xn, &lin, &mut tmp, &mut acc, qd).unwrap();
-        outs.push(("norm_linear_add", get(b, &acc, n * qd)));
+        for weight in [Some(&w), None] {
+            let norm = NormSpec { input: NormInput::Plain(&x), weight, width: d, eps: 1e-5 };
+            b.norm_linear_add(norm, rows, &mut xn, &lin, &mut tmp, &mut acc, qd).unwrap();
+            outs.push(("norm_linear_add", get(b, &acc, n * qd)));
+        }
     }
     // Element-wise ops.
     let mut g = b.upload(&rng.vec(1000, 3.0)).unwrap();

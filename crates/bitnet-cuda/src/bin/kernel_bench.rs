@@ -395,7 +395,7 @@ fn bench_norm_gemv(gpu: &Arc<Gpu>, t: &Timer, iters: usize) -> Result<()> {
             for i in 0..iters {
                 let src = if relu2 { ops::NormSrc::Relu2(&x, &y) } else { ops::NormSrc::Plain(&x) };
                 let (w, outs) = (&ws[i % copies], &mut [&mut out]);
-                ops::norm_ternary_gemv(gpu, src, &nw, 1e-5, &mut xn, &mut q, w, outs, add)?;
+                ops::norm_ternary_gemv(gpu, src, Some(&nw), 1e-5, &mut xn, &mut q, w, outs, add)?;
             }
             Ok(())
         };

@@ -23,6 +23,8 @@ pub enum NormSrc<'a> {
     Plain(&'a CudaSlice<f32>),
     /// `relu(gate)² * up` (`gate` is not written).
     Relu2(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+    /// `silu(gate) * up` (`gate` is not written; with no norm weight only).
+    Silu(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
 }
 
 /// The norm argument of `gemv_norm_m1` (mirrors `NormArg` in gemv_norm.cu).
@@ -45,12 +47,13 @@ struct NormArg {
 /// a value is scaled as `(x·w)·inv`, not `w·(x·inv)`) with its int8 quantization in `q` (exactly
 /// the CPU's quantization of `out`), then `outs = W · q` as
 /// [`super::ternary_matmul_multi`] computes it (with `add`, `outs[0] += W · q` as
-/// [`super::ternary_matmul_add`]); one kernel. `nw` holds `w.cols()` weights.
+/// [`super::ternary_matmul_add`]); one kernel. `nw` holds `w.cols()` weights; with `None`
+/// there is no norm: `out` = `src` itself (plain or SiLU-gated) and `q` its quantization.
 #[allow(clippy::too_many_arguments)]
 pub fn norm_ternary_gemv(
     gpu: &Gpu,
     src: NormSrc<'_>,
-    nw: &CudaSlice<f32>,
+    nw: Option<&CudaSlice<f32>>,
     eps: f32,
     out: &mut CudaSlice<f32>,
     q: &mut QuantActs,
@@ -65,15 +68,26 @@ pub fn norm_ternary_gemv(
             "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS}, a multiple of 4)"
         )));
     }
-    let (x, y) = match src {
-        NormSrc::Plain(x) => (x, None),
-        NormSrc::Relu2(g, u) => (g, Some(u)),
+    let k = &gpu.k;
+    // (input, second input, kernels for one and two groups per tile)
+    let (x, y, [f1, f2]) = match (src, nw) {
+        (NormSrc::Plain(x), Some(_)) => (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain]),
+        (NormSrc::Relu2(g, u), Some(_)) => (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2]),
+        (NormSrc::Plain(x), None) => (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none]),
+        (NormSrc::Silu(g, u), None) => (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu]),
+        _ => {
+            return Err(Error::unsupported(
+                "fused GEMV of relu² without a norm or SiLU with one (the models have neither)",
+            ))
+        }
     };
     need(x.len(), d, "fused norm input")?;
     if let Some(y) = y {
         need(y.len(), d, "fused norm second input")?;
     }
-    need(nw.len(), d, "rms_norm weight")?;
+    if let Some(nw) = nw {
+        need(nw.len(), d, "rms_norm weight")?;
+    }
     need(out.len(), d, "rms_norm output")?;
     let o = out_arg(gpu, w, 1, outs)?;
     let o = if add { o.adding()? } else { o };
@@ -81,7 +95,7 @@ pub fn norm_ternary_gemv(
     let n = NormArg {
         x: dptr(gpu, x),
         y: y.map_or(0, |y| dptr(gpu, y)),
-        w: dptr(gpu, nw),
+        w: nw.map_or(0, |nw| dptr(gpu, nw)),
         out: dptr(gpu, out),
         q: dptr(gpu, &q.q),
         qscale: dptr(gpu, &q.scale),
@@ -100,13 +114,7 @@ pub fn norm_ternary_gemv(
     // GEMV's groups per tile for one token).
     let sms = gpu.info().sms as usize;
     let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
-    let k = &gpu.k;
-    let (f, subs) = match (groups, y.is_some()) {
-        (2, false) => (&k.gemv_norm2_plain, 4),
-        (2, true) => (&k.gemv_norm2_relu2, 4),
-        (_, false) => (&k.gemv_norm1_plain, 8),
-        (_, true) => (&k.gemv_norm1_relu2, 8),
-    };
+    let (f, subs) = if groups == 2 { (f2, 4) } else { (f1, 8) };
     let grid = tiles.div_ceil(subs).min(sms).max(1);
     let dims = Dims::line(grid as u32, 1024);
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);

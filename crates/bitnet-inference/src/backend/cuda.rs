@@ -125,8 +125,17 @@ impl CudaBackend {
         outs: &mut [&mut CudaBuf],
         add: bool,
     ) -> Result<()> {
-        let (w, d) = (&proj.0, norm.weight.len);
-        let fits = d == norm.width && w.cols() == d && ops::norm_gemv_fits(d);
+        let (w, d) = (&proj.0, norm.width);
+        // The fused kernel's inputs: plain rows, relu² rows normed, SiLU rows not.
+        let fused_input = match (&norm.input, norm.weight) {
+            (NormInput::Plain(_), _) => true,
+            (NormInput::Relu2(..), nw) => nw.is_some(),
+            (NormInput::Silu(..), nw) => nw.is_none(),
+        };
+        let fits = norm.weight.is_none_or(|nw| nw.len == d)
+            && fused_input
+            && w.cols() == d
+            && ops::norm_gemv_fits(d);
         if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
             super::norm_only(self, norm, rows, xn)?;
             return self.project(proj, xn, rows, outs, add);
@@ -135,8 +144,9 @@ impl CudaBackend {
             let src = match norm.input {
                 NormInput::Plain(x) => NormSrc::Plain(&x.data),
                 NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
+                NormInput::Silu(g, u) => NormSrc::Silu(&g.data, &u.data),
             };
-            let (nw, eps) = (&norm.weight.data, norm.eps);
+            let (nw, eps) = (norm.weight.map(|w| &w.data), norm.eps);
             self.norm_into(xn, 1, d, |o, q| {
                 let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
                 with_data(outs, |outs| {

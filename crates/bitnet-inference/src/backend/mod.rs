@@ -212,7 +212,8 @@ pub trait Backend: Send + Sync {
     }
     /// The RMSNorm `norm` of `rows` rows into `xn`, then BitLinear of `xn` by `proj` into `outs`
     /// (one output, or one per part of a [`Backend::fuse`]d projection): one kernel where the
-    /// backend fuses them. `xn` ends as [`Backend::rms_norm`] would leave it.
+    /// backend fuses them. `xn` ends as [`Backend::rms_norm`] would leave it (with no norm
+    /// weight: holding the input, e.g. `silu(gate) * up`).
     fn norm_linear(
         &self,
         norm: NormSpec<'_, Self::Buf>,
@@ -427,33 +428,50 @@ pub struct StackShape {
 pub enum NormInput<'a, B> {
     /// The rows themselves.
     Plain(&'a B),
-    /// `relu(gate)² * up` (`gate` may be left as it was).
+    /// `relu(gate)² * up` (`gate` may be left as it was or hold the product).
     Relu2(&'a mut B, &'a B),
+    /// `silu(gate) * up` (`gate` may be left as it was or hold the product).
+    Silu(&'a mut B, &'a B),
 }
 
-/// An RMSNorm that feeds a projection: its input, weight (`width` values) and epsilon.
+/// The input of a projection: an RMSNorm (input, weight of `width` values, epsilon), or with no
+/// weight the input as it is (LLaMA-architecture blocks have no norm before o and down).
 pub struct NormSpec<'a, B> {
     /// What is normalized.
     pub input: NormInput<'a, B>,
-    /// The norm's weight.
-    pub weight: &'a B,
+    /// The norm's weight; `None`: no norm.
+    pub weight: Option<&'a B>,
     /// Values per row.
     pub width: usize,
     /// Epsilon.
     pub eps: f32,
 }
 
-/// The norm of [`Backend::norm_linear`] alone, into `xn`.
+/// The norm of [`Backend::norm_linear`] alone, into `xn` (with no norm weight, the input itself).
 pub(crate) fn norm_only<B: Backend + ?Sized>(
     b: &B,
     norm: NormSpec<'_, B::Buf>,
     rows: usize,
     xn: &mut B::Buf,
 ) -> Result<()> {
-    let NormSpec { input, weight: w, width, eps } = norm;
-    match input {
-        NormInput::Plain(x) => b.rms_norm(x, w, eps, rows, xn),
-        NormInput::Relu2(g, u) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn),
+    let NormSpec { input, weight, width, eps } = norm;
+    let n = rows * width;
+    match (input, weight) {
+        (NormInput::Plain(x), Some(w)) => b.rms_norm(x, w, eps, rows, xn),
+        (NormInput::Relu2(g, u), Some(w)) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn),
+        (NormInput::Silu(g, u), Some(w)) => {
+            b.silu_mul(g, u, n)?;
+            b.rms_norm(g, w, eps, rows, xn)
+        }
+        (NormInput::Plain(x), None) => b.copy(x, 0, xn, 0, n),
+        (NormInput::Relu2(g, u), None) => {
+            b.relu2_mul(g, u, n)?;
+            b.copy(g, 0, xn, 0, n)
+        }
+        (NormInput::Silu(g, u), None) => {
+            b.silu_mul(g, u, n)?;
+            b.copy(g, 0, xn, 0, n)
+        }
     }
 }
 

@@ -105,21 +105,6 @@ impl<B: Backend> Proj<B> {
     }
 }
 
-/// `acc += W · x` over `rows` rows of `width` outputs, the product through `tmp` (a projection
-/// with no norm before it: Llama's o and down).
-fn linear_add<B: Backend>(
-    b: &B,
-    w: &B::Linear,
-    x: &B::Buf,
-    rows: usize,
-    tmp: &mut B::Buf,
-    acc: &mut B::Buf,
-    width: usize,
-) -> Result<()> {
-    b.bitlinear(w, x, rows, tmp)?;
-    b.add(acc, tmp, rows * width)
-}
-
 /// A loaded BitNet model on one backend.
 pub struct BitNetModel<B: Backend> {
     pub(crate) dims: Dims,
@@ -322,38 +307,32 @@ impl<B: Backend> BitNetModel<B> {
     fn run_layers(&self, st: &mut State<B>, rows: &[RowPos]) -> Result<()> {
         let (d, b, n) = (&self.dims, &self.backend, rows.len());
         let attn = d.attn();
+        let qd = d.heads * d.head_dim;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             let input = NormInput::Plain(&st.x);
-            let norm = NormSpec { input, weight: &l.input_norm, width: d.hidden, eps: d.eps };
+            let norm = NormSpec { input, weight: Some(&l.input_norm), width: d.hidden, eps: d.eps };
             l.qkv.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.q, &mut st.k, &mut st.v])?;
             let (q, k, v, cache) = (&mut st.q, &mut st.k, &st.v, &mut st.cache);
             b.rope_attention(q, k, v, cache, li, rows, attn, d.rope, &mut st.att)?;
+            // BitNet's attention sub-norm (Llama: none).
+            let input = NormInput::Plain(&st.att);
+            let weight = l.sub_norms.as_ref().map(|[w, _]| w);
+            let norm = NormSpec { input, weight, width: qd, eps: d.eps };
             let (xn, tmp, x) = (&mut st.xn, &mut st.tmp, &mut st.x);
-            match &l.sub_norms {
-                Some([w, _]) => {
-                    let input = NormInput::Plain(&st.att);
-                    let norm = NormSpec { input, weight: w, width: d.hidden, eps: d.eps };
-                    b.norm_linear_add(norm, n, xn, &l.o, tmp, x, d.hidden)?;
-                }
-                None => linear_add(b, &l.o, &st.att, n, tmp, x, d.hidden)?,
-            }
+            b.norm_linear_add(norm, n, xn, &l.o, tmp, x, d.hidden)?;
             // Feed-forward block.
             let input = NormInput::Plain(&st.x);
-            let norm = NormSpec { input, weight: &l.post_norm, width: d.hidden, eps: d.eps };
+            let norm = NormSpec { input, weight: Some(&l.post_norm), width: d.hidden, eps: d.eps };
             l.gate_up.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.gate, &mut st.up])?;
-            let (tmp, x) = (&mut st.tmp, &mut st.x);
-            match &l.sub_norms {
-                Some([_, w]) => {
-                    let input = NormInput::Relu2(&mut st.gate, &st.up);
-                    let norm = NormSpec { input, weight: w, width: d.intermediate, eps: d.eps };
-                    b.norm_linear_add(norm, n, &mut st.xn, &l.down, tmp, x, d.hidden)?;
-                }
-                None => {
-                    b.silu_mul(&mut st.gate, &st.up, n * d.intermediate)?;
-                    linear_add(b, &l.down, &st.gate, n, tmp, x, d.hidden)?;
-                }
-            }
+            // BitNet: ffn_sub_norm(relu(gate)² * up); Llama: silu(gate) * up.
+            let input = match d.arch {
+                Architecture::BitNet => NormInput::Relu2(&mut st.gate, &st.up),
+                Architecture::Llama => NormInput::Silu(&mut st.gate, &st.up),
+            };
+            let weight = l.sub_norms.as_ref().map(|[_, w]| w);
+            let norm = NormSpec { input, weight, width: d.intermediate, eps: d.eps };
+            b.norm_linear_add(norm, n, &mut st.xn, &l.down, &mut st.tmp, &mut st.x, d.hidden)?;
         }
         Ok(())
     }
