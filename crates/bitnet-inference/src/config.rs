@@ -111,9 +111,10 @@ pub struct BitNetConfig {
     pub hidden_act: HiddenAct,
     /// Whether `lm_head` shares the embedding matrix. Default false (as HF); the 2B-4T sets true.
     pub tie_word_embeddings: bool,
-    /// Beginning-of-text token. Default 128000.
+    /// Beginning-of-text token. Default 128000 (BitNet), 1 (Llama).
     pub bos_token_id: Option<u32>,
-    /// End-of-text tokens (`eos_token_id` may be an int or a list). Default `[128001]`.
+    /// End-of-text tokens (`eos_token_id` may be an int or a list). Default `[128001]`
+    /// (BitNet), `[2]` (Llama).
     pub eos_token_ids: Vec<u32>,
     /// Padding token, if any.
     pub pad_token_id: Option<u32>,
@@ -418,14 +419,16 @@ impl BitNetConfig {
             bos_token_id: if obj.contains_key("bos_token_id") {
                 json_token(obj, "bos_token_id", p)
             } else {
-                // HF's default, kept only where the vocabulary has it.
-                Some(128_000).filter(|&id| (id as usize) < vocab_size)
+                // HF's default (BitNetConfig 128000, LlamaConfig 1), kept only where the
+                // vocabulary has it.
+                Some(if llama { 1 } else { 128_000 }).filter(|&id| (id as usize) < vocab_size)
             },
             eos_token_ids: json_eos(obj, p).unwrap_or_else(|| {
                 if obj.contains_key("eos_token_id") {
                     Vec::new()
                 } else {
-                    vec![128_001].into_iter().filter(|&id| (id as usize) < vocab_size).collect()
+                    let id = if llama { 2 } else { 128_001 };
+                    vec![id].into_iter().filter(|&id| (id as usize) < vocab_size).collect()
                 }
             }),
             pad_token_id: json_token(obj, "pad_token_id", p),
@@ -629,6 +632,10 @@ mod tests {
         assert_eq!(c.architecture, Architecture::Llama);
         assert_eq!((c.hidden_act, c.rms_norm_eps, c.rope_theta), (HiddenAct::Silu, 1e-6, 10_000.0));
         assert_eq!(c.rope_scaling, None);
+        // Falcon3-1B-Instruct-1.58bit's config has no bos_token_id: LlamaConfig's 1.
+        let falcon = base.replace(r#""bos_token_id":0,"#, "");
+        let c = BitNetConfig::from_json_str(&format!("{{{falcon}}}")).unwrap();
+        assert_eq!((c.bos_token_id, c.eos_token_ids.as_slice()), (Some(1), &[1u32][..]));
         let scaled = r#","rope_theta":500000.0,"rope_scaling":{"rope_type":"llama3","factor":8.0,
             "low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192}"#;
         let c = BitNetConfig::from_json_str(&format!("{{{base}{scaled}}}")).unwrap();
