@@ -249,11 +249,14 @@ impl Backend for CpuBackend {
     }
 
     fn relu2_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(6, || self.relu2_mul__(gate, up, len))
+        let relu2 = |g: f32| g.max(0.0) * g.max(0.0);
+        self.timed(6, || Self::gated_mul__(gate, up, len, "relu2_mul", relu2))
     }
 
     fn silu_mul(&self, gate: &mut Self::Buf, up: &Self::Buf, len: usize) -> Result<()> {
-        self.timed(6, || self.silu_mul__(gate, up, len))
+        // As torch's SiLU: x / (1 + exp(-x)).
+        let silu = |g: f32| g / (1.0 + (-g).exp());
+        self.timed(6, || Self::gated_mul__(gate, up, len, "silu_mul", silu))
     }
 
     fn add(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<()> {
@@ -420,29 +423,17 @@ impl CpuBackend {
         });
         Ok(())
     }
-    fn relu2_mul__(
-        &self,
+    /// `gate = act(gate) * up` over the first `len` values (`what` names the op in errors).
+    fn gated_mul__(
         gate: &mut AlignedVec<f32>,
         up: &AlignedVec<f32>,
         len: usize,
+        what: &str,
+        act: impl Fn(f32) -> f32,
     ) -> Result<()> {
-        need(gate.len().min(up.len()), len, "relu2_mul")?;
+        need(gate.len().min(up.len()), len, what)?;
         for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
-            let r = g.max(0.0);
-            *g = r * r * u;
-        }
-        Ok(())
-    }
-    fn silu_mul__(
-        &self,
-        gate: &mut AlignedVec<f32>,
-        up: &AlignedVec<f32>,
-        len: usize,
-    ) -> Result<()> {
-        need(gate.len().min(up.len()), len, "silu_mul")?;
-        for (g, &u) in gate[..len].iter_mut().zip(&up[..len]) {
-            // As torch's SiLU: x / (1 + exp(-x)), then times up.
-            *g = *g / (1.0 + (-*g).exp()) * u;
+            *g = act(*g) * u;
         }
         Ok(())
     }
