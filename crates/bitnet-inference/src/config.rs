@@ -386,6 +386,16 @@ impl BitNetConfig {
         let kv = json_usize(obj, "num_key_value_heads", p);
         let head_dim = json_usize(obj, "head_dim", p);
         let architecture = json_arch(obj, p);
+        // 1bitLLM's bitnet_b1_58-* reproductions: model_type llama, their own modeling code
+        // (sub-norms inside attention and MLP, latent weights, no quantization_config).
+        let archs = obj.get("architectures").and_then(Value::as_array);
+        if archs.is_some_and(|a| a.iter().any(|v| v.as_str() == Some("BitnetForCausalLM"))) {
+            p.push(
+                "architectures `BitnetForCausalLM` (1bitLLM's bitnet_b1_58 checkpoints, custom \
+                 modeling code) is not supported yet; HF `BitNetForCausalLM` and `LlamaForCausalLM` \
+                 with a bitnet quantization_config are",
+            );
+        }
         let llama = architecture == Architecture::Llama;
         let act = json_str(obj, "hidden_act", p).unwrap_or(if llama { "silu" } else { "relu2" });
         let (quantization, modules_to_not_convert) = parse_quantization(obj, p);
@@ -523,8 +533,14 @@ impl BitNetConfig {
     pub fn from_gguf_metadata(meta: &GgufMetadata) -> Result<Self> {
         let arch = meta.architecture()?;
         if !is_bitnet_arch(arch) {
+            let hint = if arch == "llama" {
+                "; LLaMA-architecture BitNet models (Falcon3-*-1.58bit, Llama3-8B-1.58) load \
+                 from their Hugging Face directory"
+            } else {
+                ""
+            };
             return Err(Error::unsupported(format!(
-                "GGUF architecture `{arch}` (expected bitnet, bitnet-b1.58 or bitnet-25)"
+                "GGUF architecture `{arch}` (expected bitnet, bitnet-b1.58 or bitnet-25){hint}"
             )));
         }
         let mut p = Problems(Vec::new());
@@ -662,6 +678,9 @@ mod tests {
         let e = BitNetConfig::from_json_str(&format!("{{{}}}", base.replace("llama", "mistral")))
             .unwrap_err();
         assert!(e.to_string().contains("model_type `mistral`"), "{e}");
+        let onebit = format!(r#"{{{base},"architectures":["BitnetForCausalLM"]}}"#);
+        let e = BitNetConfig::from_json_str(&onebit).unwrap_err();
+        assert!(e.to_string().contains("1bitLLM"), "{e}");
     }
 
     #[test]
