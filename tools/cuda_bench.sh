@@ -26,6 +26,8 @@ BITNET_GEMV_MAX_M=8 ./kernels 2>&1 > $LOG/test_kernels_gemv8.log; grep -E "test 
 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,8,64 2>&1 | tee $LOG/e2e.log | grep -E "pp128|tg64|^\| [0-9]+ \||bytes read"
 # Decode deep into a conversation (2000 / 4000 tokens already in the KV cache).
 for d in 2000 4000; do ./bitnet bench --device cuda --synthetic 2b4t -p 0 -d $d -n 64 -r 3 2>&1 | tee $LOG/e2e_d$d.log | grep -E "tg64|bytes read"; done
+# A LLaMA-architecture model (SiLU, no sub-norms): Falcon3-1B's shapes.
+./bitnet bench --device cuda --synthetic falcon3-1b -p 128 -n 64 -r 3 --batch 1,64 2>&1 | tee $LOG/e2e_falcon3.log | grep -E "pp128|tg64|^\| [0-9]+ \||bytes read"
 BITNET_CUDA_PDL=0 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,64 2>&1 | tee $LOG/e2e_nopdl.log | grep -E "pp128|tg64|^\| [0-9]+ \|"
 BITNET_CUDA_FUSE_NORM=0 BITNET_CUDA_FUSE_ROPE=0 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1,8 2>&1 | tee $LOG/e2e_unfused.log | grep -E "tg64|^\| [0-9]+ \|"
 BITNET_CUDA_ONE_KERNEL=1 ./bitnet bench --device cuda --synthetic 2b4t -p 128 -n 64 -r 3 --batch 1 2>&1 | tee $LOG/e2e_onekernel.log | grep -E "tg64|^\| [0-9]+ \|"
