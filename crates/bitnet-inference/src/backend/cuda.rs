@@ -137,8 +137,8 @@ impl CudaBackend {
             && w.cols() == d
             && ops::norm_gemv_fits(d);
         if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
-            super::norm_only(self, norm, rows, xn)?;
-            return self.project(proj, xn, rows, outs, add);
+            let input = super::norm_only(self, norm, rows, xn)?;
+            return self.project(proj, input, rows, outs, add);
         }
         self.timed(Op::NormBitlinear, || {
             let src = match norm.input {

@@ -213,7 +213,7 @@ pub trait Backend: Send + Sync {
     /// The RMSNorm `norm` of `rows` rows into `xn`, then BitLinear of `xn` by `proj` into `outs`
     /// (one output, or one per part of a [`Backend::fuse`]d projection): one kernel where the
     /// backend fuses them. `xn` ends as [`Backend::rms_norm`] would leave it (with no norm
-    /// weight: holding the input, e.g. `silu(gate) * up`).
+    /// weight it may be left as it was or hold the projection's input).
     fn norm_linear(
         &self,
         norm: NormSpec<'_, Self::Buf>,
@@ -447,32 +447,35 @@ pub struct NormSpec<'a, B> {
     pub eps: f32,
 }
 
-/// The norm of [`Backend::norm_linear`] alone, into `xn` (with no norm weight, the input itself).
-pub(crate) fn norm_only<B: Backend + ?Sized>(
+/// The norm of [`Backend::norm_linear`] alone: into `xn`, which it returns; with no norm
+/// weight it returns the input itself (`gate` holding the product for a gated input) and leaves
+/// `xn` as it was.
+pub(crate) fn norm_only<'a, B: Backend + ?Sized>(
     b: &B,
-    norm: NormSpec<'_, B::Buf>,
+    norm: NormSpec<'a, B::Buf>,
     rows: usize,
-    xn: &mut B::Buf,
-) -> Result<()> {
+    xn: &'a mut B::Buf,
+) -> Result<&'a B::Buf> {
     let NormSpec { input, weight, width, eps } = norm;
     let n = rows * width;
     match (input, weight) {
-        (NormInput::Plain(x), Some(w)) => b.rms_norm(x, w, eps, rows, xn),
-        (NormInput::Relu2(g, u), Some(w)) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn),
+        (NormInput::Plain(x), Some(w)) => b.rms_norm(x, w, eps, rows, xn)?,
+        (NormInput::Relu2(g, u), Some(w)) => b.relu2_rms_norm(g, u, w, width, eps, rows, xn)?,
         (NormInput::Silu(g, u), Some(w)) => {
             b.silu_mul(g, u, n)?;
-            b.rms_norm(g, w, eps, rows, xn)
+            b.rms_norm(g, w, eps, rows, xn)?
         }
-        (NormInput::Plain(x), None) => b.copy(x, 0, xn, 0, n),
+        (NormInput::Plain(x), None) => return Ok(x),
         (NormInput::Relu2(g, u), None) => {
             b.relu2_mul(g, u, n)?;
-            b.copy(g, 0, xn, 0, n)
+            return Ok(g);
         }
         (NormInput::Silu(g, u), None) => {
             b.silu_mul(g, u, n)?;
-            b.copy(g, 0, xn, 0, n)
+            return Ok(g);
         }
     }
+    Ok(xn)
 }
 
 /// [`Backend::norm_linear`] as its two steps: the norm into `xn`, then the projection.
@@ -484,10 +487,10 @@ pub(crate) fn norm_then_linear<B: Backend + ?Sized>(
     proj: &B::Linear,
     outs: &mut [&mut B::Buf],
 ) -> Result<()> {
-    norm_only(b, norm, rows, xn)?;
+    let input = norm_only(b, norm, rows, xn)?;
     match outs {
-        [out] => b.bitlinear(proj, xn, rows, out),
-        _ => b.bitlinear_multi(proj, xn, rows, outs),
+        [out] => b.bitlinear(proj, input, rows, out),
+        _ => b.bitlinear_multi(proj, input, rows, outs),
     }
 }
 

@@ -36,9 +36,17 @@ pub fn preset(name: &str) -> Result<Dims> {
             arch: Architecture::Llama,
             ..d(2048, 8192, 18, 8, 4, 131_072)
         },
+        // HF1BitLLM/Llama3-8B-1.58-100B-tokens (LLaMA architecture)
+        "llama3-8b" => Dims {
+            max_positions: 8192,
+            rope: Rope::new(500_000.0),
+            arch: Architecture::Llama,
+            ..d(4096, 14336, 32, 32, 8, 128_256)
+        },
         _ => {
             return Err(Error::invalid(format!(
-                "unknown synthetic model `{name}` (expected 2b4t, large, tiny or falcon3-1b)"
+                "unknown synthetic model `{name}` (expected 2b4t, large, tiny, falcon3-1b or \
+                 llama3-8b)"
             )))
         }
     })
