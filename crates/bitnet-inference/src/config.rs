@@ -683,6 +683,34 @@ mod tests {
         assert!(e.to_string().contains("1bitLLM"), "{e}");
     }
 
+    /// tiiuae/Falcon3-1B-Instruct-1.58bit's config.json as the Hub serves it.
+    #[test]
+    fn falcon3_1b_config_reads_as_a_llama_bitnet() {
+        let c = BitNetConfig::from_json_str(
+            r#"{"_name_or_path": "/home/ec2-user/checkpoints/falcon3-1b-1bit/hf-1bit",
+            "architectures": ["LlamaForCausalLM"], "attention_bias": false,
+            "attention_dropout": 0.0, "eos_token_id": 11, "head_dim": 256, "hidden_act": "silu",
+            "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+            "is_bitnet_config": true, "max_position_embeddings": 8192, "mlp_bias": false,
+            "model_type": "llama", "num_attention_heads": 8, "num_hidden_layers": 18,
+            "num_key_value_heads": 4, "pretraining_tp": 1,
+            "quantization_config": {"modules_to_not_convert": ["lm_head"], "quant_method": "bitnet"},
+            "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000042,
+            "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+            "transformers_version": "4.48.0.dev0", "use_cache": true, "vocab_size": 131072}"#,
+        )
+        .unwrap();
+        assert_eq!((c.architecture, c.hidden_act), (Architecture::Llama, HiddenAct::Silu));
+        let dims = (c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.head_dim);
+        assert_eq!(dims, (2048, 8192, 18, 256));
+        assert_eq!((c.num_attention_heads, c.num_key_value_heads, c.vocab_size), (8, 4, 131_072));
+        assert_eq!((c.rope_theta, c.rope_scaling, c.rms_norm_eps), (1_000_042.0, None, 1e-6));
+        assert_eq!((c.bos_token_id, c.eos_token_ids.as_slice()), (Some(1), &[11u32][..]));
+        let packed = Quantization::OfflinePacked { linear_class: LinearClass::BitLinear };
+        assert_eq!((c.quantization, c.tie_word_embeddings), (packed, false));
+        assert_eq!(c.modules_to_not_convert, ["lm_head"]);
+    }
+
     #[test]
     fn all_bad_fields_are_named_in_one_error() {
         let e = BitNetConfig::from_json_str(
