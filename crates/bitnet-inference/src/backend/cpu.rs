@@ -348,13 +348,18 @@ impl CpuBackend {
         let half = head_dim / 2;
         let mut cos = [0f32; 256];
         let mut sin = [0f32; 256];
+        let mut freq = [0f32; 256];
         if half > cos.len() {
             return Err(Error::unsupported(format!("head_dim {head_dim} > 512")));
+        }
+        // The same for every row: computed once per call.
+        for (i, f) in freq[..half].iter_mut().enumerate() {
+            *f = rope.inv_freq(i, head_dim);
         }
         for (r, rp) in rows.iter().enumerate() {
             for i in 0..half {
                 // As HF: angle = pos * inv_freq in f32.
-                let a = rp.pos as f32 * rope.inv_freq(i, head_dim);
+                let a = rp.pos as f32 * freq[i];
                 cos[i] = a.cos();
                 sin[i] = a.sin();
             }
