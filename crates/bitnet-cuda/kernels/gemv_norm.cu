@@ -18,6 +18,10 @@
 #define NORM_RELU2 1
 #define NORM_NONE 2
 #define NORM_SILU 3
+// Whether a mode normalizes (loads the norm weights, sums squares, scales by the inverse RMS).
+__host__ __device__ constexpr bool norm_mode_normed(int mode) {
+    return mode == NORM_PLAIN || mode == NORM_RELU2;
+}
 struct NormArg {
     const float* x;
     const float* y;
@@ -104,7 +108,7 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     constexpr int P = NORM4_SLOTS;
     const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
     constexpr bool relu2 = MODE == NORM_RELU2, silu = MODE == NORM_SILU;
-    constexpr bool normed = MODE == NORM_PLAIN || MODE == NORM_RELU2;
+    constexpr bool normed = norm_mode_normed(MODE);
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[P], b[P];
     // Every load goes out before any value is combined.
@@ -196,7 +200,7 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
-    if (MODE == NORM_PLAIN || MODE == NORM_RELU2) norm_weights_async(wsm, n.w, n.d >> 2);
+    if (norm_mode_normed(MODE)) norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     STAMP(1);
     const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2);
