@@ -2,7 +2,7 @@
 
 use crate::generate::ModelArgs;
 use anyhow::{bail, Result};
-use bitnet_inference::backend::{CacheShape, LmHeadMode};
+use bitnet_inference::backend::{CacheShape, KvType, LmHeadMode};
 use bitnet_inference::models::Dims;
 use bitnet_inference::sampling::SamplingParams;
 use bitnet_inference::{Engine, GenerationConfig};
@@ -65,11 +65,12 @@ fn measure(reps: usize, tokens: usize, mut f: impl FnMut() -> Result<()>) -> Res
 }
 
 /// Positions each of `n_gen` decode steps after `depth` cached tokens attends to, on average
-/// (depth + 1 ..= depth + n_gen), and the bytes of keys and values that reads per step.
-fn kv_read_per_step(d: &Dims, depth: usize, n_gen: usize) -> (f64, usize) {
+/// (depth + 1 ..= depth + n_gen), and the bytes of keys and values (stored as `kv`) that reads
+/// per step.
+fn kv_read_per_step(d: &Dims, depth: usize, n_gen: usize, kv: KvType) -> (f64, usize) {
     let positions = depth as f64 + (n_gen as f64 + 1.0) / 2.0;
     let (layers, kv_heads, head_dim) = (d.layers, d.kv_heads, d.head_dim);
-    let one = CacheShape { layers, slots: 1, max_seq: 1, kv_heads, head_dim };
+    let one = CacheShape { layers, slots: 1, max_seq: 1, kv_heads, head_dim, kv };
     let per_position = one.bytes().map_or(0, |b| b as usize);
     (positions, (positions * per_position as f64) as usize)
 }
@@ -137,7 +138,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let batched = batched_decode(&mut engine, &a)?;
     let ternary = ternary_params(&engine);
     let head_bytes = d.vocab * d.hidden * if mode == LmHeadMode::I8 { 1 } else { 4 };
-    let (kv_positions, kv_bytes) = kv_read_per_step(&d, a.depth, a.n_gen);
+    let kv = a.model.kv_type()?;
+    let (kv_positions, kv_bytes) = kv_read_per_step(&d, a.depth, a.n_gen, kv);
     let bytes_per_token = ternary / 4 + head_bytes + kv_bytes;
     let name = match (&a.model.model, &a.model.synthetic) {
         (Some(p), _) => p.display().to_string(),
@@ -178,11 +180,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("| {name} | {p} | {b} | {test} | {:.2} ± {:.2} |", s.mean, s.sd);
         println!(
             "\nbytes read per generated token: {:.1} MB (ternary {:.1} MB + lm_head {:.1} MB + \
-             KV cache {:.1} MB at {kv_positions:.1} positions on average); at {:.2} tokens/s that \
+             {} KV cache {:.1} MB at {kv_positions:.1} positions on average); at {:.2} tokens/s \
+             that \
              is {:.2} GB/s",
             bytes_per_token as f64 / 1e6,
             (ternary / 4) as f64 / 1e6,
             head_bytes as f64 / 1e6,
+            kv.name(),
             kv_bytes as f64 / 1e6,
             s.mean,
             s.mean * bytes_per_token as f64 / 1e9
@@ -294,8 +298,10 @@ mod tests {
             arch: bitnet_inference::config::Architecture::BitNet,
         };
         // One step at depth 0 attends to its own position: 30 layers x 640 x (K + V) x 4 bytes.
-        assert_eq!(kv_read_per_step(&d, 0, 1), (1.0, 153_600));
+        assert_eq!(kv_read_per_step(&d, 0, 1, KvType::F32), (1.0, 153_600));
         // Steps at positions 1001..=1064 attend to 1032.5 positions on average.
-        assert_eq!(kv_read_per_step(&d, 1000, 64), (1032.5, 158_592_000));
+        assert_eq!(kv_read_per_step(&d, 1000, 64, KvType::F32), (1032.5, 158_592_000));
+        // An f16 cache: half the bytes.
+        assert_eq!(kv_read_per_step(&d, 1000, 64, KvType::F16), (1032.5, 79_296_000));
     }
 }

@@ -1,7 +1,7 @@
 //! `bitnet generate`, `bitnet chat` and `bitnet logits`.
 
 use anyhow::{bail, Context, Result};
-use bitnet_inference::backend::LmHeadMode;
+use bitnet_inference::backend::{KvType, LmHeadMode};
 use bitnet_inference::chat::ChatMessage;
 use bitnet_inference::sampling::{argmax, SamplingParams};
 use bitnet_inference::{Engine, GenerationConfig, Output};
@@ -33,12 +33,21 @@ pub struct ModelArgs {
     /// lm_head precision: i8 (fast; default for generation) or f32 (exact; default for logits).
     #[arg(long, value_name = "i8|f32")]
     pub lm_head: Option<String>,
+    /// KV cache precision: f32 (exact; the default) or f16 (half the cache's memory and the
+    /// bytes long-context decode reads; each key and value rounded to f16 when stored).
+    #[arg(long, value_name = "f32|f16", default_value = "f32")]
+    pub kv_cache: String,
 }
 
 impl ModelArgs {
     /// Loads the engine, with a progress bar on a terminal.
     pub fn load(&self, default_head: LmHeadMode) -> Result<Engine> {
         self.load_with(default_head, false)
+    }
+
+    /// The KV cache type `--kv-cache` names.
+    pub fn kv_type(&self) -> Result<KvType> {
+        Ok(self.kv_cache.parse::<KvType>()?)
     }
 
     /// Loads the engine, optionally with per-operation profiling.
@@ -51,6 +60,7 @@ impl ModelArgs {
             .threads(self.threads)
             .device(self.device.parse()?)
             .lm_head(head)
+            .kv_cache(self.kv_type()?)
             .profile(profile);
         if let Some(c) = self.ctx {
             if c == 0 {

@@ -1,7 +1,9 @@
-// Causal attention over the f32 KV cache, one block per (split, head, row): each row attends to
+// Causal attention over the KV cache (f32, or f16 bits: ld_kv in common.cuh; the arithmetic
+// is f32 either way), one block per (split, head, row): each row attends to
 // positions 0..=pos of its slot. Positions are split across `splits` blocks (flash-decoding);
 // with more than one split, partial (max, sum, acc[hd]) go to `part` and attn_combine finishes.
-// Block: 4 warps; warp w takes 4 consecutive positions per step; lane holds dims lane + 32 i.
+// Block: 4 warps; warp w takes P consecutive positions per step (attn_step: 4, or ATTN_STEP_H
+// over an f16 cache); lane holds dims lane + 32 i.
 
 // Rotary embedding (rotate-half) of value d of the head held in x, at position fpos: exactly
 // the arithmetic of the rope kernels.
@@ -148,22 +150,54 @@ __device__ __forceinline__ void st_rank0(const float*, float, const unsigned lon
 __device__ __forceinline__ void cluster_merge_expect(unsigned long long*, u32) { __trap(); }
 #endif
 
-// Keys and values of positions pb .. pb + 3 (those below `lim`) for this lane's dims. L2: load
-// through L2 only (before the PDL wait: no line an earlier kernel left in this SM's L1).
-template <int ND, bool L2 = false>
-__device__ __forceinline__ void attn_load_step(const float* K, const float* V, int pb, int lim,
-                                               int hd, int lane, float (&kv)[4][ND],
-                                               float (&vv)[4][ND]) {
+// Positions a warp takes per step: 4 over an f32 cache; over an f16 one ATTN_STEP_H (the same
+// bytes in flight per step at 8; overridable for comparisons, BITNET_NVRTC_OPTIONS).
+#ifndef ATTN_STEP_H
+#define ATTN_STEP_H 4
+#endif
+template <typename KV>
+__device__ __forceinline__ constexpr int attn_step() {
+    return sizeof(KV) == 2 ? ATTN_STEP_H : 4;
+}
+// Σ e[j] over a step, pairwise (at 4: (e0 + e1) + (e2 + e3), the order every path uses).
+template <int P>
+__device__ __forceinline__ float step_sum(const float (&e)[P]) {
+    float h[P / 2];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < P / 2; ++j) h[j] = e[2 * j] + e[2 * j + 1];
+#pragma unroll
+    for (int w = 1; w < P / 2; w *= 2) {
+#pragma unroll
+        for (int j = 0; j + w < P / 2; j += 2 * w) h[j] = h[j] + h[j + w];
+    }
+    return h[0];
+}
+
+// Keys and values of positions pb .. pb + P - 1 (those below `lim`) for this lane's dims. L2:
+// load through L2 only (before the PDL wait: no line an earlier kernel left in this SM's L1).
+template <int ND, bool L2 = false, typename KV = float, int P = 4>
+__device__ __forceinline__ void attn_load_step(const KV* K, const KV* V, int pb, int lim,
+                                               int hd, int lane, float (&kv)[P][ND],
+                                               float (&vv)[P][ND]) {
+    KV rk[P][ND], rv[P][ND];
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
         const int p = pb + j;
 #pragma unroll
         for (int i = 0; i < ND; ++i) {
             const int d = lane + 32 * i;
             const bool ok = p < lim && d < hd;
             const size_t at = (size_t)p * hd + d;
-            kv[j][i] = ok ? ld_act<L2>(K + at) : 0.0f;
-            vv[j][i] = ok ? ld_act<L2>(V + at) : 0.0f;
+            rk[j][i] = ok ? ld_kv_raw<L2>(K + at) : (KV)0;
+            rv[j][i] = ok ? ld_kv_raw<L2>(V + at) : (KV)0;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+#pragma unroll
+        for (int i = 0; i < ND; ++i) {
+            kv[j][i] = kv_f32(rk[j][i]);
+            vv[j][i] = kv_f32(rv[j][i]);
         }
     }
 }
@@ -185,11 +219,12 @@ __device__ __forceinline__ void attn_load_step(const float* K, const float* V, i
 // all positions but the row's own (that one from registers, or from `own_kv`, 2 x 32 ND floats
 // of shared memory, which the item fills as it writes the position): the caller vouches that
 // whatever wrote those positions finished before the previous kernel started
-// (ops::rope_attention).
-template <int ND, bool ROPE, bool CG, bool PRE = false>
+// (ops::rope_attention). KV: the cache's element (float, or u16 holding f16); the row's own
+// key and value, kept in registers or own_kv, are rounded as the cache holds them (kv_round).
+template <int ND, bool ROPE, bool CG, bool PRE = false, typename KV = float>
 __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, int r, int tid,
-                                               int bar, const float* q, const float* kc,
-                                               const float* vc, float* out, float* part,
+                                               int bar, const float* q, const KV* kc,
+                                               const KV* vc, float* out, float* part,
                                                const RowsArg& rows, int layer, int slots,
                                                int max_seq, int heads, int kvh, int hd,
                                                float scale, int splits, const float* kin,
@@ -197,17 +232,19 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
                                                const float* __restrict__ inv_freq,
                                                bool pre = false, float* own_kv = 0,
                                                ClusterMerge<ND>* cm = 0) {
+    constexpr int P = attn_step<KV>();
+    static_assert(P == 4 || P == 8, "positions per warp step: 4 or 8");
     const int warp = tid >> 5, lane = tid & 31;
     const int slot = row_slot(rows, r), len = row_pos(rows, r) + 1;
     const int per = (len + splits - 1) / splits;
     const int p0 = s * per, p1 = min(len, p0 + per);
     const int kh = h / (heads / kvh);
     const size_t base = (((size_t)layer * slots + slot) * kvh + kh) * (size_t)max_seq * hd;
-    const float* K = kc + base;
-    const float* V = vc + base;
-    const int pb0 = p0 + 4 * warp;
+    const KV* K = kc + base;
+    const KV* V = vc + base;
+    const int pb0 = p0 + P * warp;
     const bool own = p0 <= len - 1 && len - 1 < p1;
-    float kv[4][ND], vv[4][ND];
+    float kv[P][ND], vv[P][ND];
     // A head of exactly 32 ND values (even ND): each lane loads and rotates its own values of q,
     // and the warp whose positions include the row's own (wown) those of the key and value, in
     // registers (ok, ov) and into the cache: no shared memory, no barrier before the positions.
@@ -227,7 +264,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     }
     const float* qr = q + ((size_t)r * heads + h) * hd;
     float qv[ND], acc[ND];
-    const int wown = own ? ((len - 1 - p0) & 15) >> 2 : -1;
+    const int wown = own ? ((len - 1 - p0) & (4 * P - 1)) / P : -1;
     float ok[ND], ov[ND];
     if (lanes) {
 #pragma unroll
@@ -246,9 +283,11 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             rope_lanes<ND>(ok, rsn, rcs);
 #pragma unroll
             for (int i = 0; i < ND; ++i) {
+                ok[i] = kv_round(K, ok[i]);
+                ov[i] = kv_round(K, ov[i]);
                 // Read back only by this lane (the same addresses, in program order).
-                ((float*)K)[at + lane + 32 * i] = ok[i];
-                ((float*)V)[at + lane + 32 * i] = ov[i];
+                st_kv((KV*)K + at + lane + 32 * i, ok[i]);
+                st_kv((KV*)V + at + lane + 32 * i, ov[i]);
             }
         }
     } else if (ROPE) {
@@ -269,9 +308,10 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             const float* vr = vin + ((size_t)r * kvh + kh) * hd;
             const size_t at = (size_t)(len - 1) * hd;
             for (int d = tid; d < hd; d += 128) {
-                const float kd = rope_at(sm.sx[1], d, hd, fpos, inv_freq), vd = ld_act<CG>(vr + d);
-                ((float*)K)[at + d] = kd;
-                ((float*)V)[at + d] = vd;
+                const float kd = kv_round(K, rope_at(sm.sx[1], d, hd, fpos, inv_freq));
+                const float vd = kv_round(K, ld_act<CG>(vr + d));
+                st_kv((KV*)K + at + d, kd);
+                st_kv((KV*)V + at + d, vd);
                 if (ahead) {
                     own_kv[d] = kd;
                     own_kv[32 * ND + d] = vd;
@@ -288,7 +328,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         }
     }
     float m = NEG_INF, l = 0.0f;
-    for (int pb = pb0; pb < p1; pb += 16) {
+    for (int pb = pb0; pb < p1; pb += 4 * P) {
         // Keys and values of the step's 4 positions are requested together (values do not
         // depend on the scores): one memory round trip per step instead of two.
         if (!ahead || pb != pb0) {
@@ -297,7 +337,7 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
             // The row's own position (in registers by constant index only: no local memory);
             // with `lanes`, only warp wown has it, and in registers.
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < P; ++j) {
                 if (pb + j != len - 1) continue;
 #pragma unroll
                 for (int i = 0; i < ND; ++i) {
@@ -307,9 +347,9 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
                 }
             }
         }
-        float sc[4];
+        float sc[P];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < P; ++j) {
             float dot = 0.0f;
 #pragma unroll
             for (int i = 0; i < ND; ++i) dot += qv[i] * kv[j][i];
@@ -317,23 +357,23 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
         }
         float mx = NEG_INF;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < P; ++j) {
             sc[j] = warp_sum(sc[j]) * scale;
             if (pb + j < p1) mx = fmaxf(mx, sc[j]);
         }
         const float mn = fmaxf(m, mx);
         const float c = expf(m - mn);
-        float e[4];
+        float e[P];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) e[j] = pb + j < p1 ? expf(sc[j] - mn) : 0.0f;
-        l = l * c + ((e[0] + e[1]) + (e[2] + e[3]));
+        for (int j = 0; j < P; ++j) e[j] = pb + j < p1 ? expf(sc[j] - mn) : 0.0f;
+        l = l * c + step_sum<P>(e);
 #pragma unroll
         for (int i = 0; i < ND; ++i) {
             const int d = lane + 32 * i;
             float a = acc[i] * c;
             if (d < hd) {
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
+                for (int j = 0; j < P; ++j)
                     if (pb + j < p1) a += e[j] * vv[j][i];
             }
             acc[i] = a;
@@ -396,8 +436,8 @@ __device__ __forceinline__ void attention_item(AttnSmem<ND>& sm, int s, int h, i
     if (PRE) STAMP(3);
 }
 
-template <int ND, bool ROPE>
-__device__ __forceinline__ void attention_body(const float* q, const float* kc, const float* vc,
+template <int ND, bool ROPE, typename KV>
+__device__ __forceinline__ void attention_body(const float* q, const KV* kc, const KV* vc,
                                                float* out, float* part, const RowsArg& rows,
                                                int layer, int slots, int max_seq, int heads,
                                                int kvh, int hd, float scale, int splits,
@@ -412,39 +452,44 @@ __device__ __forceinline__ void attention_body(const float* q, const float* kc, 
         cm = (ClusterMerge<ND>*)cm_raw;
         cluster_merge_init(*cm);
     }
-    attention_item<ND, ROPE, false, ROPE>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0,
+    attention_item<ND, ROPE, false, ROPE, KV>(sm, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, 0,
                                           q, kc, vc, out, part, rows, layer, slots, max_seq,
                                           heads, kvh, hd, scale, splits, kin, vin, inv_freq,
                                           pre != 0, own_kv, cm);
 }
 
-#define ATTN_KERNEL(ND)                                                                        \
-    extern "C" __global__ void __launch_bounds__(128) attention_nd##ND(                       \
-        const float* __restrict__ q, const float* __restrict__ kc,                             \
-        const float* __restrict__ vc, float* __restrict__ out, float* __restrict__ part,       \
+// attention_ndN / attention_rope_ndN over an f32 cache, and (suffix _h) over an f16 one.
+#define ATTN_KERNEL(ND, KV, SUF)                                                               \
+    extern "C" __global__ void __launch_bounds__(128) attention_nd##ND##SUF(                  \
+        const float* __restrict__ q, const KV* __restrict__ kc, const KV* __restrict__ vc,     \
+        float* __restrict__ out, float* __restrict__ part,                                     \
         const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int heads,   \
         int kvh, int hd, float scale, int splits) {                                            \
         PDL_ENTER();                                                                           \
-        attention_body<ND, false>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,    \
-                                  kvh, hd, scale, splits, 0, 0, 0, 0, 0);                      \
+        attention_body<ND, false, KV>(q, kc, vc, out, part, rows, layer, slots, max_seq,       \
+                                      heads, kvh, hd, scale, splits, 0, 0, 0, 0, 0);           \
     }                                                                                          \
     /* Waits for its predecessor inside attention_item (PRE): see `pre` there; `merge`: */     \
     /* launched as clusters of `splits` blocks along x (cm in attention_item). */              \
-    extern "C" __global__ void __launch_bounds__(128) attention_rope_nd##ND(                  \
-        const float* __restrict__ q, float* kc, float* vc, float* __restrict__ out,            \
+    extern "C" __global__ void __launch_bounds__(128) attention_rope_nd##ND##SUF(             \
+        const float* __restrict__ q, KV* kc, KV* vc, float* __restrict__ out,                  \
         float* __restrict__ part, const __grid_constant__ RowsArg rows, int layer, int slots,  \
         int max_seq, int heads, int kvh, int hd, float scale, int splits,                      \
         const float* __restrict__ kin, const float* __restrict__ vin,                          \
         const float* __restrict__ inv_freq, int pre, int merge) {                              \
         STAMP_BEGIN(1);                                                                        \
         PDL_TRIGGER();                                                                         \
-        attention_body<ND, true>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,     \
-                                 kvh, hd, scale, splits, kin, vin, inv_freq, pre, merge);      \
+        attention_body<ND, true, KV>(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, \
+                                     kvh, hd, scale, splits, kin, vin, inv_freq, pre, merge);  \
     }
-ATTN_KERNEL(1)
-ATTN_KERNEL(2)
-ATTN_KERNEL(4)
-ATTN_KERNEL(8)
+ATTN_KERNEL(1, float, )
+ATTN_KERNEL(2, float, )
+ATTN_KERNEL(4, float, )
+ATTN_KERNEL(8, float, )
+ATTN_KERNEL(1, u16, _h)
+ATTN_KERNEL(2, u16, _h)
+ATTN_KERNEL(4, u16, _h)
+ATTN_KERNEL(8, u16, _h)
 
 // Merges the splits of attention: grid (heads, rows), block >= hd threads.
 extern "C" __global__ void attn_combine(const float* __restrict__ part, float* __restrict__ out,

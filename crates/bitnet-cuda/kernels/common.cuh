@@ -96,6 +96,33 @@ __device__ __forceinline__ float h2f(u16 h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+// f32 to f16 bits, IEEE round to nearest even (beyond ±65504: ±inf; NaN stays NaN), as the
+// CPU's half::f16::from_f32.
+__device__ __forceinline__ u16 f2h(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// The KV cache holds keys and values as f32 or as f16 bits (u16); attention computes in f32.
+// ld_kv_raw: one cached value as stored (CG: through L2 only, as ld_act), kv_f32: as f32 (a
+// step's loads all go out before any is converted: a conversion next to its load would wait
+// for it); st_kv: stores v rounded to the cache's type; kv_round: v as the cache would hold it
+// (the rows a kernel keeps in registers instead of reading back what it stored).
+template <bool CG>
+__device__ __forceinline__ float ld_kv_raw(const float* p) {
+    return CG ? __ldcg(p) : *p;
+}
+template <bool CG>
+__device__ __forceinline__ u16 ld_kv_raw(const u16* p) {
+    return CG ? __ldcg(p) : *p;
+}
+__device__ __forceinline__ float kv_f32(float v) { return v; }
+__device__ __forceinline__ float kv_f32(u16 h) { return h2f(h); }
+__device__ __forceinline__ void st_kv(float* p, float v) { *p = v; }
+__device__ __forceinline__ void st_kv(u16* p, float v) { *p = f2h(v); }
+__device__ __forceinline__ float kv_round(const float*, float v) { return v; }
+__device__ __forceinline__ float kv_round(const u16*, float v) { return h2f(f2h(v)); }
 
 // A 16-byte load of data read exactly once (weights): no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream(const uint4* p) {

@@ -59,13 +59,15 @@ extern "C" __global__ void rope(float* __restrict__ x, const float* __restrict__
 
 // rope on q (heads) and k (kvh heads) in place, then k and v into the cache of `layer`, in one
 // launch: grid (rows, heads + kvh); block y < heads ropes q head y, the others k head y - heads
-// and store it with its v head (the same float operations as rope + store_kv).
-extern "C" __global__ void rope_store(float* __restrict__ q, float* __restrict__ k,
-                                      const float* __restrict__ v,
-                                      const float* __restrict__ inv_freq,
-                                      float* __restrict__ kc, float* __restrict__ vc,
-                                      const __grid_constant__ RowsArg rows, int heads, int kvh,
-                                      int hd, int layer, int slots, int max_seq) {
+// and store it with its v head (the same float operations as rope + store_kv). KV: the cache's
+// element (float, or u16 holding f16: st_kv).
+template <typename KV>
+__device__ __forceinline__ void rope_store_body(float* __restrict__ q, float* __restrict__ k,
+                                                const float* __restrict__ v,
+                                                const float* __restrict__ inv_freq,
+                                                KV* __restrict__ kc, KV* __restrict__ vc,
+                                                const RowsArg& rows, int heads, int kvh, int hd,
+                                                int layer, int slots, int max_seq) {
     PDL_ENTER();
     const int r = blockIdx.x, h = blockIdx.y, half = hd >> 1;
     const int p = row_pos(rows, r);
@@ -85,20 +87,22 @@ extern "C" __global__ void rope_store(float* __restrict__ q, float* __restrict__
         x[j] = y1;
         x[j + half] = y2;
         if (is_k) {
-            kc[dst + j] = y1;
-            kc[dst + j + half] = y2;
-            vc[dst + j] = vr[j];
-            vc[dst + j + half] = vr[j + half];
+            st_kv(kc + dst + j, y1);
+            st_kv(kc + dst + j + half, y2);
+            st_kv(vc + dst + j, vr[j]);
+            st_kv(vc + dst + j + half, vr[j + half]);
         }
     }
 }
 
 // Copies each row's keys and values (kvh * hd values) into the cache of `layer`:
 // cache[layer][slot][head][pos][hd]. Grid: rows.
-extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ vc,
-                                    const float* __restrict__ k, const float* __restrict__ v,
-                                    const __grid_constant__ RowsArg rows, int layer, int slots, int max_seq, int kvh,
-                                    int hd) {
+template <typename KV>
+__device__ __forceinline__ void store_kv_body(KV* __restrict__ kc, KV* __restrict__ vc,
+                                              const float* __restrict__ k,
+                                              const float* __restrict__ v, const RowsArg& rows,
+                                              int layer, int slots, int max_seq, int kvh,
+                                              int hd) {
     PDL_ENTER();
     const int r = blockIdx.x;
     const int slot = row_slot(rows, r), pos = row_pos(rows, r);
@@ -106,10 +110,30 @@ extern "C" __global__ void store_kv(float* __restrict__ kc, float* __restrict__ 
     for (int i = threadIdx.x; i < w; i += blockDim.x) {
         const int h = i / hd, e = i - h * hd;
         const size_t dst = ((((size_t)layer * slots + slot) * kvh + h) * max_seq + pos) * hd + e;
-        kc[dst] = k[(size_t)r * w + i];
-        vc[dst] = v[(size_t)r * w + i];
+        st_kv(kc + dst, k[(size_t)r * w + i]);
+        st_kv(vc + dst, v[(size_t)r * w + i]);
     }
 }
+
+// rope_store / store_kv into an f32 cache, and (suffix _h) into an f16 one.
+#define KV_STORE_KERNELS(KV, SUF)                                                              \
+    extern "C" __global__ void rope_store##SUF(                                                \
+        float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,             \
+        const float* __restrict__ inv_freq, KV* __restrict__ kc, KV* __restrict__ vc,          \
+        const __grid_constant__ RowsArg rows, int heads, int kvh, int hd, int layer, int slots, \
+        int max_seq) {                                                                         \
+        rope_store_body<KV>(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,     \
+                            max_seq);                                                          \
+    }                                                                                          \
+    extern "C" __global__ void store_kv##SUF(KV* __restrict__ kc, KV* __restrict__ vc,         \
+                                             const float* __restrict__ k,                      \
+                                             const float* __restrict__ v,                      \
+                                             const __grid_constant__ RowsArg rows, int layer,  \
+                                             int slots, int max_seq, int kvh, int hd) {        \
+        store_kv_body<KV>(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd);                 \
+    }
+KV_STORE_KERNELS(float, )
+KV_STORE_KERNELS(u16, _h)
 
 // gate = relu(gate)^2 * up.
 extern "C" __global__ void relu2_mul(float* __restrict__ gate, const float* __restrict__ up,

@@ -114,6 +114,10 @@ kernels! {
     attn1: "attention_nd1", attn2: "attention_nd2", attn4: "attention_nd4", attn8: "attention_nd8",
     attn_rope1: "attention_rope_nd1", attn_rope2: "attention_rope_nd2",
     attn_rope4: "attention_rope_nd4", attn_rope8: "attention_rope_nd8",
+    store_kv_h: "store_kv_h", rope_store_h: "rope_store_h",
+    attn1_h: "attention_nd1_h", attn2_h: "attention_nd2_h", attn4_h: "attention_nd4_h", attn8_h: "attention_nd8_h",
+    attn_rope1_h: "attention_rope_nd1_h", attn_rope2_h: "attention_rope_nd2_h",
+    attn_rope4_h: "attention_rope_nd4_h", attn_rope8_h: "attention_rope_nd8_h",
     attn_combine: "attn_combine", relu2_mul: "relu2_mul", silu_mul: "silu_mul", add: "add_f32", copy: "copy_f32",
     read_xor: "read_xor",
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
@@ -240,7 +244,9 @@ fn cluster_max(info: &DeviceInfo, k: &Kernels) -> u32 {
     }
     let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
     let mut most = 16;
-    for f in [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8] {
+    let f32_cache = [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8];
+    let f16_cache = [&k.attn_rope1_h, &k.attn_rope2_h, &k.attn_rope4_h, &k.attn_rope8_h];
+    for f in f32_cache.into_iter().chain(f16_cache) {
         // Without it the driver reports the portable size (8).
         let _ = f.set_attribute(attr, 1);
         // SAFETY: a zeroed launch config is a valid value of this plain C struct.

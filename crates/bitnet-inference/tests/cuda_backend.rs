@@ -5,8 +5,8 @@
 
 use bitnet_core::{DType, Tensor};
 use bitnet_inference::backend::{
-    AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, LmHeadMode, NormInput,
-    NormSpec, Rope, RowPos,
+    AttnShape, Backend, CacheShape, CpuBackend, CudaBackend, DenseMatrix, KvType, LmHeadMode,
+    NormInput, NormSpec, Rope, RowPos,
 };
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -57,6 +57,8 @@ struct Case {
     kv: usize,
     hd: usize,
     vocab: usize,
+    /// How the KV cache stores keys and values.
+    cache: KvType,
 }
 
 /// Runs the same operation sequence on a backend; returns the named outputs.
@@ -109,8 +111,14 @@ fn run<B: Backend>(
     b.bitlinear(&lin, &raw, n, &mut q).unwrap();
     outs.push(("bitlinear_raw", get(b, &q, n * qd)));
     // RoPE, KV store and attention: fill 700 positions, then decode and a prefill batch.
-    let cache_shape =
-        CacheShape { layers: 2, slots: 2, max_seq: 800, kv_heads: c.kv, head_dim: c.hd };
+    let cache_shape = CacheShape {
+        layers: 2,
+        slots: 2,
+        max_seq: 800,
+        kv_heads: c.kv,
+        head_dim: c.hd,
+        kv: c.cache,
+    };
     let mut cache = b.kv_cache(cache_shape).unwrap();
     let attn = AttnShape { heads: c.heads, kv_heads: c.kv, head_dim: c.hd };
     let chunk = 100;
@@ -261,23 +269,24 @@ fn compare(c: &Case, seed: u64, dtype: DType, head: LmHeadMode) {
         };
         assert!(
             e <= tol,
-            "{name} (d={}, hd={}, {dtype}, {head:?}): rel err {e:e} > {tol:e}",
+            "{name} (d={}, hd={}, {dtype}, {head:?}, {:?} cache): rel err {e:e} > {tol:e}",
             c.d,
-            c.hd
+            c.hd,
+            c.cache
         );
     }
 }
 
 #[test]
 fn every_op_matches_the_cpu_backend_small_heads() {
-    let c = Case { d: 200, f: 0, heads: 4, kv: 2, hd: 16, vocab: 300 };
+    let c = Case { d: 200, f: 0, heads: 4, kv: 2, hd: 16, vocab: 300, cache: KvType::F32 };
     compare(&c, 1, DType::F16, LmHeadMode::I8);
     compare(&c, 2, DType::F32, LmHeadMode::F32);
 }
 
 #[test]
 fn every_op_matches_the_cpu_backend_2b4t_heads() {
-    let c = Case { d: 256, f: 0, heads: 20, kv: 5, hd: 128, vocab: 1000 };
+    let c = Case { d: 256, f: 0, heads: 20, kv: 5, hd: 128, vocab: 1000, cache: KvType::F32 };
     compare(&c, 3, DType::F32, LmHeadMode::I8);
     compare(&c, 4, DType::F16, LmHeadMode::F32);
     let _ = c.f;
@@ -287,13 +296,26 @@ fn every_op_matches_the_cpu_backend_2b4t_heads() {
 /// multiple of 32: its shared-memory RoPE with four) and of 256 (the widest).
 #[test]
 fn every_op_matches_the_cpu_backend_other_head_widths() {
-    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 64, vocab: 300 };
+    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 64, vocab: 300, cache: KvType::F32 };
     compare(&c, 5, DType::F32, LmHeadMode::I8);
-    let c = Case { d: 200, f: 0, heads: 4, kv: 1, hd: 100, vocab: 300 };
+    let c = Case { d: 200, f: 0, heads: 4, kv: 1, hd: 100, vocab: 300, cache: KvType::F32 };
     compare(&c, 6, DType::F32, LmHeadMode::I8);
     // Falcon3's heads of 256 values.
-    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 256, vocab: 300 };
+    let c = Case { d: 256, f: 0, heads: 4, kv: 2, hd: 256, vocab: 300, cache: KvType::F32 };
     compare(&c, 7, DType::F32, LmHeadMode::I8);
+}
+
+/// An f16 KV cache: both backends store the same rounded keys and values and attend over them
+/// in f32 (every head-width path of the CUDA kernels: per-lane RoPE at 16 / 64 / 128 / 256,
+/// shared-memory RoPE at 100).
+#[test]
+fn every_op_matches_the_cpu_backend_f16_cache() {
+    for (i, (heads, kv, hd)) in
+        [(4, 2, 16), (20, 5, 128), (4, 2, 64), (4, 1, 100), (4, 2, 256)].into_iter().enumerate()
+    {
+        let c = Case { d: 200, f: 0, heads, kv, hd, vocab: 300, cache: KvType::F16 };
+        compare(&c, 20 + i as u64, DType::F32, LmHeadMode::I8);
+    }
 }
 
 #[test]
@@ -302,7 +324,8 @@ fn bad_arguments_are_errors_not_crashes() {
     let x = b.alloc(10).unwrap();
     let mut out = [0f32; 11];
     assert!(b.download(&x, &mut out).is_err());
-    let shape = CacheShape { layers: 1, slots: 1, max_seq: 4, kv_heads: 1, head_dim: 8 };
+    let shape =
+        CacheShape { layers: 1, slots: 1, max_seq: 4, kv_heads: 1, head_dim: 8, kv: KvType::F32 };
     let mut cache = b.kv_cache(shape).unwrap();
     let k = b.alloc(8).unwrap();
     let far = [RowPos { slot: 0, pos: 4 }];

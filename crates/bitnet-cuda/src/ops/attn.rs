@@ -1,11 +1,59 @@
-//! RoPE, the KV store and causal attention over the f32 KV cache.
+//! RoPE, the KV store and causal attention over the KV cache (f32 or f16 keys and values).
 
-use super::{dptr, launch, need, to_i32, Dims, RowsArg};
+use super::{dptr, launch, need, to_i32, zeros, Dims, RowsArg};
 use crate::device::Gpu;
 use bitnet_core::{Error, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaFunction, CudaSlice};
 
-/// The KV cache geometry: `[layer][slot][kv_head][pos][head_dim]` f32, keys and values apart.
+/// The keys (or the values) of a KV cache: f32, or f16 kept as its bits. Kernels store into an
+/// f16 cache with IEEE round to nearest even (`cvt.rn.f16.f32`) and compute in f32.
+#[derive(Debug)]
+pub enum KvBuf {
+    /// f32 values.
+    F32(CudaSlice<f32>),
+    /// f16 values (raw bits).
+    F16(CudaSlice<u16>),
+}
+
+impl KvBuf {
+    /// `len` zeroed values, f16 when `half`.
+    pub fn zeros(gpu: &Gpu, len: usize, half: bool) -> Result<Self> {
+        Ok(if half { KvBuf::F16(zeros(gpu, len)?) } else { KvBuf::F32(zeros(gpu, len)?) })
+    }
+    /// Values held.
+    pub fn len(&self) -> usize {
+        match self {
+            KvBuf::F32(b) => b.len(),
+            KvBuf::F16(b) => b.len(),
+        }
+    }
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// True for f16 values.
+    pub fn is_half(&self) -> bool {
+        matches!(self, KvBuf::F16(_))
+    }
+    fn ptr(&self, gpu: &Gpu) -> u64 {
+        match self {
+            KvBuf::F32(b) => dptr(gpu, b),
+            KvBuf::F16(b) => dptr(gpu, b),
+        }
+    }
+}
+
+/// Device pointers of a cache's keys and values and whether they are f16 (both or neither:
+/// checked), once each holds the `c.len()` values of its geometry.
+fn cache_ptrs(gpu: &Gpu, kc: &KvBuf, vc: &KvBuf, c: &CacheDims) -> Result<(u64, u64, bool)> {
+    if kc.is_half() != vc.is_half() {
+        return Err(Error::invalid("KV cache: keys and values of different types"));
+    }
+    need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
+    Ok((kc.ptr(gpu), vc.ptr(gpu), kc.is_half()))
+}
+
+/// The KV cache geometry: `[layer][slot][kv_head][pos][head_dim]`, keys and values apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheDims {
     /// Layers.
@@ -64,8 +112,8 @@ pub fn rope_store(
     k: &mut CudaSlice<f32>,
     v: &CudaSlice<f32>,
     inv_freq: &CudaSlice<f32>,
-    kc: &mut CudaSlice<f32>,
-    vc: &mut CudaSlice<f32>,
+    kc: &mut KvBuf,
+    vc: &mut KvBuf,
     c: &CacheDims,
     layer: usize,
     rows: &RowsArg,
@@ -78,19 +126,21 @@ pub fn rope_store(
     if layer >= c.layers || host_rows.len() != rows.len() {
         return Err(Error::invalid(format!("rope_store: layer {layer} of {}", c.layers)));
     }
-    need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
+    let (kcp, vcp, half) = cache_ptrs(gpu, kc, vc, c)?;
     need(q.len(), rows.len() * heads * hd, "rope_store q")?;
     need(k.len().min(v.len()), rows.len() * c.kv_heads * hd, "rope_store k/v")?;
     need(inv_freq.len(), hd / 2, "rope frequencies")?;
     let (qp, kp, vp, fp) = (dptr(gpu, q), dptr(gpu, k), dptr(gpu, v), dptr(gpu, inv_freq));
-    let (kcp, vcp, r) = (dptr(gpu, kc), dptr(gpu, vc), *rows);
+    let r = *rows;
     let (h, kh, d) = (to_i32(heads, "heads")?, to_i32(c.kv_heads, "kv_heads")?, to_i32(hd, "hd")?);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let block = (hd / 2).div_ceil(32).clamp(1, 4) as u32 * 32;
     let dims = Dims::new((rows.len() as u32, (heads + c.kv_heads) as u32, 1), block);
-    // Kernel: rope_store(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
-    // max_seq); buffers sized above, every row inside the cache (checked).
-    launch!(gpu, &gpu.k.rope_store, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
+    let f = if half { &gpu.k.rope_store_h } else { &gpu.k.rope_store };
+    // Kernel: rope_store(_h)(q, k, v, inv_freq, kc, vc, rows, heads, kvh, hd, layer, slots,
+    // max_seq); buffers sized above, every row inside the cache (checked), the kernel's cache
+    // type the buffers' (checked).
+    launch!(gpu, f, dims; qp, kp, vp, fp, kcp, vcp, r, h, kh, d, l, sl, ms)
 }
 
 /// RoPE rotates pairs of values: the head dimension must be even (and not zero).
@@ -122,8 +172,8 @@ fn check_rows(rows: &[(usize, usize)], c: &CacheDims) -> Result<()> {
 #[allow(clippy::too_many_arguments)]
 pub fn store_kv(
     gpu: &Gpu,
-    kc: &mut CudaSlice<f32>,
-    vc: &mut CudaSlice<f32>,
+    kc: &mut KvBuf,
+    vc: &mut KvBuf,
     c: &CacheDims,
     layer: usize,
     k: &CudaSlice<f32>,
@@ -135,16 +185,17 @@ pub fn store_kv(
     if layer >= c.layers || host_rows.len() != rows.len() {
         return Err(Error::invalid(format!("store_kv: layer {layer} of {}", c.layers)));
     }
-    let n = c.len()?;
-    need(kc.len().min(vc.len()), n, "KV cache")?;
+    let (kp, vp, half) = cache_ptrs(gpu, kc, vc, c)?;
     let w = c.kv_heads * c.head_dim;
     need(k.len().min(v.len()), rows.len() * w, "store_kv keys/values")?;
-    let (kp, vp, ks, vs, r) = (dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, k), dptr(gpu, v), *rows);
+    let (ks, vs, r) = (dptr(gpu, k), dptr(gpu, v), *rows);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let (kh, hd) = (to_i32(c.kv_heads, "kv_heads")?, to_i32(c.head_dim, "head_dim")?);
     let dims = Dims::line(rows.len() as u32, 128);
-    // Kernel: store_kv(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd); rows checked in range.
-    launch!(gpu, &gpu.k.store_kv, dims; kp, vp, ks, vs, r, l, sl, ms, kh, hd)
+    let f = if half { &gpu.k.store_kv_h } else { &gpu.k.store_kv };
+    // Kernel: store_kv(_h)(kc, vc, k, v, rows, layer, slots, max_seq, kvh, hd); rows checked in
+    // range, the kernel's cache type the buffers'.
+    launch!(gpu, f, dims; kp, vp, ks, vs, r, l, sl, ms, kh, hd)
 }
 
 /// How many position splits attention uses for `rows` rows of `heads` heads whose longest
@@ -195,8 +246,8 @@ pub fn attention_part_len(rows: usize, heads: usize, hd: usize, splits: usize) -
 pub fn attention(
     gpu: &Gpu,
     q: &CudaSlice<f32>,
-    kc: &CudaSlice<f32>,
-    vc: &CudaSlice<f32>,
+    kc: &KvBuf,
+    vc: &KvBuf,
     c: &CacheDims,
     layer: usize,
     rows: &RowsArg,
@@ -227,8 +278,8 @@ pub fn rope_attention(
     k: &CudaSlice<f32>,
     v: &CudaSlice<f32>,
     inv_freq: &CudaSlice<f32>,
-    kc: &mut CudaSlice<f32>,
-    vc: &mut CudaSlice<f32>,
+    kc: &mut KvBuf,
+    vc: &mut KvBuf,
     c: &CacheDims,
     layer: usize,
     rows: &RowsArg,
@@ -254,8 +305,8 @@ pub fn rope_attention(
 /// The arguments [`attention`] and [`rope_attention`] share.
 struct AttnArgs<'a> {
     q: &'a CudaSlice<f32>,
-    kc: &'a CudaSlice<f32>,
-    vc: &'a CudaSlice<f32>,
+    kc: &'a KvBuf,
+    vc: &'a KvBuf,
     c: &'a CacheDims,
     layer: usize,
     rows: &'a RowsArg,
@@ -285,7 +336,7 @@ fn attention_launch(
     if layer >= c.layers || host_rows.len() != rows.len() {
         return Err(Error::invalid(format!("attention: layer {layer} of {}", c.layers)));
     }
-    need(kc.len().min(vc.len()), c.len()?, "KV cache")?;
+    let (kp, vp, half) = cache_ptrs(gpu, kc, vc, c)?;
     need(q.len(), rows.len() * heads * hd, "attention q")?;
     need(out.len(), rows.len() * heads * hd, "attention out")?;
     need(part.len(), attention_part_len(rows.len(), heads, hd, splits), "attention scratch")?;
@@ -295,13 +346,8 @@ fn attention_launch(
         3 | 4 => 2,
         _ => 3,
     };
-    let k = &gpu.k;
-    let f = match rope {
-        None => [&k.attn1, &k.attn2, &k.attn4, &k.attn8][nd],
-        Some(_) => [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8][nd],
-    };
-    let (qp, kp, vp, op, pp, r) =
-        (dptr(gpu, q), dptr(gpu, kc), dptr(gpu, vc), dptr(gpu, out), dptr(gpu, part), *rows);
+    let f = attention_kernel(gpu, nd, rope.is_some(), half);
+    let (qp, op, pp, r) = (dptr(gpu, q), dptr(gpu, out), dptr(gpu, part), *rows);
     let (l, sl, ms) = (layer as i32, to_i32(c.slots, "slots")?, to_i32(c.max_seq, "max_seq")?);
     let (h, kh, d, sp) = (heads as i32, c.kv_heads as i32, hd as i32, splits as i32);
     let scale = 1.0f32 / (hd as f32).sqrt();
@@ -311,11 +357,11 @@ fn attention_launch(
     let cluster = if merge { splits as u32 } else { 1 };
     let dims = Dims { grid: (splits as u32, heads as u32, rows.len() as u32), block: 128, cluster };
     match rope {
-        // Kernel: attention_ndN(q, kc, vc, out, part, rows, layer, slots, max_seq, heads, kvh,
-        // hd, scale, splits); every row's positions are inside the cache (checked), part sized
-        // above.
+        // Kernel: attention_ndN(_h)(q, kc, vc, out, part, rows, layer, slots, max_seq, heads,
+        // kvh, hd, scale, splits); every row's positions are inside the cache (checked), part
+        // sized above, the kernel's cache type the buffers'.
         None => launch!(gpu, f, dims; qp, kp, vp, op, pp, r, l, sl, ms, h, kh, d, scale, sp)?,
-        // Kernel: attention_rope_ndN(same, kin, vin, inv_freq, pre, merge): kin/vin hold
+        // Kernel: attention_rope_ndN(_h)(same, kin, vin, inv_freq, pre, merge): kin/vin hold
         // rows x kvh x hd values, inv_freq hd / 2, every row has a slot of its own (checked by
         // the caller); pre as `early` (the caller's promise); merge: launched as clusters of
         // `splits` blocks along x.
@@ -330,6 +376,18 @@ fn attention_launch(
         launch!(gpu, &gpu.k.attn_combine, dims; pp, op, h, d, sp)?;
     }
     Ok(())
+}
+
+/// The attention kernel for heads of `32 << nd`-value slots (at most), with RoPE of the rows'
+/// own keys (`rope`), over an f16 cache (`half`) or an f32 one.
+fn attention_kernel(gpu: &Gpu, nd: usize, rope: bool, half: bool) -> &CudaFunction {
+    let k = &gpu.k;
+    match (rope, half) {
+        (false, false) => [&k.attn1, &k.attn2, &k.attn4, &k.attn8][nd],
+        (true, false) => [&k.attn_rope1, &k.attn_rope2, &k.attn_rope4, &k.attn_rope8][nd],
+        (false, true) => [&k.attn1_h, &k.attn2_h, &k.attn4_h, &k.attn8_h][nd],
+        (true, true) => [&k.attn_rope1_h, &k.attn_rope2_h, &k.attn_rope4_h, &k.attn_rope8_h][nd],
+    }
 }
 
 #[cfg(test)]

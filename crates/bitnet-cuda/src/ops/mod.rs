@@ -17,7 +17,7 @@ mod sample;
 
 pub use attn::{
     attention, attention_part_len, attention_split_limit, attention_splits, rope, rope_attention,
-    rope_store, slots_distinct, split_len_pow2, store_kv, CacheDims,
+    rope_store, slots_distinct, split_len_pow2, store_kv, CacheDims, KvBuf,
 };
 pub use decode::{
     decode_layers, DecodeStack, StackDims, StackLayer, DECODE_MAX_WIDTH, DECODE_STAMPS,

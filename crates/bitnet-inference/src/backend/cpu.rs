@@ -2,10 +2,12 @@
 //! on one [`ThreadPool`].
 
 use super::i8mat::I8Matrix;
-use super::{AttnShape, Backend, CacheShape, DenseMatrix, LmHeadMode, Rope, RowPos};
-use bitnet_core::{AlignedVec, Error, Result, ThreadPool};
+use super::{AttnShape, Backend, CacheShape, DenseMatrix, KvType, LmHeadMode, Rope, RowPos};
+use bitnet_core::{AlignedVec, Error, Pod, Result, ThreadPool};
 use bitnet_quant::bitlinear::{BitLinear, BitLinearScratch};
 use bitnet_quant::formats::i2s::I2sMatrix;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::sync::Mutex;
 
 /// Runs the model on the host CPU.
@@ -87,18 +89,68 @@ impl DenseF32 {
     }
 }
 
-/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]`.
+/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]`, in f32 or
+/// f16 as [`CacheShape::kv`] says.
 pub struct CpuCache {
     shape: CacheShape,
-    k: AlignedVec<f32>,
-    v: AlignedVec<f32>,
+    kv: KvStore,
+}
+
+/// The cache's keys and values in their stored type.
+enum KvStore {
+    F32(KvPair<f32>),
+    F16(KvPair<f16>),
+}
+
+/// Keys and values of one element type, both `[layer][slot][kv_head][pos][head_dim]`.
+struct KvPair<T: Pod> {
+    k: AlignedVec<T>,
+    v: AlignedVec<T>,
+}
+
+impl<T: Pod> KvPair<T> {
+    /// `n` zeroed keys and values, or `None` when they cannot be allocated.
+    fn zeros(n: usize) -> Option<Self> {
+        Some(KvPair { k: AlignedVec::try_zeros(n)?, v: AlignedVec::try_zeros(n)? })
+    }
+}
+
+/// An element type the cache stores: how a key or value row is stored and attended over.
+trait KvElem: Pod {
+    /// `dst = src`, rounded to this type.
+    fn store(dst: &mut [Self], src: &[f32]);
+    /// [`super::attn::attend`] over rows of this type.
+    fn attend(q: &[f32], k: &[Self], v: &[Self], n: usize, scale: f32, out: &mut [f32]);
+}
+
+impl KvElem for f32 {
+    fn store(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn attend(q: &[f32], k: &[f32], v: &[f32], n: usize, scale: f32, out: &mut [f32]) {
+        super::attn::attend(q, k, v, n, scale, out)
+    }
+}
+
+impl KvElem for f16 {
+    /// Round to nearest even, as `f16::from_f32` (vectorized where the CPU has F16C): beyond
+    /// ±65504 a value becomes ±inf and NaN stays NaN. A key that became inf gives an infinite
+    /// or NaN score, which usually makes the output of the rows attending to it NaN, as an f32
+    /// cache holding the same inf would; nothing panics.
+    fn store(dst: &mut [f16], src: &[f32]) {
+        dst.convert_from_f32_slice(src);
+    }
+    fn attend(q: &[f32], k: &[f16], v: &[f16], n: usize, scale: f32, out: &mut [f32]) {
+        super::attn::attend_f16(q, k, v, n, scale, out)
+    }
+}
+
+/// Where position `pos` of `head`, `slot` and `layer` starts in a cache of shape `s`.
+fn offset(s: &CacheShape, layer: usize, slot: usize, head: usize, pos: usize) -> usize {
+    (((layer * s.slots + slot) * s.kv_heads + head) * s.max_seq + pos) * s.head_dim
 }
 
 impl CpuCache {
-    fn offset(&self, layer: usize, slot: usize, head: usize, pos: usize) -> usize {
-        let s = &self.shape;
-        (((layer * s.slots + slot) * s.kv_heads + head) * s.max_seq + pos) * s.head_dim
-    }
     fn check(&self, r: &RowPos) -> Result<()> {
         if r.slot >= self.shape.slots || r.pos >= self.shape.max_seq {
             return Err(Error::invalid(format!(
@@ -182,11 +234,11 @@ impl Backend for CpuBackend {
             }
         }
         let failed = || Error::invalid(shape.alloc_failed());
-        let (k, v) = (
-            AlignedVec::try_zeros(n).ok_or_else(failed)?,
-            AlignedVec::try_zeros(n).ok_or_else(failed)?,
-        );
-        Ok(CpuCache { shape, k, v })
+        let kv = match shape.kv {
+            KvType::F32 => KvStore::F32(KvPair::zeros(n).ok_or_else(failed)?),
+            KvType::F16 => KvStore::F16(KvPair::zeros(n).ok_or_else(failed)?),
+        };
+        Ok(CpuCache { shape, kv })
     }
 
     fn embed(&self, e: &Self::Embedding, ids: &[u32], out: &mut Self::Buf) -> Result<()> {
@@ -385,16 +437,34 @@ impl CpuBackend {
         let (kvh, hd) = (cache.shape.kv_heads, cache.shape.head_dim);
         need(k.len(), rows.len() * kvh * hd, "store_kv keys")?;
         need(v.len(), rows.len() * kvh * hd, "store_kv values")?;
-        for (r, rp) in rows.iter().enumerate() {
+        for rp in rows {
             cache.check(rp)?;
-            for h in 0..kvh {
-                let dst = cache.offset(layer, rp.slot, h, rp.pos);
-                let src = r * kvh * hd + h * hd;
-                cache.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                cache.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
-            }
+        }
+        let shape = cache.shape;
+        match &mut cache.kv {
+            KvStore::F32(p) => Self::store_rows(p, &shape, layer, k, v, rows),
+            KvStore::F16(p) => Self::store_rows(p, &shape, layer, k, v, rows),
         }
         Ok(())
+    }
+    /// [`Backend::store_kv`] into keys and values of type `T` (rows already checked).
+    fn store_rows<T: KvElem>(
+        p: &mut KvPair<T>,
+        s: &CacheShape,
+        layer: usize,
+        k: &[f32],
+        v: &[f32],
+        rows: &[RowPos],
+    ) {
+        let (kvh, hd) = (s.kv_heads, s.head_dim);
+        for (r, rp) in rows.iter().enumerate() {
+            for h in 0..kvh {
+                let dst = offset(s, layer, rp.slot, h, rp.pos);
+                let src = r * kvh * hd + h * hd;
+                T::store(&mut p.k[dst..dst + hd], &k[src..src + hd]);
+                T::store(&mut p.v[dst..dst + hd], &v[src..src + hd]);
+            }
+        }
     }
     fn attention__(
         &self,
@@ -416,17 +486,37 @@ impl CpuBackend {
         for rp in rows {
             cache.check(rp)?;
         }
+        let n = rows.len() * heads * head_dim;
+        let (q, out, s) = (&q[..n], &mut out[..n], &cache.shape);
+        match &cache.kv {
+            KvStore::F32(p) => self.attend_rows(q, p, s, layer, rows, shape, out),
+            KvStore::F16(p) => self.attend_rows(q, p, s, layer, rows, shape, out),
+        }
+        Ok(())
+    }
+    /// [`Backend::attention`] over keys and values of type `T` (arguments already checked),
+    /// one task per (row, head).
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows<T: KvElem>(
+        &self,
+        q: &[f32],
+        p: &KvPair<T>,
+        s: &CacheShape,
+        layer: usize,
+        rows: &[RowPos],
+        shape: AttnShape,
+        out: &mut [f32],
+    ) {
+        let AttnShape { heads, kv_heads, head_dim } = shape;
         let group = heads / kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let n = rows.len() * heads * head_dim;
-        self.pool.for_each_chunk_mut(&mut out[..n], head_dim, &|task, o| {
+        self.pool.for_each_chunk_mut(out, head_dim, &|task, o| {
             let (r, h) = (task / heads, task % heads);
             let rp = rows[r];
             let qv = &q[task * head_dim..(task + 1) * head_dim];
-            let base = cache.offset(layer, rp.slot, h / group, 0);
-            super::attn::attend(qv, &cache.k[base..], &cache.v[base..], rp.pos + 1, scale, o);
+            let base = offset(s, layer, rp.slot, h / group, 0);
+            T::attend(qv, &p.k[base..], &p.v[base..], rp.pos + 1, scale, o);
         });
-        Ok(())
     }
     /// `gate = act(gate) * up` over the first `len` values (`what` names the op in errors).
     fn gated_mul__(
@@ -490,3 +580,6 @@ impl CpuBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,13 +28,13 @@ pub use types::{CudaBuf, CudaCache, CudaLinear, CudaLmHead};
 use writes::LayerWrites;
 
 use super::{
-    AttnShape, Backend, CacheShape, DenseMatrix, Fused, LmHeadMode, NormInput, NormSpec, Rope,
-    RowPos, StackParts, StackShape,
+    AttnShape, Backend, CacheShape, DenseMatrix, Fused, KvType, LmHeadMode, NormInput, NormSpec,
+    Rope, RowPos, StackParts, StackShape,
 };
 use bitnet_core::{Error, Result};
 use bitnet_cuda::layout::PackedTernary;
 use bitnet_cuda::ops::{
-    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, LmF32, LmI8, NormSrc,
+    self, CacheDims, DecodeStack, DeviceTernary, EmbedTable, KvBuf, LmF32, LmI8, NormSrc,
 };
 use bitnet_cuda::{DeviceInfo, Gpu};
 use bitnet_quant::formats::i2s::I2sMatrix;
@@ -275,8 +275,9 @@ impl Backend for CudaBackend {
             kv_heads: shape.kv_heads,
             head_dim: shape.head_dim,
         };
-        let n = dims.len()?;
-        let alloc = || ops::zeros(&self.gpu, n).map_err(|e| e.context(shape.alloc_failed()));
+        let (n, half) = (dims.len()?, shape.kv == KvType::F16);
+        let alloc =
+            || KvBuf::zeros(&self.gpu, n, half).map_err(|e| e.context(shape.alloc_failed()));
         let (k, v) = (alloc()?, alloc()?);
         Ok(CudaCache { dims, k, v, written: LayerWrites::new(shape.layers) })
     }
@@ -306,8 +307,10 @@ impl Backend for CudaBackend {
             cache.written.wrote(None, s.embeds);
             let a = s.rows(&self.gpu, &[row])?;
             let f = s.inv_freq(&self.gpu, rope, cache.dims.head_dim)?;
-            let c = &mut *cache;
-            ops::decode_layers(&self.gpu, stack, x.touched(), &mut c.k, &mut c.v, &c.dims, &a, f)
+            let (KvBuf::F32(k), KvBuf::F32(v)) = (&mut cache.k, &mut cache.v) else {
+                return Err(Error::unsupported("the one-kernel decode over an f16 KV cache"));
+            };
+            ops::decode_layers(&self.gpu, stack, x.touched(), k, v, &cache.dims, &a, f)
         })
     }
 

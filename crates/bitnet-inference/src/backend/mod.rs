@@ -53,6 +53,47 @@ impl std::str::FromStr for LmHeadMode {
     }
 }
 
+/// How the KV cache stores keys and values. Attention computes in f32 either way; with f16 each
+/// key and value is rounded to the nearest f16 when it is stored (IEEE round to nearest even,
+/// as `half::f16::from_f32`; beyond ±65504 it becomes ±inf), which halves the cache's memory
+/// and the bytes long-context decode reads per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// f32 keys and values: the reference's arithmetic, bit for bit.
+    #[default]
+    F32,
+    /// f16 keys and values: half the memory and reads; logits move by the rounding.
+    F16,
+}
+
+impl KvType {
+    /// Bytes of one stored key or value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+    /// The name `--kv-cache` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" | "fp16" | "half" => Ok(KvType::F16),
+            _ => Err(Error::invalid(format!("unknown KV cache type `{s}` (expected f32 or f16)"))),
+        }
+    }
+}
+
 /// Shape of the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheShape {
@@ -66,6 +107,8 @@ pub struct CacheShape {
     pub kv_heads: usize,
     /// Dimension of one head.
     pub head_dim: usize,
+    /// How keys and values are stored.
+    pub kv: KvType,
 }
 
 impl CacheShape {
@@ -77,10 +120,9 @@ impl CacheShape {
             .ok_or_else(|| Error::invalid("KV cache size overflows"))
     }
 
-    /// Bytes of the cache's f32 keys and values (both backends keep them in f32), or an error
-    /// when the count overflows.
+    /// Bytes of the cache's keys and values, or an error when the count overflows.
     pub fn bytes(&self) -> Result<u64> {
-        let per_value = 2 * std::mem::size_of::<f32>() as u64;
+        let per_value = 2 * self.kv.bytes() as u64;
         Ok((self.values()? as u64).saturating_mul(per_value))
     }
 
@@ -167,7 +209,8 @@ pub trait Backend: Send + Sync {
     }
     /// One token through every layer of `stack`: `x` holds its hidden state (one row) and ends
     /// as the last layer's output (residual added); the token sits at `row`, and each layer's
-    /// key and value go into `cache` as [`Backend::rope_store_kv`] puts them.
+    /// key and value go into `cache` as [`Backend::rope_store_kv`] puts them. Only over caches of
+    /// [`KvType::F32`] (models drop their stack for other types).
     fn decode_layers(
         &self,
         stack: &Self::Stack,

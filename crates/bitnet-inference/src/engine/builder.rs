@@ -1,7 +1,7 @@
 //! [`EngineBuilder`]: loading a model file (or a synthetic model) onto a device.
 
 use super::Engine;
-use crate::backend::{CpuBackend, LmHeadMode, Rope};
+use crate::backend::{CpuBackend, KvType, LmHeadMode, Rope};
 use crate::chat::ChatTemplate;
 use crate::config::{BitNetConfig, LinearClass, Quantization};
 use crate::formats::{self, ModelFile};
@@ -23,6 +23,7 @@ pub struct EngineBuilder {
     context: Option<usize>,
     prefill_chunk: usize,
     lm_head: LmHeadMode,
+    kv: KvType,
     profile: bool,
 }
 
@@ -36,6 +37,7 @@ impl Default for EngineBuilder {
             context: None,
             prefill_chunk: 128,
             lm_head: LmHeadMode::default(),
+            kv: KvType::default(),
             profile: false,
         }
     }
@@ -75,6 +77,13 @@ impl EngineBuilder {
     /// How the vocabulary projection is computed.
     pub fn lm_head(mut self, m: LmHeadMode) -> Self {
         self.lm_head = m;
+        self
+    }
+
+    /// How the KV cache stores keys and values (default f32; f16 halves its memory and the
+    /// bytes long-context decode reads).
+    pub fn kv_cache(mut self, kv: KvType) -> Self {
+        self.kv = kv;
         self
     }
 
@@ -138,7 +147,7 @@ impl EngineBuilder {
         backend: B,
         progress: impl FnMut(usize, usize),
     ) -> Result<LoadedRunner> {
-        let (model, file, dir) = match (&self.path, &self.synthetic) {
+        let (mut model, file, dir) = match (&self.path, &self.synthetic) {
             (_, Some(name)) => {
                 let dims = synthetic::preset(name)?;
                 (synthetic::build(backend, dims, 42, self.lm_head)?, None, None)
@@ -165,6 +174,7 @@ impl EngineBuilder {
                 return Err(Error::invalid("no model given (a path or a synthetic name)"))
             }
         };
+        model.set_kv_type(self.kv);
         let dims = model.dims().clone();
         let context = self.context.unwrap_or(dims.max_positions.min(4096)).max(1);
         let runner: Box<dyn Runner> =

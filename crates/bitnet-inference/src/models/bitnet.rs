@@ -11,7 +11,8 @@
 //! Every projection is a BitLinear (per-token int8 activations x ternary weights).
 
 use crate::backend::{
-    AttnShape, Backend, CacheShape, NormInput, NormSpec, Rope, RowPos, StackParts, StackShape,
+    AttnShape, Backend, CacheShape, KvType, NormInput, NormSpec, Rope, RowPos, StackParts,
+    StackShape,
 };
 use crate::config::Architecture;
 use bitnet_core::{Error, Result};
@@ -115,6 +116,8 @@ pub struct BitNetModel<B: Backend> {
     pub(crate) lm_head: B::LmHead,
     /// The layers prepared to run one token at once, where the backend does that.
     pub(crate) stack: Option<B::Stack>,
+    /// How the KV caches of new states store keys and values.
+    pub(crate) kv: KvType,
 }
 
 /// Which rows of a forward call produce logits.
@@ -203,12 +206,26 @@ impl<B: Backend> BitNetModel<B> {
             Some(p) if !p.is_empty() => backend.prepare_stack(&p, shape)?,
             _ => None,
         };
-        Ok(BitNetModel { dims, backend, embed, layers, norm, lm_head, stack })
+        Ok(BitNetModel { dims, backend, embed, layers, norm, lm_head, stack, kv: KvType::F32 })
     }
 
     /// Whether one-token steps run every layer at once ([`Backend::decode_layers`]).
     pub fn one_kernel_decode(&self) -> bool {
         self.stack.is_some()
+    }
+
+    /// How the KV caches of states made from now on store keys and values (default f32).
+    pub fn set_kv_type(&mut self, kv: KvType) {
+        self.kv = kv;
+        // A prepared stack runs over f32 caches only (Backend::decode_layers): with another
+        // type the layers run op by op.
+        if kv != KvType::F32 {
+            self.stack = None;
+        }
+    }
+    /// How new states' KV caches store keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.kv
     }
 
     /// The model's dimensions.
@@ -236,6 +253,7 @@ impl<B: Backend> BitNetModel<B> {
             max_seq,
             kv_heads: d.kv_heads,
             head_dim: d.head_dim,
+            kv: self.kv,
         })?;
         Ok(State {
             cache,

@@ -4,7 +4,7 @@ use super::sample::SampleState;
 use super::step::Step;
 use super::writes::LayerWrites;
 use bitnet_cuda::cudarc::driver::CudaSlice;
-use bitnet_cuda::ops::{CacheDims, DeviceTernary, LmF32, LmI8, QuantActs};
+use bitnet_cuda::ops::{CacheDims, DeviceTernary, KvBuf, LmF32, LmI8, QuantActs};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -53,11 +53,12 @@ pub enum CudaLmHead {
     I8(LmI8),
 }
 
-/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]` f32.
+/// Keys and values of every layer and slot: `[layer][slot][kv_head][pos][head_dim]`, f32 or
+/// f16 as the cache's `KvType`.
 pub struct CudaCache {
     pub(super) dims: CacheDims,
-    pub(super) k: CudaSlice<f32>,
-    pub(super) v: CudaSlice<f32>,
+    pub(super) k: KvBuf,
+    pub(super) v: KvBuf,
     /// Which layers attention may read early (`writes.rs`).
     pub(super) written: LayerWrites,
 }
