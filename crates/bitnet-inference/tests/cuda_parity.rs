@@ -6,11 +6,10 @@
 
 use bitnet_core::{Device, DeviceRequest};
 use bitnet_inference::backend::{KvType, LmHeadMode};
-use bitnet_inference::sampling::SamplingParams;
-use bitnet_inference::{Engine, GenerationConfig};
+use bitnet_inference::Engine;
 
 mod common;
-use common::{check_logits, fixture_dir, reference, FIXTURES};
+use common::{check_logits, fixture_dir, greedy, reference, FIXTURES};
 
 fn have_cuda() -> bool {
     match bitnet_inference::backend::cuda::probe(0) {
@@ -70,12 +69,7 @@ fn cuda_greedy_generation_reproduces_the_reference_continuation() {
         let r = reference(name);
         for head in [LmHeadMode::F32, LmHeadMode::I8] {
             let mut e = engine(name, head, 128);
-            let cfg = GenerationConfig {
-                max_tokens: r.greedy_ids.len(),
-                sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-                ignore_eos: true,
-                ..GenerationConfig::default()
-            };
+            let cfg = greedy(r.greedy_ids.len());
             let out = e.generate_ids(&r.input_ids, &cfg).unwrap();
             assert_eq!(out.generated_ids, r.greedy_ids, "{name} ({head:?})");
         }
@@ -123,12 +117,7 @@ fn cuda_f16_kv_cache_matches_the_cpu_f16_kv_cache() {
             let worst = check_logits(name, &got, &want);
             eprintln!("{name} (f16 cache, chunk {chunk}): CUDA against CPU {worst:.2e}");
         }
-        let cfg = GenerationConfig {
-            max_tokens: r.greedy_ids.len(),
-            sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-            ignore_eos: true,
-            ..GenerationConfig::default()
-        };
+        let cfg = greedy(r.greedy_ids.len());
         let mut ids = Vec::new();
         for dev in [Device::Cuda(0), Device::Cpu] {
             let mut e = engine_on(dev, name, LmHeadMode::I8, 128, KvType::F16);

@@ -13,11 +13,10 @@
 
 use bitnet_core::{Device, DeviceRequest};
 use bitnet_inference::backend::{KvType, LmHeadMode};
-use bitnet_inference::sampling::SamplingParams;
-use bitnet_inference::{Engine, GenerationConfig};
+use bitnet_inference::Engine;
 
 mod common;
-use common::{fixture_dir, reference, top2, FIXTURES};
+use common::{fixture_dir, greedy, reference, top2, FIXTURES};
 
 /// Fixtures whose greedy continuation with the f16 cache is the f32 cache's, token for token.
 /// The other two (`online_f32_tied_gqa` and `offline_autobitlinear`, the same latent weights)
@@ -45,15 +44,6 @@ fn engine(name: &str, kv: KvType) -> Engine {
         .kv_cache(kv)
         .build()
         .unwrap()
-}
-
-fn greedy(max_tokens: usize) -> GenerationConfig {
-    GenerationConfig {
-        max_tokens,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        ignore_eos: true,
-        ..GenerationConfig::default()
-    }
 }
 
 /// Mean and max |a - b| over every logit.

@@ -5,11 +5,10 @@
 
 use bitnet_core::{Device, DeviceRequest};
 use bitnet_inference::backend::LmHeadMode;
-use bitnet_inference::sampling::SamplingParams;
-use bitnet_inference::{Engine, GenerationConfig};
+use bitnet_inference::Engine;
 
 mod common;
-use common::{check_logits, fixture_dir, reference, FIXTURES};
+use common::{check_logits, fixture_dir, greedy, reference, FIXTURES};
 
 /// The CPU backend, pinned (cuda_parity.rs covers the GPU).
 fn engine(name: &str, head: LmHeadMode) -> Engine {
@@ -47,23 +46,13 @@ fn int8_lm_head_stays_within_the_parity_tolerance() {
     }
 }
 
-fn greedy() -> GenerationConfig {
-    GenerationConfig {
-        max_tokens: 10,
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
-        ignore_eos: true,
-        ..GenerationConfig::default()
-    }
-}
-
 #[test]
 fn greedy_generation_reproduces_the_reference_continuation() {
     for name in FIXTURES {
         let r = reference(name);
         for head in [LmHeadMode::F32, LmHeadMode::I8] {
             let mut e = engine(name, head);
-            let mut cfg = greedy();
-            cfg.max_tokens = r.greedy_ids.len();
+            let cfg = greedy(r.greedy_ids.len());
             let out = e.generate_ids(&r.input_ids, &cfg).unwrap();
             assert_eq!(out.generated_ids, r.greedy_ids, "{name} ({head:?})");
         }
@@ -100,9 +89,9 @@ fn bad_requests_are_errors_not_panics() {
     let vocab = e.dims().vocab as u32;
     assert!(e.logits(&[0, vocab]).unwrap_err().to_string().contains("out of range"));
     let long: Vec<u32> = (0..17).collect();
-    assert!(e.generate_ids(&long, &greedy()).unwrap_err().to_string().contains("context"));
-    assert!(e.generate_ids(&[], &greedy()).is_err());
-    let mut cfg = greedy();
+    assert!(e.generate_ids(&long, &greedy(10)).unwrap_err().to_string().contains("context"));
+    assert!(e.generate_ids(&[], &greedy(10)).is_err());
+    let mut cfg = greedy(10);
     cfg.max_tokens = 100;
     let out = e.generate_ids(&[0, 1, 2], &cfg).unwrap();
     assert_eq!(out.stop_reason, bitnet_inference::StopReason::ContextFull);

@@ -5,6 +5,8 @@
 
 pub mod files;
 
+use bitnet_inference::sampling::SamplingParams;
+use bitnet_inference::GenerationConfig;
 use std::path::PathBuf;
 
 /// Every committed fixture (tests/fixtures/README.md says what each covers).
@@ -17,6 +19,17 @@ pub const FIXTURES: [&str; 7] = [
     "llama_offline_bitlinear",
     "llama3_rope_scaling",
 ];
+
+/// Greedy generation of exactly `max_tokens` tokens (end-of-sequence ignored), as the fixtures'
+/// continuations were made.
+pub fn greedy(max_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_tokens,
+        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+        ignore_eos: true,
+        ..GenerationConfig::default()
+    }
+}
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     match std::env::var_os("BITNET_FIXTURES") {
