@@ -180,9 +180,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("| {name} | {p} | {b} | {test} | {:.2} ± {:.2} |", s.mean, s.sd);
         println!(
             "\nbytes read per generated token: {:.1} MB (ternary {:.1} MB + lm_head {:.1} MB + \
-             {} KV cache {:.1} MB at {kv_positions:.1} positions on average); at {:.2} tokens/s \
-             that \
-             is {:.2} GB/s",
+             {} KV cache {:.1} MB at {kv_positions:.1} positions on average); \
+             at {:.2} tokens/s that is {:.2} GB/s",
             bytes_per_token as f64 / 1e6,
             (ternary / 4) as f64 / 1e6,
             head_bytes as f64 / 1e6,
