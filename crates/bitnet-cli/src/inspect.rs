@@ -1,7 +1,8 @@
 //! `bitnet inspect`: what is in a model file.
 
 use anyhow::Result;
-use bitnet_inference::config::Architecture;
+use bitnet_inference::backend::{CacheShape, KvType};
+use bitnet_inference::config::{Architecture, BitNetConfig};
 use bitnet_inference::formats;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -54,6 +55,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         c.tie_word_embeddings,
         c.quantization
     )?;
+    kv_cache_line(&mut out, c)?;
     let mut by_type: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let mut total = 0usize;
     for (name, t) in f.tensors.iter() {
@@ -96,4 +98,49 @@ pub fn run(a: InspectArgs) -> Result<()> {
         writeln!(out, "  … {} more (use --all-metadata)", f.metadata.len() - shown)?;
     }
     Ok(())
+}
+
+/// The KV cache's size per token and per sequence of the default context (`--ctx`: the model's,
+/// at most 4096), for `--kv-cache f32` and `f16`: what sizing `--ctx` and `--parallel` needs.
+fn kv_cache_line(out: &mut impl Write, c: &BitNetConfig) -> Result<()> {
+    let ctx = c.max_position_embeddings.clamp(1, 4096);
+    let bytes = |kv, max_seq| {
+        let (layers, kv_heads, head_dim) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
+        CacheShape { layers, slots: 1, max_seq, kv_heads, head_dim, kv }.bytes()
+    };
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    writeln!(
+        out,
+        "KV cache: {:.1} KiB per token in f32, {:.1} KiB in f16 (--kv-cache); a sequence of {ctx} \
+         tokens {:.1} / {:.1} MiB",
+        bytes(KvType::F32, 1)? as f64 / 1024.0,
+        bytes(KvType::F16, 1)? as f64 / 1024.0,
+        mib(bytes(KvType::F32, ctx)?),
+        mib(bytes(KvType::F16, ctx)?)
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_line_sizes_2b4t() {
+        // BitNet b1.58 2B-4T: 30 layers x 5 kv heads x 128 x (K + V).
+        let c = BitNetConfig::from_json_str(
+            r#"{"model_type": "bitnet", "hidden_size": 2560, "intermediate_size": 6912,
+                "num_hidden_layers": 30, "num_attention_heads": 20, "num_key_value_heads": 5,
+                "vocab_size": 128256, "max_position_embeddings": 4096,
+                "quantization_config": {"quant_method": "bitnet"}}"#,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        kv_cache_line(&mut out, &c).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "KV cache: 150.0 KiB per token in f32, 75.0 KiB in f16 (--kv-cache); a sequence of \
+             4096 tokens 600.0 / 300.0 MiB\n"
+        );
+    }
 }
