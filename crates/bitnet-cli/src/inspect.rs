@@ -3,6 +3,7 @@
 use anyhow::Result;
 use bitnet_inference::backend::{CacheShape, KvType};
 use bitnet_inference::config::{Architecture, BitNetConfig};
+use bitnet_inference::engine::default_context;
 use bitnet_inference::formats;
 use clap::Args;
 use std::collections::BTreeMap;
@@ -100,10 +101,10 @@ pub fn run(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// The KV cache's size per token and per sequence of the default context (`--ctx`: the model's,
-/// at most 4096), for `--kv-cache f32` and `f16`: what sizing `--ctx` and `--parallel` needs.
+/// The KV cache's size per token and per sequence of the default context (`--ctx`:
+/// [`default_context`]), for `--kv-cache f32` and `f16`: what sizing `--ctx` and `--parallel` needs.
 fn kv_cache_line(out: &mut impl Write, c: &BitNetConfig) -> Result<()> {
-    let ctx = c.max_position_embeddings.clamp(1, 4096);
+    let ctx = default_context(c.max_position_embeddings);
     let bytes = |kv, max_seq| {
         let (layers, kv_heads, head_dim) = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
         CacheShape { layers, slots: 1, max_seq, kv_heads, head_dim, kv }.bytes()

@@ -176,11 +176,17 @@ impl EngineBuilder {
         };
         model.set_kv_type(self.kv);
         let dims = model.dims().clone();
-        let context = self.context.unwrap_or(dims.max_positions.min(4096)).max(1);
+        let context = self.context.unwrap_or(default_context(dims.max_positions)).max(1);
         let runner: Box<dyn Runner> =
             Box::new(ModelRunner::new(model, context, self.prefill_chunk.min(context))?);
         Ok((runner, file, dir))
     }
+}
+
+/// The context (KV-cache positions per sequence) a model gets unless
+/// [`EngineBuilder::context_len`] says otherwise: its `max_position_embeddings`, at most 4096.
+pub fn default_context(max_positions: usize) -> usize {
+    max_positions.clamp(1, 4096)
 }
 
 fn probe_cuda(ordinal: usize) -> Result<()> {

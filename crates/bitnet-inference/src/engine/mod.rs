@@ -12,7 +12,7 @@ mod builder;
 mod emit;
 mod types;
 
-pub use builder::EngineBuilder;
+pub use builder::{default_context, EngineBuilder};
 pub(crate) use builder::{dims_from_config, weight_kind};
 pub(crate) use emit::Emitter;
 pub use types::{GenerationConfig, Output, StopReason, Timings, TokenEvent};
