@@ -27,6 +27,19 @@ pub enum NormSrc<'a> {
     Silu(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
 }
 
+impl NormSrc<'_> {
+    /// Whether [`norm_ternary_gemv`] has a kernel mode for this input with (`normed`) or
+    /// without a norm weight: plain rows either way, relu² rows normed, SiLU rows not (the
+    /// models' combinations).
+    pub fn fused(&self, normed: bool) -> bool {
+        match self {
+            NormSrc::Plain(_) => true,
+            NormSrc::Relu2(..) => normed,
+            NormSrc::Silu(..) => !normed,
+        }
+    }
+}
+
 /// The norm argument of `gemv_norm_m1` (mirrors `NormArg` in gemv_norm.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,18 +81,18 @@ pub fn norm_ternary_gemv(
             "fused norm + GEMV over {d} features (at most {NORM_GEMV_MAX_COLS}, a multiple of 4)"
         )));
     }
+    if !src.fused(nw.is_some()) {
+        return Err(Error::unsupported(
+            "fused GEMV of relu² without a norm or SiLU with one (the models have neither)",
+        ));
+    }
     let k = &gpu.k;
     // (input, second input, kernels for one and two groups per tile)
-    let (x, y, [f1, f2]) = match (src, nw) {
-        (NormSrc::Plain(x), Some(_)) => (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain]),
-        (NormSrc::Relu2(g, u), Some(_)) => (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2]),
-        (NormSrc::Plain(x), None) => (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none]),
-        (NormSrc::Silu(g, u), None) => (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu]),
-        _ => {
-            return Err(Error::unsupported(
-                "fused GEMV of relu² without a norm or SiLU with one (the models have neither)",
-            ))
-        }
+    let (x, y, [f1, f2]) = match src {
+        NormSrc::Plain(x) if nw.is_some() => (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain]),
+        NormSrc::Plain(x) => (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none]),
+        NormSrc::Relu2(g, u) => (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2]),
+        NormSrc::Silu(g, u) => (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu]),
     };
     need(x.len(), d, "fused norm input")?;
     if let Some(y) = y {

@@ -126,14 +126,8 @@ impl CudaBackend {
         add: bool,
     ) -> Result<()> {
         let (w, d) = (&proj.0, norm.width);
-        // The fused kernel's inputs: plain rows, relu² rows normed, SiLU rows not.
-        let fused_input = match (&norm.input, norm.weight) {
-            (NormInput::Plain(_), _) => true,
-            (NormInput::Relu2(..), nw) => nw.is_some(),
-            (NormInput::Silu(..), nw) => nw.is_none(),
-        };
         let fits = norm.weight.is_none_or(|nw| nw.len == d)
-            && fused_input
+            && norm_src(&norm.input).fused(norm.weight.is_some())
             && w.cols() == d
             && ops::norm_gemv_fits(d);
         if rows != 1 || !fits || !self.gpu.fuse_norm(w.rows() * w.cols()) {
@@ -141,11 +135,7 @@ impl CudaBackend {
             return self.project(proj, input, rows, outs, add);
         }
         self.timed(Op::NormBitlinear, || {
-            let src = match norm.input {
-                NormInput::Plain(x) => NormSrc::Plain(&x.data),
-                NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
-                NormInput::Silu(g, u) => NormSrc::Silu(&g.data, &u.data),
-            };
+            let src = norm_src(&norm.input);
             let (nw, eps) = (norm.weight.map(|w| &w.data), norm.eps);
             self.norm_into(xn, 1, d, |o, q| {
                 let q = q.ok_or_else(|| Error::invalid("norm_linear: no int8 buffer"))?;
@@ -191,6 +181,15 @@ impl CudaBackend {
     /// Issues any deferred launches one by one (before anything that must not be reordered).
     fn settle(&self) -> Result<()> {
         lock(&self.scratch).end_step(&self.gpu, false)
+    }
+}
+
+/// The fused norm + GEMV kernel's view of a norm's input.
+fn norm_src<'a>(input: &'a NormInput<'_, CudaBuf>) -> NormSrc<'a> {
+    match input {
+        NormInput::Plain(x) => NormSrc::Plain(&x.data),
+        NormInput::Relu2(g, u) => NormSrc::Relu2(&g.data, &u.data),
+        NormInput::Silu(g, u) => NormSrc::Silu(&g.data, &u.data),
     }
 }
 
