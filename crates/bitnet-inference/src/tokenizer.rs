@@ -1,5 +1,9 @@
-//! Text ↔ token ids: a thin wrapper over the `tokenizers` crate, built from a `tokenizer.json`
-//! or from the vocabulary arrays of a GGUF file, plus an incremental detokenizer.
+//! Text ↔ token ids: a thin wrapper over the `tokenizers` crate, built from a `tokenizer.json`,
+//! a SentencePiece `tokenizer.model` (BPE, Llama-1/2 style: see [`spm`]) or the vocabulary
+//! arrays of a GGUF file, plus an incremental detokenizer.
+
+pub mod spm;
+mod spm_proto;
 
 use std::path::Path;
 
@@ -25,14 +29,20 @@ pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// The tokenizer arrays of a GGUF file (`tokenizer.ggml.*`), as the GGUF reader hands them over.
 #[derive(Clone, Debug, Default)]
 pub struct GgufVocabInput {
-    /// `tokenizer.ggml.model`: only `"gpt2"` (byte-level BPE) is supported.
+    /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece BPE).
     pub model: String,
-    /// `tokenizer.ggml.tokens`, in id order, byte-level encoded (`Ġ` for space).
+    /// `tokenizer.ggml.tokens`, in id order: byte-level encoded (`Ġ` for space) for `gpt2`,
+    /// SentencePiece pieces (`▁` for space, `<0x0A>` byte pieces) for `llama`.
     pub tokens: Vec<String>,
-    /// `tokenizer.ggml.merges`, each `"left right"`, in rank order.
+    /// `tokenizer.ggml.merges`, each `"left right"`, in rank order (`gpt2` only).
     pub merges: Vec<String>,
-    /// `tokenizer.ggml.token_type` (may be empty): 3 = control (special), 4 = user-defined.
+    /// `tokenizer.ggml.token_type` (may be empty): 1 normal, 2 unknown, 3 control (special),
+    /// 4 user-defined, 5 unused, 6 byte.
     pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.scores` (may be empty; `llama` only, where merges follow the ids).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.add_space_prefix` (`llama` only; absent means true).
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.ggml.bos_token_id`.
     pub bos: Option<u32>,
     /// `tokenizer.ggml.eos_token_id`.
@@ -92,19 +102,32 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let mut t = Self::from_bytes(&bytes)
+        let t = Self::from_bytes(&bytes)
             .map_err(|e| e.context(format!("loading {}", path.display())))?;
-        let cfg_path = path.with_file_name("tokenizer_config.json");
-        if let Ok(text) = std::fs::read_to_string(&cfg_path) {
-            let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::format("tokenizer_config.json", format!("{}: {e}", cfg_path.display()))
-            })?;
-            let bos = config_token(&cfg, "bos_token").and_then(|s| t.token_to_id(&s));
-            let eos = config_token(&cfg, "eos_token").and_then(|s| t.token_to_id(&s));
-            let (bos, eos) = (bos.or(t.bos), eos.or(t.eos));
-            t = t.with_special_ids(bos, eos);
-        }
-        Ok(t)
+        let cfg = read_tokenizer_config(path)?;
+        Ok(t.with_config_specials(cfg.as_ref()))
+    }
+
+    /// Loads a SentencePiece BPE `tokenizer.model` (Llama-1/2). A `tokenizer_config.json`
+    /// beside it, if any, names BOS and EOS and may set `legacy` (absent: true), as it does
+    /// for transformers' `LlamaTokenizerFast`.
+    pub fn from_spm_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let cfg = read_tokenizer_config(path)?;
+        let legacy = cfg.as_ref().and_then(|c| c.get("legacy")?.as_bool()).unwrap_or(true);
+        let t = Self::from_spm_bytes(&bytes, legacy)
+            .map_err(|e| e.context(format!("loading {}", path.display())))?;
+        Ok(t.with_config_specials(cfg.as_ref()))
+    }
+
+    /// BOS / EOS named by a `tokenizer_config.json`, where it names tokens this one has.
+    fn with_config_specials(self, cfg: Option<&serde_json::Value>) -> Self {
+        let Some(cfg) = cfg else { return self };
+        let bos = config_token(cfg, "bos_token").and_then(|s| self.token_to_id(&s));
+        let eos = config_token(cfg, "eos_token").and_then(|s| self.token_to_id(&s));
+        let (bos, eos) = (bos.or(self.bos), eos.or(self.eos));
+        self.with_special_ids(bos, eos)
     }
 
     /// Parses the JSON text of a `tokenizer.json`.
@@ -114,15 +137,19 @@ impl Tokenizer {
         Ok(Self::from_inner(inner))
     }
 
-    /// Builds a byte-level BPE tokenizer from GGUF vocabulary arrays. Control tokens become
-    /// special added tokens, user-defined ones plain added tokens; both are matched in text
-    /// before BPE runs.
+    /// Builds a tokenizer from GGUF vocabulary arrays: byte-level BPE for `gpt2`, SentencePiece
+    /// BPE for `llama` (see [`spm`]). Control tokens become special added tokens, user-defined
+    /// ones plain added tokens; both are matched in text before BPE runs.
     pub fn from_gguf_vocab(input: GgufVocabInput) -> Result<Self> {
-        if input.model != "gpt2" {
-            return Err(Error::unsupported(format!(
-                "GGUF tokenizer model {:?} (only \"gpt2\", byte-level BPE, is supported)",
-                input.model
-            )));
+        match input.model.as_str() {
+            "gpt2" => {}
+            "llama" => return Self::from_gguf_llama(&input),
+            other => {
+                return Err(Error::unsupported(format!(
+                    "GGUF tokenizer model {other:?} (only \"gpt2\", byte-level BPE, and \"llama\", \
+                     SentencePiece BPE, are supported)"
+                )))
+            }
         }
         let n = input.tokens.len();
         if !input.token_types.is_empty() && input.token_types.len() != n {
@@ -259,6 +286,15 @@ impl Tokenizer {
     }
 }
 
+/// The `tokenizer_config.json` beside `path`, if there is one.
+fn read_tokenizer_config(path: &Path) -> Result<Option<serde_json::Value>> {
+    let cfg_path = path.with_file_name("tokenizer_config.json");
+    let Ok(text) = std::fs::read_to_string(&cfg_path) else { return Ok(None) };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::format("tokenizer_config.json", format!("{}: {e}", cfg_path.display())))
+}
+
 /// Pre-tokenizer and `ignore_merges` flag for a GGUF `tokenizer.ggml.pre` value.
 fn gguf_pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizerWrapper, bool)> {
     let regex = match pre {
@@ -298,8 +334,11 @@ fn parse_merges(merges: &[String]) -> Result<Vec<(String, String)>> {
 }
 
 /// Turns a growing sequence of ids into text deltas, never splitting a UTF-8 character that
-/// byte-level BPE spread over several tokens: a delta is released once the text decoded so far
-/// no longer ends in U+FFFD (or after 8 pending tokens, which no valid character needs).
+/// byte-level BPE or SentencePiece byte fallback (`<0xE2>` `<0x82>` `<0xAC>`) spread over several
+/// tokens: a delta is released once the text decoded so far no longer ends in U+FFFD (or after
+/// 8 pending tokens, which no valid character needs). Each step decodes a window that starts at
+/// an already released token that shows some text, so a decoder that strips the text's first
+/// space (SentencePiece) strips the same space from both sides of the difference.
 #[derive(Clone, Debug, Default)]
 pub struct StreamDecoder {
     ids: Vec<u32>,
@@ -325,9 +364,15 @@ impl StreamDecoder {
         let pending = self.ids.len() - self.read;
         let complete = !cur.ends_with('\u{FFFD}') || pending >= Self::MAX_PENDING;
         if complete && cur.len() >= prev.len() && cur.is_char_boundary(prev.len()) {
-            self.prefix = self.read;
+            let delta = cur[prev.len()..].to_string();
+            // Tokens that show nothing (skipped special tokens) make a bad window start: a
+            // decoder that strips the text's first space (SentencePiece) would strip the next
+            // token's space. The window keeps its old start until something shows.
+            if !delta.is_empty() {
+                self.prefix = self.read;
+            }
             self.read = self.ids.len();
-            return Ok(cur[prev.len()..].to_string());
+            return Ok(delta);
         }
         Ok(String::new())
     }

@@ -168,6 +168,7 @@ fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVoca
         bos: Some(0),
         eos: Some(1),
         pre: pre.map(str::to_string),
+        ..Default::default()
     }
 }
 
@@ -229,7 +230,7 @@ fn bad_gguf_vocab_gives_clear_errors() {
         vec![2]
     );
     let cases = [
-        (GgufVocabInput { model: "llama".into(), ..ok.clone() }, "not supported yet"),
+        (GgufVocabInput { model: "bert".into(), ..ok.clone() }, "not supported yet"),
         (GgufVocabInput { merges: vec!["ab".into()], ..ok.clone() }, "merge 0"),
         (GgufVocabInput { token_types: vec![1], ..ok.clone() }, "token_type"),
         (GgufVocabInput { bos: Some(3), ..ok.clone() }, "bos id 3"),

@@ -237,10 +237,15 @@ pub(crate) fn weight_kind(c: &BitNetConfig) -> Result<WeightKind> {
 
 type TextSide = (Option<Tokenizer>, Option<ChatTemplate>, Vec<u32>);
 
+/// The tokenizer, chat template and stop ids: from the GGUF file's own vocabulary, else from
+/// the directory's `tokenizer.json`, else from its SentencePiece `tokenizer.model`.
 fn load_text_side(file: &ModelFile, dir: &Path) -> Result<TextSide> {
     let tj = dir.join("tokenizer.json");
+    let spm = dir.join("tokenizer.model");
     let tok = if file.gguf_vocab.is_none() && tj.is_file() {
         Some(Tokenizer::from_file(&tj)?)
+    } else if file.gguf_vocab.is_none() && spm.is_file() {
+        Some(Tokenizer::from_spm_file(&spm)?)
     } else if let Some(v) = &file.gguf_vocab {
         Some(Tokenizer::from_gguf_vocab(gguf_vocab_input(v))?)
     } else {
@@ -273,6 +278,8 @@ fn gguf_vocab_input(v: &formats::GgufVocab) -> GgufVocabInput {
         tokens: v.tokens.clone(),
         merges: v.merges.clone(),
         token_types: v.token_types.clone(),
+        scores: v.scores.clone(),
+        add_space_prefix: v.add_space_prefix,
         bos: v.bos_token_id,
         eos: v.eos_token_id,
         pre: v.pre.clone(),

@@ -347,6 +347,8 @@ pub struct GgufVocab {
     pub add_bos_token: Option<bool>,
     /// `tokenizer.ggml.add_eos_token`.
     pub add_eos_token: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece's `add_dummy_prefix`; absent means true).
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template` (Jinja).
     pub chat_template: Option<String>,
 }
@@ -402,6 +404,7 @@ impl GgufVocab {
             unknown_token_id: id("unknown_token_id")?,
             add_bos_token: meta.get_bool("tokenizer.ggml.add_bos_token")?,
             add_eos_token: meta.get_bool("tokenizer.ggml.add_eos_token")?,
+            add_space_prefix: meta.get_bool("tokenizer.ggml.add_space_prefix")?,
             chat_template: meta.get_str("tokenizer.chat_template")?.map(str::to_string),
             tokens,
             token_types,
@@ -448,9 +451,12 @@ impl GgufVocab {
                 out.push((k(name), GgufValue::U32(id)));
             }
         }
-        for (name, b) in
-            [("add_bos_token", self.add_bos_token), ("add_eos_token", self.add_eos_token)]
-        {
+        let flags = [
+            ("add_bos_token", self.add_bos_token),
+            ("add_eos_token", self.add_eos_token),
+            ("add_space_prefix", self.add_space_prefix),
+        ];
+        for (name, b) in flags {
             if let Some(b) = b {
                 out.push((k(name), GgufValue::Bool(b)));
             }
