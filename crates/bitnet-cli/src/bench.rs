@@ -295,6 +295,7 @@ mod tests {
             eps: 1e-5,
             rope: bitnet_inference::backend::Rope::new(5e5),
             arch: bitnet_inference::config::Architecture::BitNet,
+            act: bitnet_inference::config::HiddenAct::Relu2,
         };
         // One step at depth 0 attends to its own position: 30 layers x 640 x (K + V) x 4 bytes.
         assert_eq!(kv_read_per_step(&d, 0, 1, KvType::F32), (1.0, 153_600));

@@ -30,11 +30,16 @@ pub fn run(a: InspectArgs) -> Result<()> {
     writeln!(out, "file: {} ({:?})", a.path.display(), f.kind)?;
     writeln!(
         out,
-        "architecture: {} | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
+        "architecture: {} ({}, {}) | hidden {} | layers {} | heads {} (kv {}) x {} | ffn {} | vocab {} | ctx {}",
         match c.architecture {
-            Architecture::BitNet => "BitNet b1.58 (sub-norms, relu2)",
-            Architecture::Llama => "Llama with BitNet b1.58 projections (silu, no sub-norms)",
+            Architecture::BitNet => "BitNet b1.58",
+            Architecture::Llama => "Llama with BitNet b1.58 projections",
         },
+        match c.architecture {
+            Architecture::BitNet => "sub-norms",
+            Architecture::Llama => "no sub-norms",
+        },
+        c.hidden_act.name(),
         c.hidden_size,
         c.num_hidden_layers,
         c.num_attention_heads,

@@ -16,8 +16,8 @@ const MAX_LAYERS: usize = 4096;
 /// Largest accepted vocabulary / context length.
 const MAX_VOCAB: usize = 1 << 24;
 
-/// The feed-forward activation: squared ReLU for BitNet b1.58, SiLU for LLaMA-architecture
-/// BitNet checkpoints.
+/// The feed-forward activation (`hidden_act`): squared ReLU for BitNet b1.58, SiLU for
+/// LLaMA-architecture BitNet checkpoints and 1bitLLM's `bitnet_b1_58` reproductions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum HiddenAct {
     /// `relu(x)²`.
@@ -26,11 +26,32 @@ pub enum HiddenAct {
     Silu,
 }
 
+impl HiddenAct {
+    /// The activation called `name` in `hidden_act` (HF) or `{arch}.hidden_activation` (GGUF).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "relu2" => Some(HiddenAct::Relu2),
+            "silu" | "swish" => Some(HiddenAct::Silu),
+            _ => None,
+        }
+    }
+
+    /// The name HF configs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            HiddenAct::Relu2 => "relu2",
+            HiddenAct::Silu => "silu",
+        }
+    }
+}
+
 /// The decoder block a checkpoint was trained with (`model_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Architecture {
     /// HF `BitNetForCausalLM` (`model_type: bitnet`): RMSNorms inside the attention and the
-    /// feed-forward (`attn_sub_norm`, `ffn_sub_norm`) and squared ReLU.
+    /// feed-forward (`attn_sub_norm`, `ffn_sub_norm`), squared ReLU. Also 1bitLLM's
+    /// `bitnet_b1_58-*` reproductions (`BitnetForCausalLM`, `model_type: llama`): the same block
+    /// with SiLU, its sub-norms named `inner_attn_ln` and `ffn_layernorm`.
     BitNet,
     /// HF `LlamaForCausalLM` with `quantization_config.quant_method: bitnet` (`model_type:
     /// llama`; Falcon3-*-1.58bit, Llama3-8B-1.58): every projection a BitLinear, no sub-norms,
@@ -107,7 +128,8 @@ pub struct BitNetConfig {
     pub rope_theta: f64,
     /// Llama-3 RoPE frequency scaling, if the config asks for it.
     pub rope_scaling: Option<Llama3Scaling>,
-    /// Feed-forward activation: `relu2` for BitNet, `silu` for Llama.
+    /// Feed-forward activation (`hidden_act`). Default `relu2` (BitNet), `silu` (Llama and
+    /// 1bitLLM's `BitnetForCausalLM`).
     pub hidden_act: HiddenAct,
     /// Whether `lm_head` shares the embedding matrix. Default false (as HF); the 2B-4T sets true.
     pub tie_word_embeddings: bool,
@@ -360,6 +382,24 @@ fn parse_quantization(obj: &Map<String, Value>, p: &mut Problems) -> (Quantizati
     (quant, skip)
 }
 
+/// 1bitLLM's `BitnetForCausalLM`: no `quantization_config`; every projection quantizes its
+/// latent weights per tensor (absmean, `weight_bits: 1`) and its input per token (absmax,
+/// `input_bits: 8`) in each forward pass, which is HF's online AutoBitLinear.
+fn one_bit_llm_quantization(
+    obj: &Map<String, Value>,
+    p: &mut Problems,
+) -> (Quantization, Vec<String>) {
+    if obj.get("quantization_config").is_some_and(|v| !v.is_null()) {
+        p.push("a `quantization_config` in a BitnetForCausalLM config is not supported yet");
+    }
+    for (key, want) in [("weight_bits", 1), ("input_bits", 8)] {
+        if let Some(v) = json_usize(obj, key, p).filter(|&v| v != want) {
+            p.push(format!("{key} = {v} is not supported (BitNet b1.58 uses {want})"));
+        }
+    }
+    (Quantization::Online, Vec::new())
+}
+
 impl BitNetConfig {
     /// Parses and validates the text of a `config.json`.
     pub fn from_json_str(text: &str) -> Result<Self> {
@@ -385,20 +425,17 @@ impl BitNetConfig {
         let vocab_size = required(json_usize(obj, "vocab_size", p), "vocab_size", p, obj);
         let kv = json_usize(obj, "num_key_value_heads", p);
         let head_dim = json_usize(obj, "head_dim", p);
-        let architecture = json_arch(obj, p);
-        // 1bitLLM's bitnet_b1_58-* reproductions: model_type llama, their own modeling code
-        // (sub-norms inside attention and MLP, latent weights, no quantization_config).
+        // 1bitLLM's bitnet_b1_58-* reproductions (their own modeling code): model_type llama,
+        // BitNet's sub-norms, SiLU, latent weights quantized in every forward pass.
         let archs = obj.get("architectures").and_then(Value::as_array);
-        if archs.is_some_and(|a| a.iter().any(|v| v.as_str() == Some("BitnetForCausalLM"))) {
-            p.push(
-                "architectures `BitnetForCausalLM` (1bitLLM's bitnet_b1_58 checkpoints, custom \
-                 modeling code) is not supported yet; HF `BitNetForCausalLM` and `LlamaForCausalLM` \
-                 with a bitnet quantization_config are",
-            );
-        }
-        let llama = architecture == Architecture::Llama;
+        let one_bit_llm =
+            archs.is_some_and(|a| a.iter().any(|v| v.as_str() == Some("BitnetForCausalLM")));
+        let architecture = if one_bit_llm { Architecture::BitNet } else { json_arch(obj, p) };
+        // Llama defaults (LlamaConfig's, which 1bitLLM's BitnetConfig keeps).
+        let llama = architecture == Architecture::Llama || one_bit_llm;
         let act = json_str(obj, "hidden_act", p).unwrap_or(if llama { "silu" } else { "relu2" });
-        let (quantization, modules_to_not_convert) = parse_quantization(obj, p);
+        let (quantization, modules_to_not_convert) =
+            if one_bit_llm { one_bit_llm_quantization(obj, p) } else { parse_quantization(obj, p) };
         for bias in ["attention_bias", "mlp_bias"] {
             if json_bool(obj, bias, p) == Some(true) {
                 p.push(format!("{bias} = true is not supported yet (BitNet has no biases)"));
@@ -424,7 +461,7 @@ impl BitNetConfig {
             }),
             rope_theta: theta,
             rope_scaling,
-            hidden_act: if llama { HiddenAct::Silu } else { HiddenAct::Relu2 },
+            hidden_act: HiddenAct::from_name(act).unwrap_or(HiddenAct::Relu2),
             tie_word_embeddings: json_bool(obj, "tie_word_embeddings", p).unwrap_or(false),
             bos_token_id: if obj.contains_key("bos_token_id") {
                 json_token(obj, "bos_token_id", p)
@@ -446,14 +483,8 @@ impl BitNetConfig {
             modules_to_not_convert,
             dtype: dtype.map(str::to_string),
         };
-        match (llama, act) {
-            (false, "relu2") | (true, "silu") => {}
-            (false, _) => {
-                p.push(format!("hidden_act `{act}` is not supported (BitNet b1.58 uses `relu2`)"))
-            }
-            (true, _) => p.push(format!(
-                "hidden_act `{act}` is not supported for model_type llama (BitNet Llamas use `silu`)"
-            )),
+        if HiddenAct::from_name(act).is_none() {
+            p.push(format!("hidden_act `{act}` is not supported (`relu2` or `silu`)"));
         }
         cfg.check(p, head_dim.is_some());
         std::mem::replace(p, Problems(Vec::new())).finish(cfg)
@@ -586,6 +617,7 @@ impl BitNetConfig {
         let eps = float("attention.layer_norm_rms_epsilon", &mut p).unwrap_or(1e-5);
         let theta = float("rope.freq_base", &mut p).unwrap_or(500_000.0);
         let tok = |k: &str| meta.get_usize(k).ok().flatten().and_then(|v| u32::try_from(v).ok());
+        let hidden_act = gguf_activation(meta, arch, &mut p);
         let cfg = BitNetConfig {
             architecture: Architecture::BitNet,
             hidden_size,
@@ -599,7 +631,7 @@ impl BitNetConfig {
             rms_norm_eps: eps,
             rope_theta: theta,
             rope_scaling: None,
-            hidden_act: HiddenAct::Relu2,
+            hidden_act,
             tie_word_embeddings: true,
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok("tokenizer.ggml.eos_token_id").into_iter().collect(),
@@ -616,6 +648,34 @@ impl BitNetConfig {
     }
 }
 
+/// The feed-forward activation of a BitNet GGUF file. GGUF files rarely say: llama.cpp's
+/// `bitnet` architecture was made for 1bitLLM's SiLU models and its converter writes no
+/// activation, though it also converts the 2B-4T (relu²); Microsoft's converters write their own
+/// architecture names, for relu² models. So: `{arch}.hidden_activation` when present (newer
+/// converters write it), else SiLU for a `bitnet` file with a SentencePiece (`llama`) vocabulary
+/// (1bitLLM's Llama-2 tokenizer; the 2B-4T's is `gpt2`), else relu².
+fn gguf_activation(meta: &GgufMetadata, arch: &str, p: &mut Problems) -> HiddenAct {
+    let key = format!("{arch}.hidden_activation");
+    match meta.get_str(&key) {
+        Ok(Some(name)) => HiddenAct::from_name(name).unwrap_or_else(|| {
+            p.push(format!("{key} `{name}` is not supported (`relu2` or `silu`)"));
+            HiddenAct::Relu2
+        }),
+        Ok(None) => {
+            let vocab = meta.get_str("tokenizer.ggml.model").ok().flatten();
+            if arch == "bitnet" && vocab == Some("llama") {
+                HiddenAct::Silu
+            } else {
+                HiddenAct::Relu2
+            }
+        }
+        Err(e) => {
+            p.push(e.to_string());
+            HiddenAct::Relu2
+        }
+    }
+}
+
 /// Whether a GGUF `general.architecture` names a BitNet b1.58 model we can run.
 pub fn is_bitnet_arch(arch: &str) -> bool {
     matches!(arch, "bitnet" | "bitnet-b1.58" | "bitnet-25")
@@ -624,6 +684,48 @@ pub fn is_bitnet_arch(arch: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::gguf::GgufValue;
+
+    /// GGUF metadata of a small model of architecture `arch`, with `extra` string keys.
+    fn gguf_meta(arch: &str, extra: &[(&str, &str)]) -> GgufMetadata {
+        let mut m = GgufMetadata::new();
+        let s = |v: &str| GgufValue::String(v.to_string());
+        m.insert("general.architecture".into(), s(arch)).unwrap();
+        for (k, v) in [
+            ("embedding_length", 64),
+            ("block_count", 1),
+            ("feed_forward_length", 160),
+            ("attention.head_count", 4),
+            ("vocab_size", 384),
+        ] {
+            m.insert(format!("{arch}.{k}"), GgufValue::U32(v)).unwrap();
+        }
+        for (k, v) in extra {
+            m.insert(k.replace("{arch}", arch), s(v)).unwrap();
+        }
+        m
+    }
+
+    #[test]
+    fn gguf_activation_is_the_files_key_else_guessed_from_arch_and_vocabulary() {
+        let cfg = |arch: &str, extra: &[(&str, &str)]| {
+            BitNetConfig::from_gguf_metadata(&gguf_meta(arch, extra))
+        };
+        let act = |arch: &str, extra: &[(&str, &str)]| cfg(arch, extra).unwrap().hidden_act;
+        let (relu2, silu) = (HiddenAct::Relu2, HiddenAct::Silu);
+        for arch in ["bitnet", "bitnet-b1.58", "bitnet-25"] {
+            assert_eq!(act(arch, &[]), relu2, "{arch}");
+            assert_eq!(act(arch, &[("{arch}.hidden_activation", "silu")]), silu, "{arch}");
+            let spm = [("tokenizer.ggml.model", "llama"), ("{arch}.hidden_activation", "relu2")];
+            assert_eq!(act(arch, &spm), relu2, "{arch}: the key wins");
+        }
+        // llama.cpp's `bitnet` with a SentencePiece vocabulary: 1bitLLM's lineage, SiLU.
+        assert_eq!(act("bitnet", &[("tokenizer.ggml.model", "llama")]), silu);
+        assert_eq!(act("bitnet", &[("tokenizer.ggml.model", "gpt2")]), relu2);
+        assert_eq!(act("bitnet-b1.58", &[("tokenizer.ggml.model", "llama")]), relu2);
+        let e = cfg("bitnet", &[("{arch}.hidden_activation", "gelu")]).unwrap_err();
+        assert!(e.to_string().contains("bitnet.hidden_activation `gelu`"), "{e}");
+    }
 
     #[test]
     fn eos_may_be_an_int_or_a_list() {
@@ -678,9 +780,67 @@ mod tests {
         let e = BitNetConfig::from_json_str(&format!("{{{}}}", base.replace("llama", "mistral")))
             .unwrap_err();
         assert!(e.to_string().contains("model_type `mistral`"), "{e}");
-        let onebit = format!(r#"{{{base},"architectures":["BitnetForCausalLM"]}}"#);
-        let e = BitNetConfig::from_json_str(&onebit).unwrap_err();
-        assert!(e.to_string().contains("1bitLLM"), "{e}");
+    }
+
+    /// A config shaped like 1bitLLM/bitnet_b1_58-large's (their `BitnetConfig`, model_type llama).
+    const ONE_BIT_LLM: &str = r#"{"architectures": ["BitnetForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "hidden_size": 1536, "initializer_range": 0.02, "input_bits": 8,
+        "intermediate_size": 4096, "max_position_embeddings": 2048, "model_type": "llama",
+        "num_attention_heads": 16, "num_hidden_layers": 24, "num_key_value_heads": 16,
+        "pad_token_id": 32000, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": null,
+        "rope_theta": 10000.0, "tie_word_embeddings": false, "torch_dtype": "float16",
+        "use_cache": true, "vocab_size": 32002, "weight_bits": 1}"#;
+
+    #[test]
+    fn one_bit_llm_config_reads_as_a_bitnet_block_with_silu_and_online_quantization() {
+        let c = BitNetConfig::from_json_str(ONE_BIT_LLM).unwrap();
+        assert_eq!((c.architecture, c.hidden_act), (Architecture::BitNet, HiddenAct::Silu));
+        assert_eq!((c.quantization, c.tie_word_embeddings), (Quantization::Online, false));
+        assert_eq!((c.hidden_size, c.intermediate_size, c.head_dim), (1536, 4096, 96));
+        assert_eq!((c.rms_norm_eps, c.rope_theta, c.rope_scaling), (1e-5, 10_000.0, None));
+        assert_eq!((c.bos_token_id, c.eos_token_ids.as_slice()), (Some(1), &[2u32][..]));
+        // Their BitnetConfig's defaults are LlamaConfig's: SiLU, eps 1e-6, theta 10000.
+        let bare = ONE_BIT_LLM
+            .replace(r#""hidden_act": "silu","#, "")
+            .replace(r#""rms_norm_eps": 1e-05,"#, "")
+            .replace(r#""rope_theta": 10000.0,"#, "");
+        let c = BitNetConfig::from_json_str(&bare).unwrap();
+        assert_eq!((c.hidden_act, c.rms_norm_eps, c.rope_theta), (HiddenAct::Silu, 1e-6, 1e4));
+        for (from, to, what) in [
+            (r#""weight_bits": 1"#, r#""weight_bits": 2"#, "weight_bits = 2"),
+            (r#""input_bits": 8"#, r#""input_bits": 4"#, "input_bits = 4"),
+            (r#""hidden_act": "silu""#, r#""hidden_act": "gelu""#, "gelu"),
+            (
+                r#""use_cache": true"#,
+                r#""quantization_config": {"quant_method": "bitnet"}"#,
+                "quantization_config",
+            ),
+        ] {
+            let e = BitNetConfig::from_json_str(&ONE_BIT_LLM.replace(from, to)).unwrap_err();
+            assert!(e.to_string().contains(what), "{e} lacks {what}");
+        }
+    }
+
+    #[test]
+    fn either_activation_goes_with_either_block() {
+        let base = r#""hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,
+            "num_attention_heads":4,"vocab_size":384"#;
+        for (extra, want) in [
+            ("", HiddenAct::Relu2),
+            (r#","hidden_act":"silu""#, HiddenAct::Silu),
+            (
+                r#","model_type":"llama","quantization_config":{"quant_method":"bitnet"}"#,
+                HiddenAct::Silu,
+            ),
+            (
+                r#","model_type":"llama","hidden_act":"relu2","quantization_config":{"quant_method":"bitnet"}"#,
+                HiddenAct::Relu2,
+            ),
+        ] {
+            let c = BitNetConfig::from_json_str(&format!("{{{base}{extra}}}")).unwrap();
+            assert_eq!(c.hidden_act, want, "{extra}");
+        }
     }
 
     /// tiiuae/Falcon3-1B-Instruct-1.58bit's config.json as the Hub serves it.
@@ -715,11 +875,11 @@ mod tests {
     fn all_bad_fields_are_named_in_one_error() {
         let e = BitNetConfig::from_json_str(
             r#"{"hidden_size":0,"intermediate_size":-3,"num_hidden_layers":2,
-                "num_attention_heads":4,"hidden_act":"silu"}"#,
+                "num_attention_heads":4,"hidden_act":"gelu"}"#,
         )
         .unwrap_err()
         .to_string();
-        for part in ["`hidden_size` must be > 0", "`intermediate_size`", "`vocab_size`", "silu"] {
+        for part in ["`hidden_size` must be > 0", "`intermediate_size`", "`vocab_size`", "gelu"] {
             assert!(e.contains(part), "{e} lacks {part}");
         }
     }

@@ -4,7 +4,7 @@
 mod common;
 
 use bitnet_core::{DType, Tensor};
-use bitnet_inference::config::{Architecture, BitNetConfig, LinearClass, Quantization};
+use bitnet_inference::config::{Architecture, BitNetConfig, HiddenAct, LinearClass, Quantization};
 use bitnet_inference::formats::gguf::GgufVocab;
 use bitnet_inference::formats::gguf_write::{bitnet_writer, GgufTarget};
 use bitnet_inference::formats::{load, parse_safetensors, FileKind};
@@ -109,8 +109,8 @@ fn bad_configs_name_the_bad_field() {
             "num_key_value_heads 3",
         ),
         (
-            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"hidden_act":"silu"}"#,
-            "`silu`",
+            r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8,"hidden_act":"gelu_new"}"#,
+            "`gelu_new`",
         ),
         (
             r#"{"hidden_size":"64","intermediate_size":160,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":8}"#,
@@ -265,6 +265,13 @@ fn hf_fixtures_load_with_the_expected_tensors() {
                     2,
                 )
             }
+            "onebitllm_bitnet_b1_58" => {
+                // 1bitLLM's format: BitNet's sub-norms under their own names (found above under
+                // ours), SiLU, f16 latent weights.
+                assert_eq!((c.architecture, c.hidden_act), (Architecture::BitNet, HiddenAct::Silu));
+                assert!(!m.tensors.names().any(|n| n.contains("inner_attn_ln")));
+                (Quantization::Online, false, 10000.0, DType::F16, 4)
+            }
             _ => continue,
         };
         let emb = m.tensors.require("model.embed_tokens.weight").unwrap().dtype();
@@ -313,6 +320,14 @@ fn hf_fixture_converted_to_gguf_loads_back_identically() {
     untied.tie_word_embeddings = false;
     assert!(bitnet_writer(&untied, GgufTarget::LlamaCpp, DType::TQ2_0, "x").is_err());
     assert!(bitnet_writer(&untied, GgufTarget::BitnetCpp, DType::I2S, "x").is_ok());
+    // The activation is written (`{arch}.hidden_activation`) and read back, for either target.
+    for (target, ty) in [(GgufTarget::LlamaCpp, DType::TQ2_0), (GgufTarget::BitnetCpp, DType::I2S)]
+    {
+        let cfg = BitNetConfig { hidden_act: HiddenAct::Silu, ..hf.config.clone() };
+        let w = bitnet_writer(&cfg, target, ty, "x").unwrap();
+        let back = BitNetConfig::from_gguf_metadata(w.metadata()).unwrap();
+        assert_eq!(back.hidden_act, HiddenAct::Silu, "{target:?}");
+    }
     std::fs::remove_dir_all(dir).ok();
 }
 

@@ -213,6 +213,7 @@ pub(crate) fn dims_from_config(c: &BitNetConfig) -> Dims {
         eps: c.rms_norm_eps as f32,
         rope: Rope { theta: c.rope_theta as f32, llama3: c.rope_scaling },
         arch: c.architecture,
+        act: c.hidden_act,
     }
 }
 

@@ -297,6 +297,9 @@ pub fn bitnet_writer(
     }
     w.add_f32(&k("attention.layer_norm_rms_epsilon"), config.rms_norm_eps as f32)?;
     w.add_f32(&k("rope.freq_base"), config.rope_theta as f32)?;
+    // Read back by our loader (and by llama.cpp builds that honor it); without it readers
+    // guess the activation from the architecture name.
+    w.add_str(&k("hidden_activation"), config.hidden_act.name())?;
     if target == GgufTarget::LlamaCpp {
         w.add_str(&k("rope.scaling.type"), "linear")?;
         w.add_f32(&k("rope.scaling.factor"), 1.0)?;

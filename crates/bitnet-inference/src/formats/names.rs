@@ -88,6 +88,22 @@ pub fn hf_to_gguf(name: &str) -> Option<String> {
     Some(format!("blk.{i}.{g}.{suffix}"))
 }
 
+/// Sub-norm names of 1bitLLM's `bitnet_b1_58-*` checkpoints and their canonical (HF BitNet)
+/// names: (their part, canonical part).
+const ONE_BIT_LLM_PARTS: [(&str, &str); 2] = [
+    ("self_attn.inner_attn_ln", "self_attn.attn_sub_norm"),
+    ("mlp.ffn_layernorm", "mlp.ffn_sub_norm"),
+];
+
+/// The canonical name of an HF tensor saved under another checkpoint's name (1bitLLM's
+/// `inner_attn_ln` and `ffn_layernorm` sub-norms), or `None` when it is canonical already.
+pub fn hf_alias(name: &str) -> Option<String> {
+    let (i, rest) = split_layer(name, "model.layers.")?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    let (_, canon) = ONE_BIT_LLM_PARTS.iter().find(|(theirs, _)| *theirs == part)?;
+    Some(format!("model.layers.{i}.{canon}.{kind}"))
+}
+
 /// The canonical name of a tensor of layer `layer`, e.g. `layer_tensor(3, "mlp.up_proj.weight")`.
 pub fn layer_tensor(layer: usize, part: &str) -> String {
     format!("model.layers.{layer}.{part}")
@@ -117,6 +133,26 @@ mod tests {
             hf_to_gguf("model.layers.2.mlp.down_proj.weight_scale").as_deref(),
             Some("blk.2.ffn_down.scale")
         );
+    }
+
+    #[test]
+    fn one_bit_llm_sub_norms_take_the_canonical_names() {
+        assert_eq!(
+            hf_alias("model.layers.3.self_attn.inner_attn_ln.weight").as_deref(),
+            Some("model.layers.3.self_attn.attn_sub_norm.weight")
+        );
+        assert_eq!(
+            hf_alias("model.layers.12.mlp.ffn_layernorm.weight").as_deref(),
+            Some("model.layers.12.mlp.ffn_sub_norm.weight")
+        );
+        for n in [
+            "model.layers.3.self_attn.attn_sub_norm.weight",
+            "model.layers.3.mlp.up_proj.weight",
+            "model.norm.weight",
+            "model.layers.x.mlp.ffn_layernorm.weight",
+        ] {
+            assert_eq!(hf_alias(n), None, "{n}");
+        }
     }
 
     #[test]

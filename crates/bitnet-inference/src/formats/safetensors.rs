@@ -7,7 +7,7 @@
 //! against the file, every offset range against the data, that ranges do not overlap, and
 //! that `dtype size × shape == end − begin`; the fuzz target calls it on raw bytes.
 
-use super::{FileKind, ModelFile, TensorMap};
+use super::{names, FileKind, ModelFile, TensorMap};
 use crate::config::BitNetConfig;
 use bitnet_core::{map_file, DType, Error, Result, ResultExt, Shape, Tensor};
 use serde_json::{Map, Value};
@@ -223,6 +223,23 @@ fn load_weights(dir: &Path, tensors: &mut TensorMap) -> Result<BTreeMap<String, 
     Err(Error::invalid(format!("{} has neither {SINGLE_FILE} nor {INDEX_FILE}", dir.display())))
 }
 
+/// Renames tensors saved under another checkpoint's names ([`names::hf_alias`]) to ours.
+fn canonical_names(tensors: &mut TensorMap) -> Result<()> {
+    let renames: Vec<(String, String)> = tensors
+        .names()
+        .filter_map(|n| names::hf_alias(n).map(|canon| (n.to_string(), canon)))
+        .collect();
+    for (from, to) in renames {
+        if tensors.contains(&to) {
+            return Err(bad(format!("both `{from}` and `{to}` are present")));
+        }
+        if let Some(t) = tensors.remove(&from) {
+            tensors.insert(to, t)?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads a Hugging Face model directory (`config.json` + safetensors weights).
 pub fn load_hf_dir(dir: &Path) -> Result<ModelFile> {
     let cfg_path = dir.join("config.json");
@@ -231,6 +248,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFile> {
         .with_context(|| format!("reading {}", cfg_path.display()))?;
     let mut tensors = TensorMap::new();
     let st_meta = load_weights(dir, &mut tensors)?;
+    canonical_names(&mut tensors)?;
     let mut metadata = Vec::new();
     if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&text) {
         metadata.extend(obj.into_iter().map(|(k, v)| (format!("config.{k}"), v.to_string())));

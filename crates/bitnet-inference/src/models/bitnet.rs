@@ -8,13 +8,14 @@
 //! LLaMA-architecture BitNet checkpoints ([`Architecture::Llama`]: HF `LlamaForCausalLM` with a
 //! bitnet `quantization_config`) have no sub-norms and a SiLU-gated feed-forward:
 //! `h = x + o_proj(Attention(..))`, `out = h + down_proj(silu(gate_proj(m)) * up_proj(m))`.
+//! 1bitLLM's `bitnet_b1_58-*` keep the sub-norms with SiLU: the activation is [`Dims::act`].
 //! Every projection is a BitLinear (per-token int8 activations x ternary weights).
 
 use crate::backend::{
     AttnShape, Backend, CacheShape, KvType, NormInput, NormSpec, Rope, RowPos, StackParts,
     StackShape,
 };
-use crate::config::Architecture;
+use crate::config::{Architecture, HiddenAct};
 use bitnet_core::{Error, Result};
 
 /// The dimensions and constants of a BitNet model.
@@ -42,6 +43,8 @@ pub struct Dims {
     pub rope: Rope,
     /// The decoder block.
     pub arch: Architecture,
+    /// The feed-forward activation.
+    pub act: HiddenAct,
 }
 
 impl Dims {
@@ -183,10 +186,12 @@ impl<B: Backend> BitNetModel<B> {
         norm: B::Buf,
         lm_head: B::LmHead,
     ) -> Result<Self> {
+        // The one-kernel decode runs BitNet b1.58's block: sub-norms and relu².
+        let relu2 = dims.act == HiddenAct::Relu2;
         let parts: Option<Vec<StackParts<'_, B>>> = layers
             .iter()
             .map(|l| match (&l.qkv, &l.gate_up, &l.sub_norms) {
-                (Proj::Fused(qkv), Proj::Fused(gu), Some([attn_sub, ffn_sub])) => {
+                (Proj::Fused(qkv), Proj::Fused(gu), Some([attn_sub, ffn_sub])) if relu2 => {
                     Some(StackParts {
                         norms: [&l.input_norm, attn_sub, &l.post_norm, ffn_sub],
                         mats: [qkv, &l.o, gu, &l.down],
@@ -344,9 +349,9 @@ impl<B: Backend> BitNetModel<B> {
             let norm = NormSpec { input, weight: Some(&l.post_norm), width: d.hidden, eps: d.eps };
             l.gate_up.run_normed(b, norm, n, &mut st.xn, &mut [&mut st.gate, &mut st.up])?;
             // BitNet: ffn_sub_norm(relu(gate)² * up); Llama: silu(gate) * up.
-            let input = match d.arch {
-                Architecture::BitNet => NormInput::Relu2(&mut st.gate, &st.up),
-                Architecture::Llama => NormInput::Silu(&mut st.gate, &st.up),
+            let input = match d.act {
+                HiddenAct::Relu2 => NormInput::Relu2(&mut st.gate, &st.up),
+                HiddenAct::Silu => NormInput::Silu(&mut st.gate, &st.up),
             };
             let weight = l.sub_norms.as_ref().map(|[_, w]| w);
             let norm = NormSpec { input, weight, width: d.intermediate, eps: d.eps };

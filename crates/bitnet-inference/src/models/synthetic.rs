@@ -3,7 +3,7 @@
 
 use super::bitnet::{BitNetModel, Dims, Layer, Proj};
 use crate::backend::{Backend, DenseMatrix, LmHeadMode, Rope};
-use crate::config::Architecture;
+use crate::config::{Architecture, HiddenAct};
 use bitnet_core::{DType, Error, Result, Tensor};
 use bitnet_quant::formats::i2s::I2sMatrix;
 
@@ -21,12 +21,18 @@ pub fn preset(name: &str) -> Result<Dims> {
         eps: 1e-5,
         rope: Rope::new(500_000.0),
         arch: Architecture::BitNet,
+        act: HiddenAct::Relu2,
     };
     Ok(match name {
         // microsoft/bitnet-b1.58-2B-4T
         "2b4t" => d(2560, 6912, 30, 20, 5, 128_256),
-        // 1bitLLM/bitnet_b1_58-large (0.7B)
-        "large" => d(1536, 4096, 24, 16, 16, 32_002),
+        // 1bitLLM/bitnet_b1_58-large (0.7B: BitNet's sub-norms, SiLU)
+        "large" => Dims {
+            eps: 1e-5,
+            rope: Rope::new(10_000.0),
+            act: HiddenAct::Silu,
+            ..d(1536, 4096, 24, 16, 16, 32_002)
+        },
         "tiny" => d(256, 640, 4, 4, 2, 1024),
         // tiiuae/Falcon3-1B-Instruct-1.58bit (LLaMA architecture: SiLU, no sub-norms)
         "falcon3-1b" => Dims {
@@ -34,6 +40,7 @@ pub fn preset(name: &str) -> Result<Dims> {
             eps: 1e-6,
             rope: Rope::new(1_000_042.0),
             arch: Architecture::Llama,
+            act: HiddenAct::Silu,
             ..d(2048, 8192, 18, 8, 4, 131_072)
         },
         // HF1BitLLM/Llama3-8B-1.58-100B-tokens (LLaMA architecture)
@@ -41,6 +48,7 @@ pub fn preset(name: &str) -> Result<Dims> {
             max_positions: 8192,
             rope: Rope::new(500_000.0),
             arch: Architecture::Llama,
+            act: HiddenAct::Silu,
             ..d(4096, 14336, 32, 32, 8, 128_256)
         },
         _ => {

@@ -10,7 +10,7 @@ use bitnet_inference::GenerationConfig;
 use std::path::PathBuf;
 
 /// Every committed fixture (tests/fixtures/README.md says what each covers).
-pub const FIXTURES: [&str; 7] = [
+pub const FIXTURES: [&str; 8] = [
     "online_f32_tied_gqa",
     "online_bf16_untied_mha",
     "offline_autobitlinear",
@@ -18,6 +18,7 @@ pub const FIXTURES: [&str; 7] = [
     "offline_autobitlinear_256",
     "llama_offline_bitlinear",
     "llama3_rope_scaling",
+    "onebitllm_bitnet_b1_58",
 ];
 
 /// Greedy generation of exactly `max_tokens` tokens (end-of-sequence ignored), as the fixtures'
