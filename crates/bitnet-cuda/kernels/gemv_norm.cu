@@ -12,15 +12,17 @@
 #define GEMV_NORM_MAX 8192
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
-// x or relu(x)^2 * y, normed; or, with no norm (LLaMA-architecture blocks: no weight, w unused),
-// x or silu(x) * y as it is. Each kernel is compiled for one of these modes; the host picks it.
+// x, relu(x)^2 * y or silu(x) * y (1bitLLM's sub-norm over a SiLU gate), normed; or, with no
+// norm (LLaMA-architecture blocks: no weight, w unused), x or silu(x) * y as it is. Each kernel
+// is compiled for one of these modes; the host picks it.
 #define NORM_PLAIN 0
 #define NORM_RELU2 1
 #define NORM_NONE 2
 #define NORM_SILU 3
+#define NORM_SILU_NORMED 4
 // Whether a mode normalizes (loads the norm weights, sums squares, scales by the inverse RMS).
 __host__ __device__ constexpr bool norm_mode_normed(int mode) {
-    return mode == NORM_PLAIN || mode == NORM_RELU2;
+    return mode == NORM_PLAIN || mode == NORM_RELU2 || mode == NORM_SILU_NORMED;
 }
 struct NormArg {
     const float* x;
@@ -107,7 +109,8 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
                                               float* red1, float* red2) {
     constexpr int P = NORM4_SLOTS;
     const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
-    constexpr bool relu2 = MODE == NORM_RELU2, silu = MODE == NORM_SILU;
+    constexpr bool relu2 = MODE == NORM_RELU2;
+    constexpr bool silu = MODE == NORM_SILU || MODE == NORM_SILU_NORMED;
     constexpr bool normed = norm_mode_normed(MODE);
     const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     float4 v[P], b[P];
@@ -230,7 +233,9 @@ GEMV_NORM_KERNEL(1, NORM_PLAIN, plain)
 GEMV_NORM_KERNEL(1, NORM_RELU2, relu2)
 GEMV_NORM_KERNEL(1, NORM_NONE, none)
 GEMV_NORM_KERNEL(1, NORM_SILU, silu)
+GEMV_NORM_KERNEL(1, NORM_SILU_NORMED, silu_normed)
 GEMV_NORM_KERNEL(2, NORM_PLAIN, plain)
 GEMV_NORM_KERNEL(2, NORM_RELU2, relu2)
 GEMV_NORM_KERNEL(2, NORM_NONE, none)
 GEMV_NORM_KERNEL(2, NORM_SILU, silu)
+GEMV_NORM_KERNEL(2, NORM_SILU_NORMED, silu_normed)

@@ -108,6 +108,7 @@ kernels! {
     gemv_norm2_plain: "gemv_norm_m1_g2_plain", gemv_norm2_relu2: "gemv_norm_m1_g2_relu2",
     gemv_norm1_none: "gemv_norm_m1_g1_none", gemv_norm1_silu: "gemv_norm_m1_g1_silu",
     gemv_norm2_none: "gemv_norm_m1_g2_none", gemv_norm2_silu: "gemv_norm_m1_g2_silu",
+    gemv_norm1_silu_normed: "gemv_norm_m1_g1_silu_normed", gemv_norm2_silu_normed: "gemv_norm_m1_g2_silu_normed",
     gemm2: "gemm_mma_t2", gemm4: "gemm_mma_t4", gemm8: "gemm_mma_t8", gemm_reduce: "gemm_reduce",
     rms_norm_q: "rms_norm_q", quantize_act: "quantize_act",
     embed_f16: "embed_f16", embed_f32: "embed_f32", rope: "rope", store_kv: "store_kv", rope_store: "rope_store",

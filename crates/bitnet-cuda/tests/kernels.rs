@@ -287,11 +287,13 @@ fn stacked_matrices_equal_their_parts_bit_for_bit() {
     assert!(DeviceTernary::stack(&g, vec![w(8, 128), w(8, 128), w(8, 128), w(8, 128)]).is_err());
 }
 
-/// The fused kernel's input: normed plain or relu² rows, or with no norm plain or SiLU rows.
+/// The fused kernel's input: normed plain, relu² or SiLU rows, or with no norm plain or SiLU
+/// rows.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fuse {
     Plain,
     Relu2,
+    SiluNormed,
     None,
     Silu,
 }
@@ -305,7 +307,7 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(7);
     // (input width, stacked parts, input; input scale)
-    let cases: [(usize, &[usize], Fuse, f32); 16] = [
+    let cases: [(usize, &[usize], Fuse, f32); 19] = [
         (2560, &[2560, 640, 640], Fuse::Plain, 3.0),
         (2560, &[2560], Fuse::Plain, 1.0),
         (2560, &[6912, 6912], Fuse::Plain, 0.5),
@@ -322,6 +324,9 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         (4100, &[24], Fuse::None, 1e30),
         (2560, &[640], Fuse::None, 0.0),
         (2560, &[640], Fuse::Silu, 0.0),
+        (4096, &[1536], Fuse::SiluNormed, 2.0), // 1bitLLM's down (ffn_layernorm over SiLU)
+        (200, &[9, 130], Fuse::SiluNormed, 100.0),
+        (2560, &[640], Fuse::SiluNormed, 0.0),
     ];
     for (d, parts, mode, scale) in cases {
         let what = format!("d={d} parts={parts:?} {mode:?} scale={scale}");
@@ -346,11 +351,11 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         let mut q = QuantActs::new(&g, 1, kp).unwrap();
         let mut outs: Vec<_> =
             parts.iter().map(|&r| ops::upload(&g, &vec![f32::NAN; r]).unwrap()).collect();
-        let normed = matches!(mode, Fuse::Plain | Fuse::Relu2);
+        let normed = matches!(mode, Fuse::Plain | Fuse::Relu2 | Fuse::SiluNormed);
         for rep in 0..2 {
             let src = match mode {
                 Fuse::Relu2 => ops::NormSrc::Relu2(&dx, &dy),
-                Fuse::Silu => ops::NormSrc::Silu(&dx, &dy),
+                Fuse::Silu | Fuse::SiluNormed => ops::NormSrc::Silu(&dx, &dy),
                 _ => ops::NormSrc::Plain(&dx),
             };
             let mut refs: Vec<_> = outs.iter_mut().collect();
@@ -367,7 +372,7 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
             // The norm kernel (or, with no norm, the element-wise kernel) on the same input.
             let mut input = ops::upload(&g, &x).unwrap();
             let gate = if mode == Fuse::Relu2 { ops::Gate::Relu2 } else { ops::Gate::Silu };
-            if matches!(mode, Fuse::Relu2 | Fuse::Silu) {
+            if matches!(mode, Fuse::Relu2 | Fuse::Silu | Fuse::SiluNormed) {
                 ops::gated_mul(&g, gate, &mut input, &dy, d).unwrap();
             }
             let ref_out = if normed {

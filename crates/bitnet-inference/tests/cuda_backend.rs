@@ -197,14 +197,16 @@ fn run<B: Backend>(
     // The norm and the projection in one call (one kernel on the GPU for one row), for each
     // kind of norm input.
     // With no norm weight (LLaMA-architecture o and down): the input, or silu(gate) * up, as is.
+    // silu(gate) * up normed: 1bitLLM's down.
     for rows in [1, 12] {
-        for kind in 0..4 {
+        for kind in 0..5 {
             let mut gt = b.upload(&gate_vals).unwrap();
             let (input, weight) = match kind {
                 0 => (NormInput::Plain(&x), Some(&w)),
                 1 => (NormInput::Relu2(&mut gt, &up), Some(&wd)),
                 2 => (NormInput::Plain(&x), None),
-                _ => (NormInput::Silu(&mut gt, &up), None),
+                3 => (NormInput::Silu(&mut gt, &up), None),
+                _ => (NormInput::Silu(&mut gt, &up), Some(&wd)),
             };
             let normed = weight.is_some();
             let norm = NormSpec { input, weight, width: d, eps: 1e-5 };

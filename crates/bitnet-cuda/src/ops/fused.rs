@@ -23,19 +23,18 @@ pub enum NormSrc<'a> {
     Plain(&'a CudaSlice<f32>),
     /// `relu(gate)² * up` (`gate` is not written).
     Relu2(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
-    /// `silu(gate) * up` (`gate` is not written; with no norm weight only).
+    /// `silu(gate) * up` (`gate` is not written).
     Silu(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
 }
 
 impl NormSrc<'_> {
     /// Whether [`norm_ternary_gemv`] has a kernel mode for this input with (`normed`) or
-    /// without a norm weight: plain rows either way, relu² rows normed, SiLU rows not (the
-    /// models' combinations).
+    /// without a norm weight: plain and SiLU rows either way, relu² rows normed (the models'
+    /// combinations).
     pub fn fused(&self, normed: bool) -> bool {
         match self {
-            NormSrc::Plain(_) => true,
+            NormSrc::Plain(_) | NormSrc::Silu(..) => true,
             NormSrc::Relu2(..) => normed,
-            NormSrc::Silu(..) => !normed,
         }
     }
 }
@@ -83,7 +82,7 @@ pub fn norm_ternary_gemv(
     }
     if !src.fused(nw.is_some()) {
         return Err(Error::unsupported(
-            "fused GEMV of relu² without a norm or SiLU with one (the models have neither)",
+            "fused GEMV of relu² without a norm (the models have none)",
         ));
     }
     let k = &gpu.k;
@@ -92,6 +91,9 @@ pub fn norm_ternary_gemv(
         NormSrc::Plain(x) if nw.is_some() => (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain]),
         NormSrc::Plain(x) => (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none]),
         NormSrc::Relu2(g, u) => (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2]),
+        NormSrc::Silu(g, u) if nw.is_some() => {
+            (g, Some(u), [&k.gemv_norm1_silu_normed, &k.gemv_norm2_silu_normed])
+        }
         NormSrc::Silu(g, u) => (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu]),
     };
     need(x.len(), d, "fused norm input")?;
