@@ -110,8 +110,10 @@ def main():
     assert backend["pre_tokenizer"]["prepend_scheme"] == "always", backend["pre_tokenizer"]
     assert json.loads(hf_nl.backend_tokenizer.to_str())["pre_tokenizer"]["prepend_scheme"] == "first"
 
-    # The recipe of transformers 4's LlamaConverter (legacy): normalizer Prepend("▁") + Replace(" ", "▁")
-    # and no pre-tokenizer, on the same vocabulary and merges; only compared, not what we match.
+    # The recipe of transformers 4's LlamaConverter (legacy), which is also what Llama-2's own
+    # tokenizer.json holds: normalizer Prepend("▁") + Replace(" ", "▁") and no pre-tokenizer, on the same
+    # vocabulary and merges. This is what we match in legacy mode: unlike transformers 5's Metaspace
+    # pre-tokenizer it always prepends, as sentencepiece (which trained the models) and llama.cpp do.
     v4 = dict(backend)
     v4["normalizer"] = {"type": "Sequence", "normalizers": [
         {"type": "Prepend", "prepend": "▁"},
@@ -119,12 +121,16 @@ def main():
     v4["pre_tokenizer"] = None
     v4 = tokenizers.Tokenizer.from_str(json.dumps(v4))
 
+    specials = ("<s>", "</s>", "<unk>", "<sep>")
     cases, differ, differ_v4 = [], [], []
     for text in TEXTS:
         ids_sp = sp.encode(text)
         ids_hf = hf.encode(text, add_special_tokens=False)
         assert ids_hf == hf.encode(text), "add_bos_token=False: no post-processor ids"
         ids_nl = hf_nl.encode(text, add_special_tokens=False)
+        ids_v4 = v4.encode(text, add_special_tokens=False).ids
+        if not any(t in text for t in specials):
+            assert ids_v4 == ids_sp, (text, ids_v4, ids_sp)  # the legacy recipe is sentencepiece's tokenization
         case = {
             "text": text,
             "sentencepiece": ids_sp,
@@ -134,11 +140,15 @@ def main():
             "hf_decoded": hf.decode(ids_hf),
             "hf_decoded_skip_special": hf.decode(ids_hf, skip_special_tokens=True),
             "hf_non_legacy": ids_nl,
+            "legacy": ids_v4,
+            "legacy_pieces": [v4.id_to_token(i) for i in ids_v4],
+            "legacy_decoded": v4.decode(ids_v4, skip_special_tokens=False),
+            "legacy_decoded_skip_special": v4.decode(ids_v4, skip_special_tokens=True),
         }
         cases.append(case)
         if ids_sp != ids_hf:
             differ.append(text)
-        if v4.encode(text, add_special_tokens=False).ids != ids_hf:
+        if ids_v4 != ids_hf:
             differ_v4.append(text)
 
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
@@ -148,10 +158,11 @@ def main():
             "legacy=True, add_bos_token=False).encode(text, add_special_tokens=False); "
             "hf_non_legacy = the same with legacy=False; sentencepiece = SentencePieceProcessor.encode(text). "
             "texts_where_sentencepiece_differs lists where sentencepiece and hf disagree; "
-            "texts_where_v4_normalizer_recipe_differs where transformers 4's legacy LlamaConverter recipe "
-            "(normalizer Prepend + Replace, no pre-tokenizer) on the same vocabulary and merges disagrees with hf "
-            "(transformers 5 uses a Metaspace pre-tokenizer that does not prepend to text already starting "
-            "with a space)."
+            "legacy = transformers 4's legacy LlamaConverter recipe, which Llama-2's own tokenizer.json also "
+            "holds (normalizer Prepend + Replace, no pre-tokenizer) on the same vocabulary and merges, built with "
+            "the tokenizers library: equal to sentencepiece on every text without special-token strings (asserted); "
+            "texts_where_v4_normalizer_recipe_differs lists where it disagrees with hf (transformers 5 uses a "
+            "Metaspace pre-tokenizer that does not prepend to text already starting with a space)."
         ),
         "versions": {
             "python": sys.version.split()[0],

@@ -1,11 +1,14 @@
 //! SentencePiece BPE tokenizers (Llama-1/2 style), from a `tokenizer.model` or from the GGUF
-//! `tokenizer.ggml.model == "llama"` arrays, built as the `tokenizers` pipeline that
-//! transformers' `LlamaTokenizerFast` makes from a `tokenizer.model`:
+//! `tokenizer.ggml.model == "llama"` arrays, built as the `tokenizers` pipeline of transformers'
+//! `LlamaTokenizerFast` (transformers 4's conversion of a `tokenizer.model`):
 //!
-//! - no normalizer; a `Metaspace("▁", split: false)` pre-tokenizer that turns spaces into `▁` and
-//!   puts a `▁` before each stretch of text between added tokens (`legacy`, prepend scheme
-//!   `always`) or before the first one only (non-legacy, `first`), unless it already starts with
-//!   one; nothing is prepended when the model has `add_dummy_prefix` off;
+//! - `legacy` (the default): the normalizer of Llama-2's own `tokenizer.json` (transformers 4's
+//!   legacy conversion), `Prepend("▁")` then `Replace(" ", "▁")`, so each stretch of text between
+//!   added tokens gets a `▁`, also one that starts with a space: sentencepiece's (and llama.cpp's)
+//!   tokenization. transformers 5 builds a `Metaspace` pre-tokenizer instead, which does not
+//!   prepend to text that already starts with a space (`" Hello"` is `▁Hello`, not `▁` `▁Hello`);
+//!   non-legacy: that `Metaspace("▁", prepend_scheme: first, split: false)`, a `▁` before the
+//!   first stretch only; nothing is prepended when the model has `add_dummy_prefix` off;
 //! - a BPE model over the pieces (piece → id), `fuse_unk`, byte fallback when the model has it,
 //!   and merges generated from the vocabulary as transformers' `generate_merges` does: for each
 //!   piece in id order, every split into two pieces of the vocabulary, shorter left half first;
@@ -15,8 +18,8 @@
 //!   with a dummy prefix).
 //!
 //! Unlike the `sentencepiece` library itself, this never collapses runs of spaces
-//! (`remove_extra_whitespaces`), does not put a second `▁` before text that starts with a space,
-//! and matches `<s>` / `</s>` / `<unk>` written in the text as their ids (transformers does the same).
+//! (`remove_extra_whitespaces`) and matches `<s>` / `</s>` / `<unk>` written in the text as their
+//! ids (transformers does the same).
 
 use std::collections::HashMap;
 
@@ -27,7 +30,9 @@ use tokenizers::decoders::sequence::Sequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::AddedToken;
 
@@ -60,12 +65,28 @@ pub fn build(model: &SpmModel, legacy: bool) -> Result<tokenizers::Tokenizer> {
     }
     let bpe = bpe.build().map_err(tok_err("building the SentencePiece BPE model"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
-    let scheme = match (model.add_dummy_prefix, legacy) {
-        (false, _) => PrependScheme::Never,
-        (true, true) => PrependScheme::Always,
-        (true, false) => PrependScheme::First,
-    };
-    inner.with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)));
+    match (model.add_dummy_prefix, legacy) {
+        // Llama-2's own tokenizer.json (transformers 4's legacy conversion): every stretch of
+        // text between added tokens gets a `▁`, also one that starts with a space, as
+        // sentencepiece and llama.cpp tokenize.
+        (true, true) => {
+            let replace =
+                Replace::new(" ", SPACE.to_string()).map_err(tok_err("the normalizer"))?;
+            let norm = NormalizerSequence::new(vec![
+                NormalizerWrapper::Prepend(Prepend::new(SPACE.to_string())),
+                NormalizerWrapper::Replace(replace),
+            ]);
+            inner
+                .with_normalizer(Some(NormalizerWrapper::Sequence(norm)))
+                .map_err(tok_err("the normalizer"))?;
+        }
+        (true, false) => {
+            inner.with_pre_tokenizer(Some(Metaspace::new(SPACE, PrependScheme::First, false)));
+        }
+        (false, _) => {
+            inner.with_pre_tokenizer(Some(Metaspace::new(SPACE, PrependScheme::Never, false)));
+        }
+    }
     let mut decoders = vec![
         DecoderWrapper::Replace(
             Replace::new(SPACE.to_string(), " ").map_err(tok_err("the decoder"))?,
@@ -110,8 +131,11 @@ fn piece_ids(pieces: &[SpmPiece]) -> Result<HashMap<String, u32>> {
     Ok(vocab)
 }
 
-/// transformers' `generate_merges(vocab)`: every split of every piece into two vocabulary
-/// pieces, ordered by the id of the merged piece, then by the length of the left half.
+/// Every split of every piece into two vocabulary pieces, as merges: ordered by the merged
+/// piece's score, highest first (SentencePiece's BPE merge order: Llama's whitespace pieces
+/// `▁▁`, `▁▁▁▁`, … score -1e9 and merge last), ties by the merged piece's id, then by the
+/// length of the left half (transformers' `generate_merges` order, which is the score order when
+/// scores fall with the id, as in a freshly trained model).
 fn generate_merges(pieces: &[SpmPiece], vocab: &HashMap<String, u32>) -> Vec<(String, String)> {
     let mut merges = Vec::new();
     for p in pieces {
@@ -119,11 +143,13 @@ fn generate_merges(pieces: &[SpmPiece], vocab: &HashMap<String, u32>) -> Vec<(St
         for (at, _) in s.char_indices().skip(1) {
             let (l, r) = s.split_at(at);
             if vocab.contains_key(l) && vocab.contains_key(r) {
-                merges.push((l.to_string(), r.to_string()));
+                merges.push((p.score, l.to_string(), r.to_string()));
             }
         }
     }
-    merges
+    // Stable: equal scores keep the id / left-length order they were generated in.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    merges.into_iter().map(|(_, l, r)| (l, r)).collect()
 }
 
 impl Tokenizer {
@@ -228,6 +254,35 @@ mod tests {
         let m = generate_merges(&p, &v);
         let m: Vec<(&str, &str)> = m.iter().map(|(l, r)| (l.as_str(), r.as_str())).collect();
         assert_eq!(m, [("a", "bc"), ("ab", "c"), ("a", "b"), ("b", "c")]);
+    }
+
+    #[test]
+    fn merges_follow_the_merged_pieces_score_first() {
+        // Llama's vocabulary: `▁▁` has a low id but scores -1e9, so it merges last and
+        // " hi" (`▁▁hi` after the dummy prefix) is `▁` `▁hi`, as sentencepiece splits it.
+        let mut m = model(&[
+            ("<unk>", Unknown),
+            ("<s>", Control),
+            ("</s>", Control),
+            ("▁▁", Normal),
+            ("▁h", Normal),
+            ("▁hi", Normal),
+            ("▁", Normal),
+            ("h", Normal),
+            ("i", Normal),
+        ]);
+        for (i, p) in m.pieces.iter_mut().enumerate().skip(3) {
+            p.score = if p.piece == "▁▁" { -1e9 } else { -(i as f32) };
+        }
+        let v = piece_ids(&m.pieces).unwrap();
+        let merges = generate_merges(&m.pieces, &v);
+        let last = merges.last().map(|(l, r)| (l.as_str(), r.as_str()));
+        assert_eq!(last, Some(("▁", "▁")));
+        let t = Tokenizer::from_spm(&m, true).unwrap();
+        let id = |p: &str| t.token_to_id(p).unwrap();
+        assert_eq!(t.encode(" hi", false).unwrap(), [id("▁"), id("▁hi")]);
+        assert_eq!(t.encode("  hi", false).unwrap(), [id("▁▁"), id("▁hi")]);
+        assert_eq!(t.decode(&t.encode(" hi", false).unwrap()).unwrap(), " hi");
     }
 
     #[test]
