@@ -51,6 +51,31 @@ pub struct GgufVocabInput {
     pub pre: Option<String>,
 }
 
+impl GgufVocabInput {
+    /// The number of tokens, after checking that the per-token arrays (types, scores), where
+    /// present, have one entry per token and that BOS / EOS are ids of the vocabulary.
+    fn checked_len(&self) -> Result<usize> {
+        let n = self.tokens.len();
+        for (key, len) in [("token_type", self.token_types.len()), ("scores", self.scores.len())] {
+            if len != 0 && len != n {
+                return Err(Error::format(
+                    "GGUF",
+                    format!("tokenizer.ggml.{key} has {len} entries for {n} tokens"),
+                ));
+            }
+        }
+        for (name, id) in [("bos", self.bos), ("eos", self.eos)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(Error::format(
+                    "GGUF",
+                    format!("{name} id {id} outside a vocabulary of {n}"),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// A loaded tokenizer with its special ids.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -141,6 +166,7 @@ impl Tokenizer {
     /// BPE for `llama` (see [`spm`]). Control tokens become special added tokens, user-defined
     /// ones plain added tokens; both are matched in text before BPE runs.
     pub fn from_gguf_vocab(input: GgufVocabInput) -> Result<Self> {
+        let n = input.checked_len()?;
         match input.model.as_str() {
             "gpt2" => {}
             "llama" => return Self::from_gguf_llama(&input),
@@ -150,16 +176,6 @@ impl Tokenizer {
                      SentencePiece BPE, are supported)"
                 )))
             }
-        }
-        let n = input.tokens.len();
-        if !input.token_types.is_empty() && input.token_types.len() != n {
-            return Err(Error::format(
-                "GGUF",
-                format!(
-                    "tokenizer.ggml.token_type has {} entries for {n} tokens",
-                    input.token_types.len()
-                ),
-            ));
         }
         let (pre, ignore_merges) = gguf_pre_tokenizer(input.pre.as_deref())?;
         let merges = parse_merges(&input.merges)?;
@@ -185,14 +201,6 @@ impl Tokenizer {
         let add_err = |e: tokenizers::Error| Error::format("GGUF", format!("vocabulary: {e}"));
         inner.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(add_err)?;
         inner.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(add_err)?;
-        for (name, id) in [("bos", input.bos), ("eos", input.eos)] {
-            if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(Error::format(
-                    "GGUF",
-                    format!("{name} id {id} outside a vocabulary of {n}"),
-                ));
-            }
-        }
         let mut t = Self::from_inner(inner);
         t.vocab_size = t.vocab_size.max(n);
         let (bos, eos) = (input.bos.or(t.bos), input.eos.or(t.eos));

@@ -247,7 +247,11 @@ fn bad_gguf_llama_vocab_gives_clear_errors() {
         (GgufVocabInput { scores: vec![0.0; 3], ..ok.clone() }, "scores has 3 entries"),
         (GgufVocabInput { token_types: vec![1], ..ok.clone() }, "token_type has 1 entries"),
         (GgufVocabInput { bos: Some(100_000), ..ok.clone() }, "bos id 100000"),
-        (GgufVocabInput { tokens: vec![], ..ok.clone() }, "tokens is empty"),
+        (GgufVocabInput { tokens: vec![], ..ok.clone() }, "token_type has 560 entries for 0"),
+        (
+            GgufVocabInput { model: "llama".into(), bos: None, eos: None, ..Default::default() },
+            "tokens is empty",
+        ),
         (dup, "is both id 10 and id 11"),
         (bad_type, "token_type 9"),
         (GgufVocabInput { model: "bert".into(), ..ok.clone() }, "not supported yet"),

@@ -168,20 +168,12 @@ impl Tokenizer {
     }
 
     /// The GGUF `tokenizer.ggml.model == "llama"` case: tokens, scores and token types as a
-    /// SentencePiece BPE model (byte fallback when there are byte pieces, type 6).
+    /// SentencePiece BPE model (byte fallback when there are byte pieces, type 6); the arrays'
+    /// lengths and BOS / EOS are checked by the caller.
     pub(super) fn from_gguf_llama(input: &GgufVocabInput) -> Result<Self> {
         let n = input.tokens.len();
         if n == 0 {
             return Err(Error::format("GGUF", "tokenizer.ggml.tokens is empty"));
-        }
-        for (key, len) in [("token_type", input.token_types.len()), ("scores", input.scores.len())]
-        {
-            if len != 0 && len != n {
-                return Err(Error::format(
-                    "GGUF",
-                    format!("tokenizer.ggml.{key} has {len} entries for {n} tokens"),
-                ));
-            }
         }
         let mut pieces = Vec::with_capacity(n);
         for (i, tok) in input.tokens.iter().enumerate() {
@@ -191,14 +183,6 @@ impl Tokenizer {
             })?;
             let score = input.scores.get(i).copied().unwrap_or(0.0);
             pieces.push(SpmPiece { piece: tok.clone(), score, kind });
-        }
-        for (name, id) in [("bos", input.bos), ("eos", input.eos)] {
-            if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(Error::format(
-                    "GGUF",
-                    format!("{name} id {id} outside a vocabulary of {n}"),
-                ));
-            }
         }
         let find = |k: PieceType| pieces.iter().position(|p| p.kind == k).map(|i| i as u32);
         let model = SpmModel {
