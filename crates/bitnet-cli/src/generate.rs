@@ -17,8 +17,8 @@ pub struct ModelArgs {
     /// (default: the model shipped in models/default).
     #[arg(short, long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Use a synthetic model with random weights instead of a file: 2b4t, large, tiny, or the
-    /// LLaMA-architecture falcon3-1b and llama3-8b.
+    /// Use a synthetic model with random weights instead of a file: 2b4t, tiny, 1bitLLM's large
+    /// and 3b (SiLU), or the LLaMA-architecture falcon3-1b and llama3-8b.
     #[arg(long, value_name = "NAME", conflicts_with = "model")]
     pub synthetic: Option<String>,
     /// CPU threads (default: all cores).

@@ -8,8 +8,10 @@
 // what the separate norm kernel would have (the f32 norm output and its int8 copy), so callers
 // see the same buffers either way.
 
-// Rows of up to 8192 values (GEMV_NORM_MAX), a multiple of 4.
+// Rows of up to 8192 values (GEMV_NORM_MAX), a multiple of 4; the wide kernels (norm_to_smem_wide)
+// take up to 16384 (GEMV_NORM_WIDE_MAX: Llama3-8B's 14336-wide down projection, 1bitLLM-3B's 8640).
 #define GEMV_NORM_MAX 8192
+#define GEMV_NORM_WIDE_MAX 16384
 
 // The norm feeding the projection (mirrors `NormArg` in ops/fused.rs). Input as norm_inputs:
 // x, relu(x)^2 * y or silu(x) * y (1bitLLM's sub-norm over a SiLU gate), normed; or, with no
@@ -176,6 +178,70 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
     return s;
 }
 
+// norm_to_smem for rows wider than GEMV_NORM_MAX, which do not fit the registers (64 a thread
+// at 1024 threads) or the shared memory of the norm weights: two passes over the row, both from
+// L1/L2. The first sums squares and finds max|x·w| without keeping the values; the second loads
+// and combines them again (the same operations, so the same values), scales and quantizes them.
+// The norm weights are read from global memory in both passes.
+template <int MODE>
+__device__ __forceinline__ float norm_to_smem_wide(const NormArg& n, i8* xs, int* qpart,
+                                                   float* red1, float* red2) {
+    constexpr int P = GEMV_NORM_WIDE_MAX / 4 / 1024;
+    const int tid = threadIdx.x, nt = blockDim.x, d4 = n.d >> 2, kp4 = n.kp >> 2;
+    constexpr bool relu2 = MODE == NORM_RELU2;
+    constexpr bool silu = MODE == NORM_SILU || MODE == NORM_SILU_NORMED;
+    constexpr bool normed = norm_mode_normed(MODE);
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4* x4 = (const float4*)n.x;
+    const float4* y4 = (const float4*)n.y;
+    const float4* w4 = (const float4*)n.w;
+    // The combined value of float4 f (before the norm weight).
+    auto value = [&](int f) {
+        const float4 x = x4[f], y = (relu2 || silu) ? y4[f] : zero;
+        return silu ? silu_mul4(x, y) : norm_combine4(x, y, relu2);
+    };
+    float ss = 0.0f, m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+        if (slots4_past(j, d4)) break;
+        const int f = tid + j * nt;
+        if (f < d4) {
+            float4 v = value(f);
+            if (normed) {
+                ss = sum_sq4(ss, v);
+                v = mul4(v, w4[f]);
+            }
+            m = max_abs4(m, v);
+        }
+    }
+    block_sum_max(ss, m, red1, red2);
+    const float inv = normed ? norm_inv(ss, n.d, n.eps) : 1.0f;
+    const float amax = normed ? __fmul_rn(m, inv) : m;
+    const float s = quant_scale(amax);
+    int part = 0;
+    const bool first = blockIdx.x == 0;
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+        if (slots4_past(j, kp4)) break;
+        const int f = tid + j * nt;
+        u32 q = 0;
+        if (f < d4) {
+            float4 v = value(f);
+            if (normed) v = scale4(mul4(v, w4[f]), inv);
+            q = quant4(v, s, part);
+            if (first) ((float4*)n.out)[f] = v;
+        }
+        if (f < kp4) {
+            ((u32*)xs)[f] = q;
+            if (first) ((u32*)n.q)[f] = q;
+        }
+    }
+    part = warp_sum_i(part);
+    if ((tid & 31) == 0) qpart[tid >> 5] = part;
+    if (first && tid == 0) *n.qscale = s;
+    return s;
+}
+
 // Every block (1024 threads, one per SM) computes the norm itself (norm_to_smem), then runs
 // 8 / G GEMV blocks of G groups of 128 threads (gemv_tiles) over tiles blockIdx.x * SUBS + sub,
 // + SUBS * gridDim.x, ... with the activations from shared memory.
@@ -185,13 +251,13 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 #ifndef GEMV_NORM_U
 #define GEMV_NORM_U 2
 #endif
-template <int G, int MODE>
+template <int G, int MODE, bool WIDE>
 __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, const NormArg& n,
                                                const OutArg& o, int kc, int tiles) {
     constexpr int NT = 1024, SUB = 128 * G, SUBS = NT / SUB;
-    __shared__ __align__(16) i8 xs[GEMV_NORM_MAX];
-    // The norm weights.
-    __shared__ __align__(16) float wsm[GEMV_NORM_MAX];
+    __shared__ __align__(16) i8 xs[WIDE ? GEMV_NORM_WIDE_MAX : GEMV_NORM_MAX];
+    // The norm weights (the wide kernels read them from global memory).
+    __shared__ __align__(16) float wsm[WIDE ? 4 : GEMV_NORM_MAX];
     __shared__ float red1[32], red2[32];
     __shared__ int qpart[NT / 32];
     __shared__ int tred[SUBS][4 * G][1][8];
@@ -203,10 +269,11 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
     const GemvWalk<GEMV_NORM_U> g(W, kc, tiles, nvb, lt, G);
     uint4 w0[GEMV_NORM_U], w1[GEMV_NORM_U];
     g.prefetch(w0, w1, vb);
-    if (norm_mode_normed(MODE)) norm_weights_async(wsm, n.w, n.d >> 2);
+    if (!WIDE && norm_mode_normed(MODE)) norm_weights_async(wsm, n.w, n.d >> 2);
     PDL_WAIT();
     STAMP(1);
-    const float s = norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2);
+    const float s = WIDE ? norm_to_smem_wide<MODE>(n, xs, qpart, red1, red2)
+                         : norm_to_smem<MODE>(n, xs, wsm, qpart, red1, red2);
     if (tid == 0) s_sa = s;
     __syncthreads();
     STAMP(2);
@@ -221,13 +288,21 @@ __device__ __forceinline__ void gemv_norm_body(const uint4* __restrict__ W, cons
 }
 
 // gemv_norm_m1_g<G>_<MODE>: G groups of 128 threads per tile (2: short matrices, long rows, more
-// loads in flight; 1: many tiles), the norm's input mode as NormArg says.
+// loads in flight; 1: many tiles), the norm's input mode as NormArg says. gemv_norm_wide_<MODE>:
+// rows of GEMV_NORM_MAX to GEMV_NORM_WIDE_MAX values, two groups per tile.
 #define GEMV_NORM_KERNEL(G, MODE, NAME)                                                 \
     extern "C" __global__ void __launch_bounds__(1024, 1)                              \
         gemv_norm_m1_g##G##_##NAME(const uint4* __restrict__ W,                        \
                                    const __grid_constant__ NormArg n,                  \
                                    const __grid_constant__ OutArg o, int kc, int tiles) { \
-        gemv_norm_body<G, MODE>(W, n, o, kc, tiles);                                    \
+        gemv_norm_body<G, MODE, false>(W, n, o, kc, tiles);                             \
+    }
+#define GEMV_NORM_WIDE_KERNEL(MODE, NAME)                                               \
+    extern "C" __global__ void __launch_bounds__(1024, 1)                              \
+        gemv_norm_wide_##NAME(const uint4* __restrict__ W,                             \
+                              const __grid_constant__ NormArg n,                       \
+                              const __grid_constant__ OutArg o, int kc, int tiles) {   \
+        gemv_norm_body<2, MODE, true>(W, n, o, kc, tiles);                              \
     }
 GEMV_NORM_KERNEL(1, NORM_PLAIN, plain)
 GEMV_NORM_KERNEL(1, NORM_RELU2, relu2)
@@ -239,3 +314,8 @@ GEMV_NORM_KERNEL(2, NORM_RELU2, relu2)
 GEMV_NORM_KERNEL(2, NORM_NONE, none)
 GEMV_NORM_KERNEL(2, NORM_SILU, silu)
 GEMV_NORM_KERNEL(2, NORM_SILU_NORMED, silu_normed)
+GEMV_NORM_WIDE_KERNEL(NORM_PLAIN, plain)
+GEMV_NORM_WIDE_KERNEL(NORM_RELU2, relu2)
+GEMV_NORM_WIDE_KERNEL(NORM_NONE, none)
+GEMV_NORM_WIDE_KERNEL(NORM_SILU, silu)
+GEMV_NORM_WIDE_KERNEL(NORM_SILU_NORMED, silu_normed)

@@ -1,7 +1,9 @@
 // RMSNorm with the BitLinear activation quantization fused in.
 
-// Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER.
+// Values per thread of rms_norm_q: the host picks blockDim.x >= d / NORM_PER (rows of up to 8192
+// values); rms_norm_q_wide takes NORM_PER_WIDE (up to 16384).
 #define NORM_PER 8
+#define NORM_PER_WIDE 16
 
 // One value of a norm's input: x, or relu(x)^2 * y (act).
 __device__ __forceinline__ float norm_combine(float x, float y, int act) {
@@ -130,14 +132,17 @@ __device__ __forceinline__ float quant_apply(const float (&v)[PER], int (&q)[PER
 
 // out[r] = w * (x[r] / rms(x[r])) (input as norm_inputs); if `q` is set, also the row's int8
 // quantization (quant_apply), zero past `d` up to `kp`, with its scale and Σq. Grid: one block
-// per row, NORM_PER values per thread. Bounded to 1024 threads: the host launches up to 1024
-// (d = 8192) and without the bound the compiler takes more than 64 registers a thread, which a
-// 1024-thread block cannot get.
-extern "C" __global__ void __launch_bounds__(1024)
-    rms_norm_q(const float* __restrict__ x, const float* __restrict__ y,
-               const float* __restrict__ w, float* __restrict__ out, i8* __restrict__ q,
-               float* __restrict__ qscale, int* __restrict__ qsum, int d, int kp, float eps,
-               int act) {
+// per row, PER values per thread (rms_norm_q: NORM_PER, rms_norm_q_wide: NORM_PER_WIDE). Bounded
+// to 1024 threads: the host launches up to 1024 (d = 8192 at NORM_PER) and without the bound the
+// compiler takes more than 64 registers a thread, which a 1024-thread block cannot get.
+template <int PER>
+__device__ __forceinline__ void rms_norm_q_body(const float* __restrict__ x,
+                                                const float* __restrict__ y,
+                                                const float* __restrict__ w,
+                                                float* __restrict__ out, i8* __restrict__ q,
+                                                float* __restrict__ qscale,
+                                                int* __restrict__ qsum, int d, int kp, float eps,
+                                                int act) {
     STAMP_BEGIN(5);
     PDL_ENTER();
     STAMP(1);
@@ -148,22 +153,22 @@ extern "C" __global__ void __launch_bounds__(1024)
     const float* xr = after_wait(x) + (size_t)r * d;
     const float* yr = y != 0 ? after_wait(y) + (size_t)r * d : y;
     float* o = out + (size_t)r * d;
-    float v[NORM_PER];
+    float v[PER];
     float ss = 0.0f;
-    norm_inputs<NORM_PER>(v, xr, yr, act, d);
+    norm_inputs<PER>(v, xr, yr, act, d);
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j) ss += v[j] * v[j];
-    norm_apply<NORM_PER>(v, ss, w, d, eps, red);
+    for (int j = 0; j < PER; ++j) ss += v[j] * v[j];
+    norm_apply<PER>(v, ss, w, d, eps, red);
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j)
+    for (int j = 0; j < PER; ++j)
         if (tid + j * bd < d) o[tid + j * bd] = v[j];
     STAMP(2);
     if (q == 0) return;
-    int qv[NORM_PER], sum;
-    const float s = quant_apply<NORM_PER>(v, qv, d, red, redi, sum);
+    int qv[PER], sum;
+    const float s = quant_apply<PER>(v, qv, d, red, redi, sum);
     i8* qr = q + (size_t)r * kp;
 #pragma unroll
-    for (int j = 0; j < NORM_PER; ++j)
+    for (int j = 0; j < PER; ++j)
         if (tid + j * bd < d) qr[tid + j * bd] = (i8)qv[j];
     for (int i = d + tid; i < kp; i += bd) qr[i] = 0;
     if (tid == 0) {
@@ -172,6 +177,17 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
     STAMP(3);
 }
+
+#define RMS_NORM_Q_KERNEL(NAME, PER)                                                            \
+    extern "C" __global__ void __launch_bounds__(1024)                                         \
+        NAME(const float* __restrict__ x, const float* __restrict__ y,                         \
+             const float* __restrict__ w, float* __restrict__ out, i8* __restrict__ q,          \
+             float* __restrict__ qscale, int* __restrict__ qsum, int d, int kp, float eps,      \
+             int act) {                                                                        \
+        rms_norm_q_body<PER>(x, y, w, out, q, qscale, qsum, d, kp, eps, act);                  \
+    }
+RMS_NORM_Q_KERNEL(rms_norm_q, NORM_PER)
+RMS_NORM_Q_KERNEL(rms_norm_q_wide, NORM_PER_WIDE)
 
 // BitLinear quantization of rows that did not come out of rms_norm_q (same maths).
 extern "C" __global__ void quantize_act(const float* __restrict__ x, i8* __restrict__ q,

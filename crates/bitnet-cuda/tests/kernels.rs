@@ -124,7 +124,7 @@ fn ternary_matmul_handles_zero_rows_and_extreme_scales() {
 fn fused_rms_norm_quantizes_like_the_cpu() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(3);
-    for d in [64, 100, 2560, 6912] {
+    for d in [64, 100, 2560, 6912, 8640, 14336, 16384] {
         let rows = 5;
         let x: Vec<f32> = (0..rows * d).map(|_| rng.unit() * 4.0).collect();
         let w: Vec<f32> = (0..d).map(|_| 1.0 + 0.1 * rng.unit()).collect();
@@ -307,7 +307,7 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng(7);
     // (input width, stacked parts, input; input scale)
-    let cases: [(usize, &[usize], Fuse, f32); 19] = [
+    let cases: [(usize, &[usize], Fuse, f32); 25] = [
         (2560, &[2560, 640, 640], Fuse::Plain, 3.0),
         (2560, &[2560], Fuse::Plain, 1.0),
         (2560, &[6912, 6912], Fuse::Plain, 0.5),
@@ -327,6 +327,13 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
         (4096, &[1536], Fuse::SiluNormed, 2.0), // 1bitLLM's down (ffn_layernorm over SiLU)
         (200, &[9, 130], Fuse::SiluNormed, 100.0),
         (2560, &[640], Fuse::SiluNormed, 0.0),
+        // Wider than 8192: the two-pass kernel.
+        (8640, &[3200], Fuse::SiluNormed, 2.0), // 1bitLLM-3B's down
+        (14336, &[4096], Fuse::Silu, 6.0),      // Llama3-8B's down
+        (16384, &[64, 9], Fuse::Relu2, 1.0),
+        (8196, &[24], Fuse::Plain, 3.0),
+        (12000, &[640], Fuse::None, 1e30),
+        (10000, &[640], Fuse::Plain, 0.0),
     ];
     for (d, parts, mode, scale) in cases {
         let what = format!("d={d} parts={parts:?} {mode:?} scale={scale}");
@@ -415,7 +422,7 @@ fn norm_fused_into_the_gemv_matches_norm_then_gemv() {
     // Rows wider than the kernel takes, or not a multiple of 4 values (it reads them four at a
     // time): an error, not a launch.
     let mut out = ops::zeros::<f32>(&g, 8).unwrap();
-    for d in [8320, 202] {
+    for d in [16388, 202] {
         let p = PackedTernary::pack(&vec![0; 8 * d], 8, d).unwrap();
         let w = DeviceTernary::upload(&g, &p, 1.0).unwrap();
         let (dx, mut xn) = (ops::zeros::<f32>(&g, d).unwrap(), ops::zeros::<f32>(&g, d).unwrap());

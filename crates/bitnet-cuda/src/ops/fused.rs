@@ -8,8 +8,11 @@ use crate::layout::{padded_cols, CHUNK, TILE_ROWS};
 use bitnet_core::{Error, Result};
 use cudarc::driver::CudaSlice;
 
-/// Most input features of the fused kernel (`GEMV_NORM_MAX`).
-pub const NORM_GEMV_MAX_COLS: usize = 8192;
+/// Most input features of the fused kernel (`GEMV_NORM_WIDE_MAX`); past `GEMV_NORM_MAX` (8192)
+/// its wide form runs, which reads the row twice.
+pub const NORM_GEMV_MAX_COLS: usize = 16384;
+/// Most input features of the fused kernel's one-pass form (`GEMV_NORM_MAX`).
+const NORM_GEMV_ONE_PASS_COLS: usize = 8192;
 
 /// Whether the fused kernel takes rows of `d` features: at most [`NORM_GEMV_MAX_COLS`], a
 /// multiple of 4 (it reads them four at a time).
@@ -86,15 +89,25 @@ pub fn norm_ternary_gemv(
         ));
     }
     let k = &gpu.k;
-    // (input, second input, kernels for one and two groups per tile)
-    let (x, y, [f1, f2]) = match src {
-        NormSrc::Plain(x) if nw.is_some() => (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain]),
-        NormSrc::Plain(x) => (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none]),
-        NormSrc::Relu2(g, u) => (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2]),
-        NormSrc::Silu(g, u) if nw.is_some() => {
-            (g, Some(u), [&k.gemv_norm1_silu_normed, &k.gemv_norm2_silu_normed])
+    // (input, second input, kernels for one and two groups per tile and for wide rows)
+    let (x, y, [f1, f2, fw]) = match src {
+        NormSrc::Plain(x) if nw.is_some() => {
+            (x, None, [&k.gemv_norm1_plain, &k.gemv_norm2_plain, &k.gemv_norm_wide_plain])
         }
-        NormSrc::Silu(g, u) => (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu]),
+        NormSrc::Plain(x) => {
+            (x, None, [&k.gemv_norm1_none, &k.gemv_norm2_none, &k.gemv_norm_wide_none])
+        }
+        NormSrc::Relu2(g, u) => {
+            (g, Some(u), [&k.gemv_norm1_relu2, &k.gemv_norm2_relu2, &k.gemv_norm_wide_relu2])
+        }
+        NormSrc::Silu(g, u) if nw.is_some() => (
+            g,
+            Some(u),
+            [&k.gemv_norm1_silu_normed, &k.gemv_norm2_silu_normed, &k.gemv_norm_wide_silu_normed],
+        ),
+        NormSrc::Silu(g, u) => {
+            (g, Some(u), [&k.gemv_norm1_silu, &k.gemv_norm2_silu, &k.gemv_norm_wide_silu])
+        }
     };
     need(x.len(), d, "fused norm input")?;
     if let Some(y) = y {
@@ -129,12 +142,18 @@ pub fn norm_ternary_gemv(
     // GEMV's groups per tile for one token).
     let sms = gpu.info().sms as usize;
     let groups = gpu.knobs().gemv_shape(tiles, 1, sms).1;
-    let (f, subs) = if groups == 2 { (f2, 4) } else { (f1, 8) };
+    let (f, subs) = if kp > NORM_GEMV_ONE_PASS_COLS {
+        (fw, 4) // two groups per tile
+    } else if groups == 2 {
+        (f2, 4)
+    } else {
+        (f1, 8)
+    };
     let grid = tiles.div_ceil(subs).min(sms).max(1);
     let dims = Dims::line(grid as u32, 1024);
     let (wp, kc, tiles) = (dptr(gpu, &w.data), (w.kp / CHUNK) as i32, to_i32(tiles, "tiles")?);
     // Kernel: gemv_norm_m1_gG_<mode>(W, n, o, kc, tiles); W holds tiles x 8 rows x kc chunks;
     // n's x, y, w, out hold d values (a multiple of 4, 16-byte aligned as q: checked above) and
-    // q kp <= 8192 (checked above), qscale/qsum one; each o.y[j] holds o.n[j] values (out_arg).
+    // q kp <= 16384 (checked above), qscale/qsum one; each o.y[j] holds o.n[j] values (out_arg).
     launch!(gpu, f, dims; wp, n, o, kc, tiles)
 }

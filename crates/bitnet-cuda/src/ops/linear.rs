@@ -181,8 +181,9 @@ impl QuantActs {
 }
 
 const NORM_THREADS: u32 = 256;
-/// Values per thread of the RMSNorm kernel (`NORM_PER` in norm.cu).
+/// Values per thread of the RMSNorm kernels (`NORM_PER`, `NORM_PER_WIDE` in norm.cu).
 const NORM_PER: usize = 8;
+const NORM_PER_WIDE: usize = 16;
 
 /// `out[r] = w * x[r] / rms(x[r])` for `rows` rows of width `d = w.len()`; when `q` is given the
 /// rows are also quantized into it (BitLinear quantization, bit-exact with the CPU's).
@@ -235,9 +236,12 @@ fn norm_launch(
 ) -> Result<()> {
     need(w.len(), d, "rms_norm weight")?;
     need(out.len(), rows * d, "rms_norm output")?;
-    if d > NORM_PER * 1024 {
-        return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 8192)")));
-    }
+    // Values per thread: 8 (rms_norm_q) up to 8192 values a row, 16 (rms_norm_q_wide) up to 16384.
+    let (kernel, per) = match d {
+        d if d <= NORM_PER * 1024 => (&gpu.k.rms_norm_q, NORM_PER),
+        d if d <= NORM_PER_WIDE * 1024 => (&gpu.k.rms_norm_q_wide, NORM_PER_WIDE),
+        _ => return Err(Error::unsupported(format!("RMSNorm over {d} values (at most 16384)"))),
+    };
     let ((xp, up), wp, op) = (xy, dptr(gpu, w), dptr(gpu, out));
     // The kernel's y is the relu² multiplier, and act says it is set.
     let (yp, act) = (up.unwrap_or(0), i32::from(up.is_some()));
@@ -247,12 +251,12 @@ fn norm_launch(
         q.claim(rows, d)?;
         (qp, sp, mp, kp) = (dptr(gpu, &q.q), dptr(gpu, &q.scale), dptr(gpu, &q.sum), q.kp as i32);
     }
-    let block = (d.div_ceil(NORM_PER).div_ceil(32) * 32).clamp(32, 1024) as u32;
+    let block = (d.div_ceil(per).div_ceil(32) * 32).clamp(32, 1024) as u32;
     let dims = Dims::line(rows as u32, block);
-    // Kernel: rms_norm_q(x, y, w, out, q, qscale, qsum, d, kp, eps, act); lengths checked by
-    // the callers and above (y, set exactly when act is 1, as long as x), and block * NORM_PER
+    // Kernel: rms_norm_q(_wide)(x, y, w, out, q, qscale, qsum, d, kp, eps, act); lengths checked
+    // by the callers and above (y, set exactly when act is 1, as long as x), and block * per
     // >= d.
-    launch!(gpu, &gpu.k.rms_norm_q, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps, act)
+    launch!(gpu, kernel, dims; xp, yp, wp, op, qp, sp, mp, dd, kp, eps, act)
 }
 
 /// BitLinear quantization of `rows` rows of width `d` from `x` into `q`.

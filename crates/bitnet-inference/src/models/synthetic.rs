@@ -33,6 +33,13 @@ pub fn preset(name: &str) -> Result<Dims> {
             act: HiddenAct::Silu,
             ..d(1536, 4096, 24, 16, 16, 32_002)
         },
+        // 1bitLLM/bitnet_b1_58-3B (3.3B: sub-norms, SiLU, heads of 100, FFN 8640 wide)
+        "3b" => Dims {
+            eps: 1e-5,
+            rope: Rope::new(10_000.0),
+            act: HiddenAct::Silu,
+            ..d(3200, 8640, 26, 32, 32, 32_002)
+        },
         "tiny" => d(256, 640, 4, 4, 2, 1024),
         // tiiuae/Falcon3-1B-Instruct-1.58bit (LLaMA architecture: SiLU, no sub-norms)
         "falcon3-1b" => Dims {
@@ -53,7 +60,7 @@ pub fn preset(name: &str) -> Result<Dims> {
         },
         _ => {
             return Err(Error::invalid(format!(
-                "unknown synthetic model `{name}` (expected 2b4t, large, tiny, falcon3-1b or \
+                "unknown synthetic model `{name}` (expected 2b4t, large, 3b, tiny, falcon3-1b or \
                  llama3-8b)"
             )))
         }
