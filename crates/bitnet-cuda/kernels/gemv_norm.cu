@@ -182,7 +182,10 @@ __device__ __forceinline__ float norm_to_smem(const NormArg& n, i8* xs, float* w
 // at 1024 threads) or the shared memory of the norm weights: two passes over the row, both from
 // L1/L2. The first sums squares and finds max|x·w| without keeping the values; the second loads
 // and combines them again (the same operations, so the same values), scales and quantizes them.
-// The norm weights are read from global memory in both passes.
+// The norm weights are read from global memory in both passes. The quantization tail is
+// norm_to_smem's, spelled out again: shared through a helper taking the values as a lambda, it
+// changed the one-pass kernels' SASS (24 more instructions in gemv_norm_m1_g1_plain), which
+// decode runs all the time.
 template <int MODE>
 __device__ __forceinline__ float norm_to_smem_wide(const NormArg& n, i8* xs, int* qpart,
                                                    float* red1, float* red2) {
