@@ -61,7 +61,10 @@ pub fn build(model: &SpmModel, legacy: bool) -> Result<tokenizers::Tokenizer> {
         .fuse_unk(true)
         .byte_fallback(model.byte_fallback);
     if let Some(unk) = model.unk_id {
-        bpe = bpe.unk_token(model.pieces[unk as usize].piece.clone());
+        let piece = model.pieces.get(unk as usize).ok_or_else(|| {
+            Error::format("SentencePiece model", format!("unk_id {unk} is not a piece"))
+        })?;
+        bpe = bpe.unk_token(piece.piece.clone());
     }
     let bpe = bpe.build().map_err(tok_err("building the SentencePiece BPE model"))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
@@ -275,6 +278,9 @@ mod tests {
             model(&[("<unk>", Unknown), ("<s>", Control), ("</s>", Control), ("<s>", Normal)]);
         let e = build(&dup, true).unwrap_err().to_string();
         assert!(e.contains("\"<s>\" is both id 1 and id 3"), "{e}");
+        let ok = model(&[("<unk>", Unknown), ("<s>", Control), ("</s>", Control)]);
+        let e = build(&SpmModel { unk_id: Some(99), ..ok }, true).unwrap_err().to_string();
+        assert!(e.contains("unk_id 99 is not a piece"), "{e}");
         let uni = SpmModel { model_type: SpmModelType::Unigram, ..dup };
         let e = build(&uni, true).unwrap_err().to_string();
         assert!(e.contains("Unigram SentencePiece models"), "{e}");
