@@ -12,6 +12,7 @@ use crate::engine::{dims_from_config, weight_kind};
 use crate::formats::gguf_write::{bitnet_writer, GgufTarget};
 use crate::formats::{self, names, GgufVocab, ModelFile};
 use crate::models::weights::{self, TensorSource};
+use crate::tokenizer::spm::{PieceType, SpmModel, SpmModelType};
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
 use bitnet_quant::formats::{i2s, tq1, tq2, TernaryFormat};
 use std::path::Path;
@@ -131,19 +132,24 @@ fn to_f32(t: &Tensor) -> Result<Tensor> {
     Tensor::from_f32(t.shape().clone(), &t.to_f32_vec()?)
 }
 
-/// The GGUF vocabulary: the input GGUF's own, or built from an HF `tokenizer.json`.
+/// The GGUF vocabulary: the input GGUF's own, or built from an HF `tokenizer.json`, or else
+/// from a SentencePiece `tokenizer.model`.
 fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
     if let Some(v) = &file.gguf_vocab {
         return Ok(Some(v.clone()));
     }
     let dir = if input.is_dir() { input } else { input.parent().unwrap_or(Path::new(".")) };
-    let tj = dir.join("tokenizer.json");
-    if !tj.is_file() {
+    let (tj, tm) = (dir.join("tokenizer.json"), dir.join("tokenizer.model"));
+    let mut v = if tj.is_file() {
+        let text = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
+        vocab_from_tokenizer_json(&text, &file.config).with_context(|| tj.display().to_string())?
+    } else if tm.is_file() {
+        let bytes = std::fs::read(&tm).map_err(|e| Error::io(&tm, e))?;
+        vocab_from_tokenizer_model(&bytes, &file.config)
+            .with_context(|| tm.display().to_string())?
+    } else {
         return Ok(None);
-    }
-    let text = std::fs::read_to_string(&tj).map_err(|e| Error::io(&tj, e))?;
-    let mut v =
-        vocab_from_tokenizer_json(&text, &file.config).with_context(|| tj.display().to_string())?;
+    };
     let tc = dir.join("tokenizer_config.json");
     if let Ok(t) = std::fs::read_to_string(&tc) {
         if let Ok(j) = serde_json::from_str::<serde_json::Value>(&t) {
@@ -151,6 +157,39 @@ fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
         }
     }
     Ok(Some(v))
+}
+
+/// Builds GGUF tokenizer arrays (`llama`: SentencePiece pieces, scores and types, as llama.cpp's
+/// converter writes them) from a SentencePiece BPE `tokenizer.model`. Ids past the model's pieces
+/// up to the config's vocabulary size become unused `[PAD{id}]` tokens. The GGUF form always
+/// tokenizes in legacy mode (a `▁` after every added token), as llama.cpp does.
+pub fn vocab_from_tokenizer_model(bytes: &[u8], cfg: &BitNetConfig) -> Result<GgufVocab> {
+    let m = SpmModel::parse(bytes)?;
+    if m.model_type != SpmModelType::Bpe {
+        return Err(Error::unsupported(format!(
+            "converting a {:?} SentencePiece tokenizer to GGUF (only BPE)",
+            m.model_type
+        )));
+    }
+    let n = m.pieces.len().max(cfg.vocab_size);
+    let mut v = GgufVocab {
+        model: "llama".into(),
+        tokens: m.pieces.iter().map(|p| p.piece.clone()).collect(),
+        token_types: m.pieces.iter().map(|p| p.kind.code()).collect(),
+        scores: m.pieces.iter().map(|p| p.score).collect(),
+        bos_token_id: m.bos_id,
+        eos_token_id: m.eos_id,
+        unknown_token_id: m.unk_id,
+        padding_token_id: m.pad_id,
+        add_space_prefix: Some(m.add_dummy_prefix),
+        ..GgufVocab::default()
+    };
+    for id in m.pieces.len()..n {
+        v.tokens.push(format!("[PAD{id}]"));
+        v.token_types.push(PieceType::Unused.code());
+        v.scores.push(0.0);
+    }
+    Ok(v)
 }
 
 /// Builds GGUF tokenizer arrays (`gpt2` byte-level BPE) from a tokenizer.json.

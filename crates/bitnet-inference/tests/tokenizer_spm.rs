@@ -326,3 +326,52 @@ fn engine_uses_tokenizer_model_when_there_is_no_tokenizer_json() {
     assert_eq!(e.tokenizer().unwrap().vocab_size(), 384);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn convert_writes_a_tokenizer_model_as_a_gguf_llama_vocabulary() {
+    use bitnet_inference::config::BitNetConfig;
+    use bitnet_inference::convert::vocab_from_tokenizer_model;
+    use bitnet_inference::formats::gguf_meta::GgufMetadata;
+    use bitnet_inference::formats::GgufVocab;
+    // A model whose embedding has 40 rows past the tokenizer's 560 pieces (as 1bitLLM's 32002
+    // rows over 32000 pieces).
+    let cfg = BitNetConfig::from_json_str(
+        r#"{"hidden_size":64,"intermediate_size":160,"num_hidden_layers":1,
+            "num_attention_heads":4,"vocab_size":600}"#,
+    )
+    .unwrap();
+    let v = vocab_from_tokenizer_model(&model_bytes(), &cfg).unwrap();
+    assert_eq!(
+        (v.model.as_str(), v.tokens.len(), v.scores.len(), v.token_types.len()),
+        ("llama", 600, 600, 600)
+    );
+    assert!(v.tokens[560..].iter().zip(560..).all(|(t, i)| *t == format!("[PAD{i}]")));
+    assert!(v.token_types[560..].iter().all(|&t| t == PieceType::Unused.code()));
+    assert_eq!((v.bos_token_id, v.eos_token_id, v.unknown_token_id), (Some(1), Some(2), Some(0)));
+    // Through GGUF metadata and the loader's path: the tokenizer.model's ids.
+    let mut meta = GgufMetadata::new();
+    for (k, val) in v.to_metadata() {
+        meta.insert(k, val).unwrap();
+    }
+    let back = GgufVocab::from_metadata(&meta).unwrap().unwrap();
+    let tok = Tokenizer::from_gguf_vocab(GgufVocabInput {
+        model: back.model,
+        tokens: back.tokens,
+        token_types: back.token_types,
+        scores: back.scores,
+        add_space_prefix: back.add_space_prefix,
+        bos: back.bos_token_id,
+        eos: back.eos_token_id,
+        ..Default::default()
+    })
+    .unwrap();
+    let want = spm_tokenizer();
+    for c in cases() {
+        assert_eq!(tok.encode(&c.text, true).unwrap(), want.encode(&c.text, true).unwrap());
+    }
+    // Unigram models are refused by name.
+    let mut uni = model_bytes();
+    uni.extend([0x12, 0x02, 0x18, 0x01]);
+    let e = vocab_from_tokenizer_model(&uni, &cfg).unwrap_err().to_string();
+    assert!(e.contains("Unigram") && e.contains("not supported yet"), "{e}");
+}
