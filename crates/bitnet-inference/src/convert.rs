@@ -206,11 +206,15 @@ pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufV
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| Error::format("tokenizer.json", "no model.vocab"))?;
-    let mut entries: Vec<(u32, String, i32)> =
-        vocab.iter().filter_map(|(k, v)| v.as_u64().map(|id| (id as u32, k.clone(), 1))).collect();
+    let normal = PieceType::Normal.code();
+    let mut entries: Vec<(u32, String, i32)> = vocab
+        .iter()
+        .filter_map(|(k, v)| v.as_u64().map(|id| (id as u32, k.clone(), normal)))
+        .collect();
     for a in j["added_tokens"].as_array().into_iter().flatten() {
         if let (Some(id), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
-            let ty = if a["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+            let special = a["special"].as_bool().unwrap_or(false);
+            let ty = if special { PieceType::Control } else { PieceType::UserDefined }.code();
             entries.retain(|e| e.0 != id as u32);
             entries.push((id as u32, c.to_string(), ty));
         }
@@ -218,7 +222,7 @@ pub fn vocab_from_tokenizer_json(text: &str, cfg: &BitNetConfig) -> Result<GgufV
     entries.sort_by_key(|e| e.0);
     let n = entries.last().map_or(0, |e| e.0 as usize + 1).max(cfg.vocab_size);
     let mut tokens: Vec<String> = (0..n).map(|i| format!("[PAD{i}]")).collect();
-    let mut types = vec![5i32; n];
+    let mut types = vec![PieceType::Unused.code(); n];
     for (id, s, t) in entries {
         tokens[id as usize] = s;
         types[id as usize] = t;

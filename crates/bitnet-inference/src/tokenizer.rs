@@ -8,6 +8,7 @@ mod spm_proto;
 use std::path::Path;
 
 use bitnet_core::{Error, Result};
+use spm::PieceType;
 use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -20,11 +21,6 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 pub const LLAMA3_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// The Qwen-2 pre-tokenizer regex (as Llama-3's, but digits one by one).
 pub const QWEN2_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// GGUF `tokenizer.ggml.token_type` value of a control (special) token.
-pub const TOKEN_TYPE_CONTROL: i32 = 3;
-/// GGUF `tokenizer.ggml.token_type` value of a user-defined (added, not special) token.
-pub const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// The tokenizer arrays of a GGUF file (`tokenizer.ggml.*`), as the GGUF reader hands them over.
 #[derive(Clone, Debug, Default)]
@@ -199,8 +195,8 @@ impl Tokenizer {
                 .collect()
         };
         let add_err = |e: tokenizers::Error| Error::format("GGUF", format!("vocabulary: {e}"));
-        inner.add_special_tokens(added(TOKEN_TYPE_CONTROL, true)).map_err(add_err)?;
-        inner.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false)).map_err(add_err)?;
+        inner.add_special_tokens(added(PieceType::Control.code(), true)).map_err(add_err)?;
+        inner.add_tokens(added(PieceType::UserDefined.code(), false)).map_err(add_err)?;
         let mut t = Self::from_inner(inner);
         t.vocab_size = t.vocab_size.max(n);
         let (bos, eos) = (input.bos.or(t.bos), input.eos.or(t.eos));
