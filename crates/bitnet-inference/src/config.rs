@@ -431,8 +431,9 @@ impl BitNetConfig {
             archs.is_some_and(|a| a.iter().any(|v| v.as_str() == Some("BitnetForCausalLM")));
         let architecture = if one_bit_llm { Architecture::BitNet } else { json_arch(obj, p) };
         // Llama defaults (LlamaConfig's, which 1bitLLM's BitnetConfig keeps).
-        let llama = architecture == Architecture::Llama || one_bit_llm;
-        let act = json_str(obj, "hidden_act", p).unwrap_or(if llama { "silu" } else { "relu2" });
+        let llama_defaults = architecture == Architecture::Llama || one_bit_llm;
+        let act =
+            json_str(obj, "hidden_act", p).unwrap_or(if llama_defaults { "silu" } else { "relu2" });
         let (quantization, modules_to_not_convert) =
             if one_bit_llm { one_bit_llm_quantization(obj, p) } else { parse_quantization(obj, p) };
         for bias in ["attention_bias", "mlp_bias"] {
@@ -441,7 +442,7 @@ impl BitNetConfig {
             }
         }
         let (theta, rope_scaling) = json_rope(obj, p);
-        let theta = theta.unwrap_or(if llama { 10_000.0 } else { 500_000.0 });
+        let theta = theta.unwrap_or(if llama_defaults { 10_000.0 } else { 500_000.0 });
         let dtype = json_str(obj, "dtype", p).or(json_str(obj, "torch_dtype", p));
         let cfg = BitNetConfig {
             architecture,
@@ -453,7 +454,7 @@ impl BitNetConfig {
             head_dim: head_dim.unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0)),
             vocab_size,
             max_position_embeddings: json_usize(obj, "max_position_embeddings", p).unwrap_or(2048),
-            rms_norm_eps: json_f64(obj, "rms_norm_eps", p).unwrap_or(if llama {
+            rms_norm_eps: json_f64(obj, "rms_norm_eps", p).unwrap_or(if llama_defaults {
                 1e-6
             } else {
                 1e-5
@@ -467,13 +468,14 @@ impl BitNetConfig {
             } else {
                 // HF's default (BitNetConfig 128000, LlamaConfig 1), kept only where the
                 // vocabulary has it.
-                Some(if llama { 1 } else { 128_000 }).filter(|&id| (id as usize) < vocab_size)
+                Some(if llama_defaults { 1 } else { 128_000 })
+                    .filter(|&id| (id as usize) < vocab_size)
             },
             eos_token_ids: json_eos(obj, p).unwrap_or_else(|| {
                 if obj.contains_key("eos_token_id") {
                     Vec::new()
                 } else {
-                    let id = if llama { 2 } else { 128_001 };
+                    let id = if llama_defaults { 2 } else { 128_001 };
                     vec![id].into_iter().filter(|&id| (id as usize) < vocab_size).collect()
                 }
             }),
