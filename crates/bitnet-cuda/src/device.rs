@@ -93,8 +93,13 @@ macro_rules! kernels {
         /// Every kernel function of the program.
         pub(crate) struct Kernels { $(pub(crate) $field: CudaFunction,)* }
         impl Kernels {
-            fn load(m: &Arc<CudaModule>) -> Result<Self> {
-                let f = |n: &str| m.load_function(n).map_err(|e| dev_err(&format!("loading kernel {n}"), e));
+            /// Each kernel from the first of `modules` that has it.
+            fn load(modules: &[Arc<CudaModule>]) -> Result<Self> {
+                let f = |n: &str| {
+                    let mut found = modules.iter().map(|m| m.load_function(n));
+                    let first = found.next().ok_or_else(|| Error::Device("no kernel module".into()))?;
+                    found.fold(first, |a, b| a.or(b)).map_err(|e| dev_err(&format!("loading kernel {n}"), e))
+                };
                 Ok(Kernels { $($field: f($name)?,)* })
             }
         }
@@ -127,7 +132,7 @@ kernels! {
     lm_i8_1: "lm_i8_m1", lm_i8_2: "lm_i8_m2", lm_i8_4: "lm_i8_m4", lm_i8_8: "lm_i8_m8",
     lmm1: "lm_i8_mma_t1", lmm2: "lm_i8_mma_t2", lmm4: "lm_i8_mma_t4", lmm8: "lm_i8_mma_t8",
     lm_f32_1: "lm_f32_m1", lm_f32_2: "lm_f32_m2", lm_f32_4: "lm_f32_m4", lm_f32_8: "lm_f32_m8",
-    sample_rows: "sample_rows", sample_greedy: "sample_greedy", decode_layers: "decode_layers",
+    sample_rows: "sample_rows", sample_greedy: "sample_greedy",
 }
 
 impl Kernels {
@@ -149,8 +154,11 @@ impl Kernels {
 /// The compiled program of one device, shared by every [`Gpu`] handle on it.
 struct Program {
     ctx: Arc<CudaContext>,
-    /// The loaded kernels (read for their globals: the timeline stamps of `impl Drop for Gpu`).
-    module: Arc<CudaModule>,
+    /// The loaded parts' modules (read for their globals: the timeline stamps of `impl Drop for
+    /// Gpu`).
+    modules: Vec<Arc<CudaModule>>,
+    /// The one-kernel decode's module and kernel, compiled on first use (an error says why not).
+    decode: OnceLock<std::result::Result<(Arc<CudaModule>, CudaFunction), String>>,
     /// Launch with programmatic dependent launch (sm_90+, unless `BITNET_CUDA_PDL=0`).
     pdl: bool,
     /// Most blocks of a thread-block cluster the attention kernels may be launched with (sm_90+:
@@ -225,17 +233,40 @@ impl Drop for Gpu {
         let Some(path) = std::env::var_os("BITNET_CUDA_STAMPS") else { return };
         let dump = || -> std::result::Result<(), String> {
             self.stream.synchronize().map_err(|e| format!("{e:?}"))?;
-            let m = &self.prog.module;
-            let t = m.get_global("g_stamp_ticket", &self.stream).map_err(|e| format!("{e:?}"))?;
-            let mut bytes = self.stream.clone_dtoh(&t).map_err(|e| format!("{e:?}"))?;
-            let r = m.get_global("g_stamp", &self.stream).map_err(|e| format!("{e:?}"))?;
-            bytes.extend(self.stream.clone_dtoh(&r).map_err(|e| format!("{e:?}"))?);
+            // Each module has its own rings; a kind's kernels all live in one module and the
+            // others' rings stay zero, so adding them up merges the timelines.
+            let decode = self.prog.decode.get().and_then(|d| d.as_ref().ok()).map(|d| &d.0);
+            let (mut tickets, mut stamps) = (Vec::<u32>::new(), Vec::<u64>::new());
+            for m in self.prog.modules.iter().chain(decode) {
+                let read = |name: &str| -> std::result::Result<Vec<u8>, String> {
+                    let g = m.get_global(name, &self.stream).map_err(|e| format!("{e:?}"))?;
+                    self.stream.clone_dtoh(&g).map_err(|e| format!("{e:?}"))
+                };
+                add_words(&mut tickets, &read("g_stamp_ticket")?, u32::from_le_bytes);
+                add_words(&mut stamps, &read("g_stamp")?, u64::from_le_bytes);
+            }
+            let mut bytes: Vec<u8> = tickets.iter().flat_map(|t| t.to_le_bytes()).collect();
+            bytes.extend(stamps.iter().flat_map(|t| t.to_le_bytes()));
             std::fs::write(&path, bytes).map_err(|e| e.to_string())
         };
         match dump() {
             Ok(()) => eprintln!("stamps written to {}", path.to_string_lossy()),
             Err(e) => eprintln!("stamps not written (built without -DBITNET_STAMPS?): {e}"),
         }
+    }
+}
+
+/// Adds the little-endian words of `bytes` into `acc` (which grows to their count).
+fn add_words<T, const N: usize>(acc: &mut Vec<T>, bytes: &[u8], word: fn([u8; N]) -> T)
+where
+    T: Copy + Default + std::ops::Add<Output = T>,
+{
+    let words = bytes.chunks_exact(N).map(|c| word(c.try_into().expect("N bytes")));
+    for (i, w) in words.enumerate() {
+        if i == acc.len() {
+            acc.push(T::default());
+        }
+        acc[i] = acc[i] + w;
     }
 }
 
@@ -277,17 +308,24 @@ impl Program {
         // add overhead.
         unsafe { ctx.disable_event_tracking() };
         let t = std::time::Instant::now();
-        let cubin = compile::compile_cubin(&compile::program_source(), &info.arch())?;
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-            .map_err(|e| dev_err("loading the kernel module", e))?;
-        let k = Kernels::load(&module)?;
+        let parts: Vec<_> = compile::PARTS.iter().collect();
+        let modules = compile::part_cubins(&parts, &info.arch())?
+            .into_iter()
+            .map(|cubin| load_cubin(&ctx, cubin))
+            .collect::<Result<Vec<_>>>()?;
+        let k = Kernels::load(&modules)?;
         let pdl = info.cc.0 >= 9 && std::env::var("BITNET_CUDA_PDL").map_or(true, |v| v != "0");
         let knobs = crate::ops::Knobs::from_env();
         let cluster_max = cluster_max(&info, &k);
         let compile_s = t.elapsed().as_secs_f64();
-        Ok(Program { ctx, module, pdl, cluster_max, knobs, k, info, compile_s })
+        let decode = OnceLock::new();
+        Ok(Program { ctx, modules, decode, pdl, cluster_max, knobs, k, info, compile_s })
     }
+}
+
+fn load_cubin(ctx: &Arc<CudaContext>, cubin: Vec<u8>) -> Result<Arc<CudaModule>> {
+    ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(|e| dev_err("loading a kernel module", e))
 }
 
 /// The split-K GEMM's int32 partial sums (`SPLIT_SLOTS x stride`).
@@ -356,7 +394,23 @@ impl Gpu {
     pub(crate) fn cluster_max(&self) -> u32 {
         self.prog.cluster_max
     }
-    /// Seconds NVRTC and module loading took.
+    /// The one-kernel decode's kernel ([`crate::ops::decode_layers`]), compiled on the first call
+    /// (once per process and device, several seconds; then from the on-disk cache).
+    pub(crate) fn decode_kernel(&self) -> Result<CudaFunction> {
+        let made = self.prog.decode.get_or_init(|| {
+            let cubin = compile::part_cubins(&[&compile::DECODE_PART], &self.info().arch())
+                .and_then(|mut c| c.pop().ok_or_else(|| Error::Device("no cubin".into())))
+                .map_err(|e| e.to_string())?;
+            let m = load_cubin(&self.prog.ctx, cubin).map_err(|e| e.to_string())?;
+            let f = m.load_function("decode_layers").map_err(|e| format!("{e:?}"))?;
+            Ok((m, f))
+        });
+        match made {
+            Ok((_, f)) => Ok(f.clone()),
+            Err(e) => Err(Error::Device(format!("the one-kernel decode: {e}"))),
+        }
+    }
+    /// Seconds NVRTC (or the kernel cache) and module loading took.
     pub fn compile_seconds(&self) -> f64 {
         self.prog.compile_s
     }

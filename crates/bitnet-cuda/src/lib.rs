@@ -15,6 +15,7 @@
 mod compile;
 pub mod device;
 mod graph;
+mod kcache;
 pub mod layout;
 pub mod ops;
 

@@ -8,7 +8,7 @@ use crate::device::{dev_err, Gpu};
 use crate::layout::{CHUNK, TILE_ROWS};
 use bitnet_core::{Error, Result};
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaFunction, CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 /// Threads per block (`DEC_THREADS`).
 const THREADS: u32 = 1024;
@@ -122,6 +122,8 @@ pub struct DecodeStack {
     smem: u32,
     grid: u32,
     trace: Option<CudaSlice<u64>>,
+    /// `decode_layers` (its own module, compiled on first use).
+    kernel: CudaFunction,
 }
 
 /// Global-timer stamps per block and layer in a trace (`DEC_STAMPS`, decode.cu says which).
@@ -170,7 +172,8 @@ impl DecodeStack {
         if gpu.info().cc.0 < 9 {
             return off("needs compute capability 9.0 (bulk copies into shared memory)".into());
         }
-        let f = &gpu.k.decode_layers;
+        let kernel = gpu.decode_kernel()?;
+        let f = &kernel;
         let grid = gpu.info().sms;
         let xrows = (layers[0].mats[1].rows_padded / TILE_ROWS).div_ceil(grid as usize) * TILE_ROWS;
         if xrows > MAX_XROWS {
@@ -249,6 +252,7 @@ impl DecodeStack {
             slot_off,
             smem,
             grid,
+            kernel,
             trace: None,
         })
     }
@@ -345,5 +349,5 @@ pub fn decode_layers(
     // Kernel: decode_layers(a): every address in `a` is a live buffer of the size the kernel
     // reads (checked here and in DecodeStack::new); grid = SMs, one resident block each
     // (occupancy checked in new), so the grid barriers cannot wait on an unscheduled block.
-    launch!(gpu, &gpu.k.decode_layers, dims, s.smem; a)
+    launch!(gpu, &s.kernel, dims, s.smem; a)
 }
