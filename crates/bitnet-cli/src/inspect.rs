@@ -56,6 +56,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         c.rope_scaling.map_or(String::new(), |s| format!(
             " (llama3 scaling: factor {}, low/high freq factor {}/{}, original ctx {})",
             s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_positions
+        )) + &c.rope_freq_factors.as_ref().map_or(String::new(), |f| format!(
+            " (rope_freqs: {} per-pair divisors, {:.3} .. {:.3})",
+            f.len(),
+            f.iter().copied().fold(f32::INFINITY, f32::min),
+            f.iter().copied().fold(0f32, f32::max)
         )),
         c.rms_norm_eps,
         c.tie_word_embeddings,

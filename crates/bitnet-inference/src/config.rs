@@ -127,6 +127,9 @@ pub struct BitNetConfig {
     pub rope_theta: f64,
     /// Llama-3 RoPE frequency scaling, if the config asks for it.
     pub rope_scaling: Option<Llama3Scaling>,
+    /// Per-pair RoPE frequency divisors: llama.cpp's form of the same scaling, read from a
+    /// GGUF `rope_freqs` tensor (LLaMA architecture); `head_dim / 2` positive values.
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// Feed-forward activation (`hidden_act`). Default `relu2` (BitNet), `silu` (Llama and
     /// 1bitLLM's `BitnetForCausalLM`).
     pub hidden_act: HiddenAct,
@@ -461,6 +464,7 @@ impl BitNetConfig {
             }),
             rope_theta: theta,
             rope_scaling,
+            rope_freq_factors: None,
             hidden_act: HiddenAct::from_name(act).unwrap_or(HiddenAct::Relu2),
             tie_word_embeddings: json_bool(obj, "tie_word_embeddings", p).unwrap_or(false),
             bos_token_id: if obj.contains_key("bos_token_id") {
@@ -535,6 +539,22 @@ impl BitNetConfig {
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             p.push(format!("`rope_theta` = {} must be a positive number", self.rope_theta));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 {
+                p.push(format!(
+                    "rope_freqs has {} values; a head of {} needs {}",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                ));
+            }
+            if f.len() > 256 {
+                p.push("rope_freqs for heads of over 512 values is not supported yet");
+            }
+            if let Some(bad) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                p.push(format!("rope_freqs value {bad} is not a positive number"));
+            }
         }
         let ids = self.bos_token_id.iter().chain(&self.eos_token_ids).chain(&self.pad_token_id);
         for &id in ids {

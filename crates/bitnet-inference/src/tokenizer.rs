@@ -43,7 +43,8 @@ pub struct GgufVocabInput {
     pub bos: Option<u32>,
     /// `tokenizer.ggml.eos_token_id`.
     pub eos: Option<u32>,
-    /// `tokenizer.ggml.pre`: `llama-bpe`/`llama3`, `qwen2`, `gpt2`/`default` or absent (GPT-2).
+    /// `tokenizer.ggml.pre`: `llama-bpe`/`llama3` (also `falcon3`, `falcon_e`), `qwen2`,
+    /// `gpt2`/`default` or absent (GPT-2).
     pub pre: Option<String>,
 }
 
@@ -305,7 +306,10 @@ fn gguf_pre_tokenizer(pre: Option<&str>) -> Result<(PreTokenizerWrapper, bool)> 
         None | Some("gpt2" | "default") => {
             return Ok((PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)), false))
         }
-        Some("llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe") => LLAMA3_PRE_REGEX,
+        // llama.cpp runs Falcon3's and Falcon-E's vocabularies with the Llama-3 pre-tokenizer.
+        Some("llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "falcon3" | "falcon_e") => {
+            LLAMA3_PRE_REGEX
+        }
         Some("qwen2") => QWEN2_PRE_REGEX,
         Some(other) => {
             return Err(Error::unsupported(format!("GGUF pre-tokenizer {other:?}")));

@@ -20,7 +20,7 @@ pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaBackend;
 pub use dense::DenseMatrix;
-pub use rope::Rope;
+pub use rope::{FreqFactors, Rope, RopeKey, MAX_ROPE_PAIRS};
 
 /// Where one row (token) of a batch sits: its sequence slot in the KV cache and its position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,22 +8,23 @@ impl BitNetConfig {
     /// Builds the config from GGUF metadata (`{arch}.*` keys, `tokenizer.ggml.*`).
     ///
     /// The architecture must be `bitnet` (llama.cpp) or a Microsoft fork name
-    /// (`bitnet-b1.58`, `bitnet-25`). Weights are taken as offline ternary
+    /// (`bitnet-b1.58`, `bitnet-25`), or `llama` for LLaMA-architecture BitNet models
+    /// (Falcon3-*-1.58bit, Llama3-8B-1.58: [`Architecture::Llama`], SiLU; the loader checks
+    /// that their projections are ternary). Weights are taken as offline ternary
     /// ([`Quantization::OfflinePacked`], scale multiplies). `tie_word_embeddings` is set
     /// true here; the loader clears it when the file has an `output.weight`.
     pub fn from_gguf_metadata(meta: &GgufMetadata) -> Result<Self> {
         let arch = meta.architecture()?;
-        if !is_bitnet_arch(arch) {
-            let hint = if arch == "llama" {
-                "; LLaMA-architecture BitNet models (Falcon3-*-1.58bit, Llama3-8B-1.58) load \
-                 from their Hugging Face directory"
-            } else {
-                ""
-            };
-            return Err(Error::unsupported(format!(
-                "GGUF architecture `{arch}` (expected bitnet, bitnet-b1.58 or bitnet-25){hint}"
-            )));
-        }
+        let architecture = match arch {
+            "llama" => Architecture::Llama,
+            a if is_bitnet_arch(a) => Architecture::BitNet,
+            _ => {
+                return Err(Error::unsupported(format!(
+                    "GGUF architecture `{arch}` (expected bitnet, bitnet-b1.58, bitnet-25 or a \
+                     ternary llama)"
+                )))
+            }
+        };
         let mut p = Problems(Vec::new());
         let int = |k: &str, p: &mut Problems| -> Option<usize> {
             let key = format!("{arch}.{k}");
@@ -65,11 +66,14 @@ impl BitNetConfig {
             }
         };
         let eps = float("attention.layer_norm_rms_epsilon", &mut p).unwrap_or(1e-5);
-        let theta = float("rope.freq_base", &mut p).unwrap_or(500_000.0);
+        let llama = architecture == Architecture::Llama;
+        let theta =
+            float("rope.freq_base", &mut p).unwrap_or(if llama { 10_000.0 } else { 500_000.0 });
         let tok = |k: &str| meta.get_usize(k).ok().flatten().and_then(|v| u32::try_from(v).ok());
         let hidden_act = gguf_activation(meta, arch, &mut p);
+        rope_scaling_type(meta, arch, &mut p);
         let cfg = BitNetConfig {
-            architecture: Architecture::BitNet,
+            architecture,
             hidden_size,
             intermediate_size,
             num_hidden_layers,
@@ -81,6 +85,7 @@ impl BitNetConfig {
             rms_norm_eps: eps,
             rope_theta: theta,
             rope_scaling: None,
+            rope_freq_factors: None,
             hidden_act,
             tie_word_embeddings: true,
             bos_token_id: tok("tokenizer.ggml.bos_token_id"),
@@ -98,12 +103,32 @@ impl BitNetConfig {
     }
 }
 
+/// Scaling other than llama.cpp's `rope_freqs` tensor (which the loader reads) is an error:
+/// `{arch}.rope.scaling.type` linear with a factor other than 1, yarn, longrope.
+fn rope_scaling_type(meta: &GgufMetadata, arch: &str, p: &mut Problems) {
+    let key = format!("{arch}.rope.scaling.type");
+    let kind = match meta.get_str(&key) {
+        Ok(k) => k,
+        Err(e) => return p.push(e.to_string()),
+    };
+    let factor = meta.get_f64(&format!("{arch}.rope.scaling.factor")).ok().flatten();
+    match kind {
+        None | Some("none") => {}
+        Some("linear") if factor.is_none_or(|f| f == 1.0) => {}
+        Some(k) => p.push(format!(
+            "{key} `{k}` (factor {}) is not supported yet",
+            factor.map_or("unset".into(), |f| f.to_string())
+        )),
+    }
+}
+
 /// The feed-forward activation of a BitNet GGUF file. GGUF files rarely say: llama.cpp's
 /// `bitnet` architecture was made for 1bitLLM's SiLU models and its converter writes no
 /// activation, though it also converts the 2B-4T (relu²); Microsoft's converters write their own
 /// architecture names, for relu² models. So: `{arch}.hidden_activation` when present (newer
-/// converters write it), else SiLU for a `bitnet` file with a SentencePiece (`llama`) vocabulary
-/// (1bitLLM's Llama-2 tokenizer; the 2B-4T's is `gpt2`), else relu².
+/// converters write it), else SiLU for a `llama` file (LLaMA's gated MLP) and for a `bitnet` file
+/// with a SentencePiece (`llama`) vocabulary (1bitLLM's Llama-2 tokenizer; the 2B-4T's is
+/// `gpt2`), else relu².
 fn gguf_activation(meta: &GgufMetadata, arch: &str, p: &mut Problems) -> HiddenAct {
     let key = format!("{arch}.hidden_activation");
     match meta.get_str(&key) {
@@ -113,7 +138,7 @@ fn gguf_activation(meta: &GgufMetadata, arch: &str, p: &mut Problems) -> HiddenA
         }),
         Ok(None) => {
             let vocab = meta.get_str("tokenizer.ggml.model").ok().flatten();
-            if arch == "bitnet" && vocab == Some("llama") {
+            if arch == "llama" || (arch == "bitnet" && vocab == Some("llama")) {
                 HiddenAct::Silu
             } else {
                 HiddenAct::Relu2

@@ -45,6 +45,45 @@ fn gguf_activation_is_the_files_key_else_guessed_from_arch_and_vocabulary() {
 }
 
 #[test]
+fn gguf_llama_arch_is_the_llama_block_and_other_rope_scaling_is_an_error() {
+    let cfg = |arch: &str, extra: &[(&str, &str)]| {
+        BitNetConfig::from_gguf_metadata(&gguf_meta(arch, extra))
+    };
+    let c = cfg("llama", &[]).unwrap();
+    assert_eq!((c.architecture, c.hidden_act), (Architecture::Llama, HiddenAct::Silu));
+    assert_eq!(
+        (c.rope_theta, c.rope_freq_factors.clone()),
+        (10_000.0, None),
+        "llama.cpp's default"
+    );
+    assert_eq!(cfg("bitnet", &[]).unwrap().architecture, Architecture::BitNet);
+    assert!(cfg("llama", &[("{arch}.rope.scaling.type", "none")]).is_ok());
+    assert!(cfg("llama", &[("{arch}.rope.scaling.type", "linear")]).is_ok(), "factor unset: 1");
+    for kind in ["yarn", "longrope"] {
+        let e = cfg("llama", &[("{arch}.rope.scaling.type", kind)]).unwrap_err().to_string();
+        assert!(e.contains(&format!("llama.rope.scaling.type `{kind}`")), "{e}");
+        assert!(e.contains("not supported yet"), "{e}");
+    }
+    let mut m = gguf_meta("llama", &[("{arch}.rope.scaling.type", "linear")]);
+    m.insert("llama.rope.scaling.factor".into(), GgufValue::F32(4.0)).unwrap();
+    let e = BitNetConfig::from_gguf_metadata(&m).unwrap_err().to_string();
+    assert!(e.contains("`linear` (factor 4)"), "{e}");
+    let e = cfg("qwen2", &[]).unwrap_err().to_string();
+    assert!(e.contains("`qwen2`"), "{e}");
+}
+
+#[test]
+fn rope_divisors_must_be_one_per_pair_and_positive() {
+    let mut c = BitNetConfig::from_gguf_metadata(&gguf_meta("llama", &[])).unwrap();
+    c.rope_freq_factors = Some(vec![1.0; 8]);
+    assert!(c.validate().is_ok());
+    c.rope_freq_factors = Some(vec![1.0; 7]);
+    assert!(c.validate().unwrap_err().to_string().contains("rope_freqs has 7 values"));
+    c.rope_freq_factors = Some(vec![1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+    assert!(c.validate().unwrap_err().to_string().contains("not a positive number"));
+}
+
+#[test]
 fn eos_may_be_an_int_or_a_list() {
     let base = r#""hidden_size":64,"intermediate_size":160,"num_hidden_layers":2,
         "num_attention_heads":4,"vocab_size":384,"bos_token_id":0"#;

@@ -1,7 +1,7 @@
 //! [`EngineBuilder`]: loading a model file (or a synthetic model) onto a device.
 
 use super::Engine;
-use crate::backend::{CpuBackend, KvType, LmHeadMode, Rope};
+use crate::backend::{CpuBackend, FreqFactors, KvType, LmHeadMode, Rope};
 use crate::chat::ChatTemplate;
 use crate::config::{BitNetConfig, LinearClass, Quantization};
 use crate::formats::{self, ModelFile};
@@ -211,7 +211,12 @@ pub(crate) fn dims_from_config(c: &BitNetConfig) -> Dims {
         vocab: c.vocab_size,
         max_positions: c.max_position_embeddings,
         eps: c.rms_norm_eps as f32,
-        rope: Rope { theta: c.rope_theta as f32, llama3: c.rope_scaling },
+        rope: Rope {
+            theta: c.rope_theta as f32,
+            llama3: c.rope_scaling,
+            // Validated with the config (BitNetConfig::validate): every value positive.
+            factors: c.rope_freq_factors.as_deref().and_then(FreqFactors::new),
+        },
         arch: c.architecture,
         act: c.hidden_act,
     }

@@ -483,6 +483,9 @@ pub fn load_gguf(path: &Path) -> Result<ModelFile> {
         tensors.insert(name, tensor).with_context(ctx)?;
     }
     config.tie_word_embeddings = !tensors.contains("lm_head.weight");
+    if config.architecture == crate::config::Architecture::Llama {
+        super::gguf_llama::to_hf_order(&mut config, &mut tensors).with_context(ctx)?;
+    }
     let mut metadata = vec![
         ("gguf.version".to_string(), file.version.to_string()),
         ("gguf.type_table".to_string(), format!("{:?}", file.dialect)),

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod gguf;
+mod gguf_llama;
 pub mod gguf_meta;
 pub mod gguf_write;
 pub mod names;

@@ -22,8 +22,10 @@
 //! converter does: upstream `BitnetModel` derives from `TextModel` (not `LlamaModel`) and
 //! only ternarizes; Microsoft's `convert-ms-to-gguf-bitnet.py` has the permute loop
 //! commented out. Both runtimes list every BitNet arch under `LLAMA_ROPE_TYPE_NEOX`
-//! ("pairs offset by n_rot/2", i.e. rotate_half). So GGUF q/k weights are in HF order and
-//! the model applies the same rotate_half RoPE to both formats: no un-permute.
+//! ("pairs offset by n_rot/2", i.e. rotate_half). So GGUF q/k weights of the BitNet
+//! architectures are in HF order and the model applies the same rotate_half RoPE to both
+//! formats: no un-permute. Files of llama.cpp's `llama` architecture (Falcon3-*-1.58bit,
+//! Llama3-8B-1.58) are permuted; `super::gguf_llama` moves their rows back on load.
 //!
 //! Names that match nothing here (e.g. `rope_freqs.weight`) are kept as they are.
 

@@ -3,6 +3,7 @@
 use super::sample::SampleState;
 use super::step::Step;
 use super::writes::LayerWrites;
+use crate::backend::RopeKey;
 use bitnet_cuda::cudarc::driver::CudaSlice;
 use bitnet_cuda::ops::{CacheDims, DeviceTernary, KvBuf, LmF32, LmI8, QuantActs};
 use std::collections::HashMap;
@@ -13,7 +14,7 @@ use std::sync::Mutex;
 pub(super) struct Scratch {
     pub(super) quant: Option<QuantActs>,
     pub(super) part: Option<CudaSlice<f32>>,
-    pub(super) rope: HashMap<([u64; 5], usize), CudaSlice<f32>>,
+    pub(super) rope: HashMap<(RopeKey, usize), CudaSlice<f32>>,
     pub(super) rows_host: Vec<(usize, usize)>,
     pub(super) rows_table: Vec<i32>,
     pub(super) rows_dev: Option<CudaSlice<i32>>,
