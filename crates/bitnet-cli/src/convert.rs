@@ -14,7 +14,8 @@ pub struct ConvertArgs {
     input: PathBuf,
     /// Output GGUF file (written to a temporary name first, then renamed).
     output: PathBuf,
-    /// Projection weight type: i2_s (bitnet.cpp), tq2_0 or tq1_0 (llama.cpp).
+    /// Projection weight type: i2_s (bitnet.cpp), tq2_0 or tq1_0 (llama.cpp). LLaMA-architecture
+    /// models (Falcon3, Llama3-8B-1.58) are written as architecture `llama` in any type.
     #[arg(long = "type", short = 't', default_value = "i2_s")]
     ty: String,
 }

@@ -5,12 +5,14 @@
 //! then are packed into the target type. Norms are written F32; embeddings keep their type. I2_S files are
 //! written for bitnet.cpp (architecture `bitnet-b1.58`); TQ files for llama.cpp (`bitnet`),
 //! except untied models, which llama.cpp's `bitnet` architecture cannot hold: those are written
-//! as `bitnet-b1.58` with an `output` tensor.
+//! as `bitnet-b1.58` with an `output` tensor. LLaMA-architecture models are written as `llama`
+//! (either runtime) the way llama.cpp's converter writes them: q/k rows permuted for its RoPE,
+//! Llama-3 scaling as a `rope_freqs` tensor, no sub-norms.
 
-use crate::config::BitNetConfig;
+use crate::config::{Architecture, BitNetConfig};
 use crate::engine::{dims_from_config, weight_kind};
 use crate::formats::gguf_write::{bitnet_writer, GgufTarget};
-use crate::formats::{self, names, GgufVocab, ModelFile};
+use crate::formats::{self, gguf_llama, names, GgufVocab, ModelFile};
 use crate::models::weights::{self, TensorSource};
 use crate::tokenizer::spm::{PieceType, SpmModel, SpmModelType};
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
@@ -38,12 +40,7 @@ pub fn convert(
 ) -> Result<ConvertReport> {
     let file = formats::load(input).with_context(|| format!("loading {}", input.display()))?;
     let cfg = &file.config;
-    if cfg.architecture != crate::config::Architecture::BitNet {
-        return Err(Error::unsupported(
-            "converting a LLaMA-architecture BitNet checkpoint to GGUF (the GGUF writer knows \
-             the bitnet architecture only); run the safetensors directory directly",
-        ));
-    }
+    let llama = cfg.architecture == Architecture::Llama;
     let dtype = match ty {
         TernaryFormat::I2S => DType::I2S,
         TernaryFormat::TQ2_0 => DType::TQ2_0,
@@ -52,7 +49,9 @@ pub fn convert(
             return Err(Error::invalid("convert writes GGUF: use --type i2_s, tq2_0 or tq1_0"))
         }
     };
-    let target = if dtype == DType::I2S || !cfg.tie_word_embeddings {
+    let target = if llama {
+        GgufTarget::Llama
+    } else if dtype == DType::I2S || !cfg.tie_word_embeddings {
         GgufTarget::BitnetCpp
     } else {
         GgufTarget::LlamaCpp
@@ -87,7 +86,10 @@ pub fn convert(
         ] {
             let prefix = format!("{p}.{part}");
             let m = weights::load_projection(src, &prefix, rows, cols, kind)?;
-            let (vals, scale) = (m.to_ternary(), m.scale());
+            let (mut vals, scale) = (m.to_ternary(), m.scale());
+            if llama && matches!(part, "self_attn.q_proj" | "self_attn.k_proj") {
+                vals = gguf_llama::to_llama_cpp_order(&vals, cols, d.head_dim);
+            }
             let bytes = match dtype {
                 DType::I2S => i2s::pack(&vals, rows, cols, scale),
                 DType::TQ2_0 => tq2::pack(&vals, rows, cols, scale),
@@ -100,12 +102,9 @@ pub fn convert(
                 &Tensor::from_bytes(dtype, [rows, cols], &bytes)?,
             )?;
         }
-        for norm in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.attn_sub_norm",
-            "mlp.ffn_sub_norm",
-        ] {
+        let sub_norms: &[&str] =
+            if llama { &[] } else { &["self_attn.attn_sub_norm", "mlp.ffn_sub_norm"] };
+        for norm in ["input_layernorm", "post_attention_layernorm"].iter().chain(sub_norms) {
             let n = format!("{p}.{norm}.weight");
             put(&mut w, &n, &to_f32(src.tensor(&n)?)?)?;
         }
@@ -119,9 +118,21 @@ pub fn convert(
     if !cfg.tie_word_embeddings {
         put(&mut w, "lm_head.weight", src.tensor("lm_head.weight")?)?;
     }
+    if let Some(f) = llama.then(|| rope_freqs(cfg)).flatten() {
+        count += 1;
+        w.add_tensor("rope_freqs.weight", &Tensor::from_f32([f.len()], &f)?)?;
+    }
     w.write(output)?;
     let bytes = std::fs::metadata(output).map_err(|e| Error::io(output, e))?.len();
     Ok(ConvertReport { arch: target.arch(), tensors: count, bytes })
+}
+
+/// The `rope_freqs` a `llama` file carries for the config's RoPE scaling, if it has any.
+fn rope_freqs(cfg: &BitNetConfig) -> Option<Vec<f32>> {
+    cfg.rope_freq_factors.clone().or_else(|| {
+        let s = cfg.rope_scaling.as_ref()?;
+        Some(gguf_llama::llama3_rope_freqs(cfg.rope_theta as f32, cfg.head_dim, s))
+    })
 }
 
 /// A float tensor as F32 (norm weights).

@@ -114,6 +114,21 @@ fn i2s_is_read_only_from_microsoft_fork_files() {
     w.add_u32("general.file_type", 40).unwrap();
     w.add_tensor_bytes("w", DType::I2S, &[128, 128], &i2s).unwrap();
     assert_eq!(parse_gguf(&w.to_bytes().unwrap()).unwrap().tensors[0].dtype, DType::I2S);
+    // ... and in bitnet.cpp's `llama` files (Falcon3-*-1.58bit) file_type 40 with an I2_S
+    // tensor; file_type 40 alone is upstream's MOSTLY_Q1_0 there.
+    let llama = |ftype: u32| {
+        let mut w = GgufWriter::new("llama");
+        w.add_u32("general.file_type", ftype).unwrap();
+        w.add_tensor_bytes("w", DType::I2S, &[128, 128], &i2s).unwrap();
+        w.to_bytes()
+    };
+    let bytes = llama(40).unwrap();
+    assert_eq!(parse_gguf(&bytes).unwrap().tensors[0].dtype, DType::I2S);
+    assert!(llama(1).is_err(), "the writer and the reader share the rule");
+    let pos = bytes.windows(17).position(|w| w == b"general.file_type").unwrap();
+    let mut other = bytes.clone(); // its u32 value follows the key and its type tag
+    other[pos + 17 + 4..pos + 17 + 8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(parse_gguf(&other).unwrap_err().to_string().contains("36"));
     // The writer refuses I2_S where a reader would not take it.
     let mut w = GgufWriter::new("bitnet");
     w.add_tensor_bytes("w", DType::I2S, &[128, 128], &i2s).unwrap();

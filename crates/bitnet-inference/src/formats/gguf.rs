@@ -14,9 +14,10 @@
 //! fork: TQ1_0 34, TQ2_0 35, I2_S 36, I8_S 37, TL1 38, TL2 39. A file is read as the
 //! fork's when its architecture is `bitnet-b1.58` / `bitnet-25` / `bitnet-1.58` (the 2B-4T
 //! GGUF is `bitnet-b1.58`), or when it is `bitnet*` with `general.file_type` 40 (the fork's
-//! `LLAMA_FTYPE_MOSTLY_I2_S`; upstream reuses 40 for `MOSTLY_Q1_0`, hence the arch test).
-//! Type 36 elsewhere, and every id ≥ 37, is refused with an error naming the id and the
-//! architecture.
+//! `LLAMA_FTYPE_MOSTLY_I2_S`; upstream reuses 40 for `MOSTLY_Q1_0`, hence the arch test), or
+//! when it has file_type 40 and a tensor of type 36 (bitnet.cpp's `llama` files, e.g.
+//! Falcon3-*-1.58bit's I2_S; upstream retired 36 long ago). Type 36 elsewhere, and every id
+//! ≥ 37, is refused with an error naming the id and the architecture.
 //!
 //! I2_S tensors hold `n/4` packed bytes then a 32-byte tail whose first f32 is the scale
 //! (the converter tiles the scale 8 times). Their layout is the x86 one; the fork's ARM
@@ -39,6 +40,9 @@ const MAX_DEPTH: usize = 3;
 /// `LLAMA_FTYPE_MOSTLY_I2_S` in Microsoft's fork.
 pub const FTYPE_MOSTLY_I2_S: u64 = 40;
 
+/// The ggml type id of I2_S in Microsoft's fork.
+const GGML_I2S_ID: u32 = 36;
+
 /// Which table of ggml type ids a file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgufDialect {
@@ -49,13 +53,16 @@ pub enum GgufDialect {
 }
 
 impl GgufDialect {
-    /// Decides from `general.architecture` and `general.file_type`.
-    pub fn detect(meta: &GgufMetadata) -> Self {
+    /// Decides from `general.architecture` and `general.file_type`, and whether a tensor has
+    /// type id 36 (`i2s_seen`: the fork's I2_S, an id upstream retired long ago).
+    pub fn detect(meta: &GgufMetadata, i2s_seen: bool) -> Self {
         let arch = meta.get_str("general.architecture").ok().flatten().unwrap_or("");
         let ftype = meta.get_usize("general.file_type").ok().flatten();
         // Upstream now also uses file_type 40 (MOSTLY_Q1_0), so it only counts for a
-        // `bitnet*` architecture (the fork's quantizer on its older `bitnet` conversions).
-        let fork_ftype = ftype == Some(FTYPE_MOSTLY_I2_S as usize) && arch.starts_with("bitnet");
+        // `bitnet*` architecture (the fork's quantizer on its older `bitnet` conversions) or
+        // with an I2_S tensor (bitnet.cpp's `llama` files: Falcon3-*-1.58bit).
+        let fork_ftype =
+            ftype == Some(FTYPE_MOSTLY_I2_S as usize) && (arch.starts_with("bitnet") || i2s_seen);
         if matches!(arch, "bitnet-b1.58" | "bitnet-25" | "bitnet-1.58") || fork_ftype {
             GgufDialect::MicrosoftFork
         } else {
@@ -129,7 +136,7 @@ pub fn dtype_from_ggml(id: u32, dialect: GgufDialect, arch: &str) -> Result<DTyp
         30 => DType::BF16,
         34 => DType::TQ1_0,
         35 => DType::TQ2_0,
-        36 if dialect == GgufDialect::MicrosoftFork => DType::I2S,
+        GGML_I2S_ID if dialect == GgufDialect::MicrosoftFork => DType::I2S,
         _ => {
             let name = ggml_type_name(id, dialect);
             let msg = format!(
@@ -326,8 +333,9 @@ fn read_metadata(c: &mut Cursor, n_kv: usize) -> Result<GgufMetadata> {
     Ok(meta)
 }
 
-/// Reads one tensor info; `offset` is still relative to the data section.
-fn read_tensor_info(c: &mut Cursor, dialect: GgufDialect, arch: &str) -> Result<GgufTensorInfo> {
+/// Reads one tensor info; `offset` is still relative to the data section, `dtype` and `len`
+/// are set by [`typed`] once the type table is known.
+fn read_tensor_info(c: &mut Cursor) -> Result<GgufTensorInfo> {
     let name = c.strict_string("tensor name")?;
     let info = (|| {
         let n_dims = c.u32("n_dims")? as usize;
@@ -345,6 +353,16 @@ fn read_tensor_info(c: &mut Cursor, dialect: GgufDialect, arch: &str) -> Result<
         let ggml_type = c.u32("tensor type")?;
         let offset = usize::try_from(c.u64("tensor offset")?)
             .map_err(|_| Error::format("GGUF", "tensor offset too large"))?;
+        Ok(GgufTensorInfo { name: String::new(), ne, ggml_type, dtype: DType::U8, offset, len: 0 })
+    })()
+    .with_context(|| format!("tensor `{name}`"))?;
+    Ok(GgufTensorInfo { name, ..info })
+}
+
+/// `t` with its dtype and byte length from its ggml type id in `dialect`.
+fn typed(t: GgufTensorInfo, dialect: GgufDialect, arch: &str) -> Result<GgufTensorInfo> {
+    let (ne, ggml_type) = (&t.ne, t.ggml_type);
+    let info = (|| {
         let dtype = dtype_from_ggml(ggml_type, dialect, arch)?;
         let n = Shape::new(ne.clone()).checked_elem_count()?;
         if dtype != DType::I2S && ne.first().is_some_and(|&r| r % dtype.block_len() != 0) {
@@ -357,11 +375,10 @@ fn read_tensor_info(c: &mut Cursor, dialect: GgufDialect, arch: &str) -> Result<
                 ),
             ));
         }
-        let len = dtype.storage_bytes(n)?;
-        Ok(GgufTensorInfo { name: String::new(), ne, ggml_type, dtype, offset, len })
+        Ok((dtype, dtype.storage_bytes(n)?))
     })()
-    .with_context(|| format!("tensor `{name}`"))?;
-    Ok(GgufTensorInfo { name, ..info })
+    .with_context(|| format!("tensor `{}`", t.name))?;
+    Ok(GgufTensorInfo { dtype: info.0, len: info.1, ..t })
 }
 
 /// Checks alignment, bounds and overlap, and makes the offsets absolute.
@@ -446,18 +463,20 @@ pub fn parse_gguf(bytes: &[u8]) -> Result<GgufFile> {
             ))
         }
     };
-    let dialect = GgufDialect::detect(&metadata);
     let arch =
         metadata.get_str("general.architecture").ok().flatten().unwrap_or("(none)").to_string();
-    let mut tensors = Vec::with_capacity(n_tensors);
+    let mut raw = Vec::with_capacity(n_tensors);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..n_tensors {
-        let t = read_tensor_info(&mut c, dialect, &arch)?;
+        let t = read_tensor_info(&mut c)?;
         if !seen.insert(t.name.clone()) {
             return Err(Error::format("GGUF", format!("duplicate tensor name `{}`", t.name)));
         }
-        tensors.push(t);
+        raw.push(t);
     }
+    let dialect = GgufDialect::detect(&metadata, raw.iter().any(|t| t.ggml_type == GGML_I2S_ID));
+    let mut tensors =
+        raw.into_iter().map(|t| typed(t, dialect, &arch)).collect::<Result<Vec<_>>>()?;
     let data_offset = c.pos.div_ceil(alignment) * alignment;
     place_tensors(&mut tensors, data_offset, alignment, bytes.len())?;
     Ok(GgufFile { version, metadata, tensors, alignment, data_offset, dialect })

@@ -14,7 +14,7 @@
 //! them with rotate_half RoPE; see [`super::names`].)
 
 use super::TensorMap;
-use crate::config::BitNetConfig;
+use crate::config::{BitNetConfig, Llama3Scaling};
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
 
 /// Undoes the q/k row permutation and reads `rope_freqs` (see the module docs).
@@ -37,6 +37,50 @@ pub(super) fn to_hf_order(config: &mut BitNetConfig, tensors: &mut TensorMap) ->
         config.validate().context("rope_freqs.weight")?;
     }
     Ok(())
+}
+
+/// Where llama.cpp's converter puts HF row `r` of a q or k projection with heads of `hd` rows:
+/// row `h·hd + t·hd/2 + j` goes to `h·hd + 2j + t`.
+pub(crate) fn llama_cpp_row(r: usize, hd: usize) -> usize {
+    let half = hd / 2;
+    let (h, t, j) = (r / hd, r % hd / half, r % half);
+    h * hd + 2 * j + t
+}
+
+/// Ternary rows (`rows x cols`, HF order) in llama.cpp's order: the inverse of the loader's move.
+pub(crate) fn to_llama_cpp_order(values: &[i8], cols: usize, hd: usize) -> Vec<i8> {
+    let mut out = vec![0i8; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        let dst = llama_cpp_row(r, hd);
+        out[dst * cols..(dst + 1) * cols].copy_from_slice(row);
+    }
+    out
+}
+
+/// llama.cpp's `rope_freqs` for HF's Llama-3 RoPE scaling, as its converter computes them
+/// (`LlamaModel.generate_extra_tensors`, f32 torch arithmetic: 1 for short wavelengths,
+/// `factor` for long ones, `1 / ((1 - smooth) / factor + smooth)` between).
+pub(crate) fn llama3_rope_freqs(theta: f32, hd: usize, s: &Llama3Scaling) -> Vec<f32> {
+    let plain = crate::backend::Rope::new(theta);
+    let (factor, low, high, old) = (
+        s.factor as f32,
+        s.low_freq_factor as f32,
+        s.high_freq_factor as f32,
+        s.original_max_positions as f32,
+    );
+    (0..hd / 2)
+        .map(|i| {
+            let wavelen = 2.0 * std::f32::consts::PI / plain.inv_freq(i, hd);
+            if wavelen < old / high {
+                1.0
+            } else if wavelen > old / low {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 /// The rows of `t` (`[heads · hd, cols]`) in HF order.
@@ -66,11 +110,9 @@ fn unpermute_rows(t: &Tensor, heads: usize, hd: usize) -> Result<Tensor> {
     let row_bytes = cols / dt.block_len() * dt.block_bytes();
     let bytes = t.bytes();
     let body = rows * row_bytes;
-    let half = hd / 2;
     let mut out = Vec::with_capacity(bytes.len());
     for r in 0..rows {
-        let (h, t_half, j) = (r / hd, r % hd / half, r % half);
-        let src = h * hd + 2 * j + t_half;
+        let src = llama_cpp_row(r, hd);
         out.extend_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
     }
     // I2_S's scale tail stays at the end.
@@ -119,6 +161,20 @@ mod tests {
         // HF row 1 (head 0, half 0, pair 1) was stored as row 2.
         assert_eq!(&v[cols..2 * cols], &w[2 * cols..3 * cols]);
         assert_eq!(&v[..cols], &w[..cols]);
+    }
+
+    /// `bitnet convert`'s order is the one the loader undoes.
+    #[test]
+    fn converting_then_loading_gives_the_rows_back() {
+        let (heads, hd, cols) = (2, 6, 3);
+        let rows = heads * hd;
+        let w: Vec<i8> = (0..rows * cols).map(|i| ((i / cols + i / 5) % 3) as i8 - 1).collect();
+        let stored = to_llama_cpp_order(&w, cols, hd);
+        assert_ne!(stored, w);
+        let f: Vec<f32> = stored.iter().map(|&v| f32::from(v)).collect();
+        let back = unpermute_rows(&Tensor::from_f32([rows, cols], &f).unwrap(), heads, hd).unwrap();
+        let back: Vec<i8> = back.to_f32_vec().unwrap().iter().map(|&v| v as i8).collect();
+        assert_eq!(back, w);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum GgufTarget {
     LlamaCpp,
     /// Microsoft's bitnet.cpp, architecture `bitnet-b1.58` (I2_S).
     BitnetCpp,
+    /// LLaMA-architecture BitNet models (Falcon3-*-1.58bit, Llama3-8B-1.58), architecture
+    /// `llama` for both runtimes (I2_S, TQ1_0, TQ2_0): q/k rows in llama.cpp's order, Llama-3
+    /// RoPE scaling as a `rope_freqs` tensor.
+    Llama,
 }
 
 impl GgufTarget {
@@ -39,6 +43,7 @@ impl GgufTarget {
         match self {
             GgufTarget::LlamaCpp => "bitnet",
             GgufTarget::BitnetCpp => "bitnet-b1.58",
+            GgufTarget::Llama => "llama",
         }
     }
 }
@@ -140,7 +145,8 @@ impl GgufWriter {
     pub fn write_to<W: Write>(&self, w: &mut W) -> Result<()> {
         let io = |e: std::io::Error| Error::io("<gguf stream>", e);
         let align = self.alignment()?;
-        let dialect = GgufDialect::detect(&self.meta);
+        let i2s = self.tensors.iter().any(|(_, t)| t.dtype() == DType::I2S);
+        let dialect = GgufDialect::detect(&self.meta, i2s);
         let mut head = Vec::new();
         head.extend_from_slice(&GGUF_MAGIC);
         head.extend_from_slice(&3u32.to_le_bytes());
@@ -251,7 +257,7 @@ fn file_type(target: GgufTarget, weights: DType) -> Result<u32> {
         (_, DType::BF16) => 32,
         (_, DType::TQ1_0) => 36,
         (_, DType::TQ2_0) => 37,
-        (GgufTarget::BitnetCpp, DType::I2S) => FTYPE_MOSTLY_I2_S as u32,
+        (GgufTarget::BitnetCpp | GgufTarget::Llama, DType::I2S) => FTYPE_MOSTLY_I2_S as u32,
         (t, d) => {
             return Err(Error::unsupported(format!(
                 "{d} projection weights in a GGUF file for {t:?}"

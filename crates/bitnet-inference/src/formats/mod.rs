@@ -12,7 +12,7 @@
 //! ```
 
 pub mod gguf;
-mod gguf_llama;
+pub(crate) mod gguf_llama;
 pub mod gguf_meta;
 pub mod gguf_write;
 pub mod names;
