@@ -156,21 +156,8 @@ mod tests {
         };
         let hd = 16;
         let plain = Rope::new(500_000.0);
-        let divisors: Vec<f32> = (0..hd / 2)
-            .map(|i| {
-                let f = f64::from(plain.inv_freq(i, hd));
-                let wavelen = 2.0 * std::f64::consts::PI / f;
-                let (old, low, high) = (64.0, 1.0, 4.0);
-                if wavelen < old / high {
-                    1.0
-                } else if wavelen > old / low {
-                    8.0
-                } else {
-                    let smooth = (old / wavelen - low) / (high - low);
-                    (1.0 / ((1.0 - smooth) / 8.0 + smooth)) as f32
-                }
-            })
-            .collect();
+        let divisors = crate::formats::gguf_llama::llama3_rope_freqs(500_000.0, hd, &s);
+        assert!(divisors.iter().any(|&d| d > 1.0 && d < 8.0), "a blended pair: {divisors:?}");
         let hf = Rope { llama3: Some(s), ..plain };
         let gguf = Rope { factors: FreqFactors::new(&divisors), ..plain };
         for i in 0..hd / 2 {
