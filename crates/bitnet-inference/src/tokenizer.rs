@@ -7,6 +7,7 @@ mod spm_proto;
 
 use std::path::Path;
 
+use crate::formats::GgufVocab;
 use bitnet_core::{Error, Result};
 use spm::PieceType;
 use tokenizers::decoders::DecoderWrapper;
@@ -22,55 +23,27 @@ pub const LLAMA3_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{
 /// The Qwen-2 pre-tokenizer regex (as Llama-3's, but digits one by one).
 pub const QWEN2_PRE_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The tokenizer arrays of a GGUF file (`tokenizer.ggml.*`), as the GGUF reader hands them over.
-#[derive(Clone, Debug, Default)]
-pub struct GgufVocabInput {
-    /// `tokenizer.ggml.model`: `"gpt2"` (byte-level BPE) or `"llama"` (SentencePiece BPE).
-    pub model: String,
-    /// `tokenizer.ggml.tokens`, in id order: byte-level encoded (`Ġ` for space) for `gpt2`,
-    /// SentencePiece pieces (`▁` for space, `<0x0A>` byte pieces) for `llama`.
-    pub tokens: Vec<String>,
-    /// `tokenizer.ggml.merges`, each `"left right"`, in rank order (`gpt2` only).
-    pub merges: Vec<String>,
-    /// `tokenizer.ggml.token_type` (may be empty): 1 normal, 2 unknown, 3 control (special),
-    /// 4 user-defined, 5 unused, 6 byte.
-    pub token_types: Vec<i32>,
-    /// `tokenizer.ggml.scores` (may be empty; `llama` only, where merges follow the ids).
-    pub scores: Vec<f32>,
-    /// `tokenizer.ggml.add_space_prefix` (`llama` only; absent means true).
-    pub add_space_prefix: Option<bool>,
-    /// `tokenizer.ggml.bos_token_id`.
-    pub bos: Option<u32>,
-    /// `tokenizer.ggml.eos_token_id`.
-    pub eos: Option<u32>,
-    /// `tokenizer.ggml.pre`: `llama-bpe`/`llama3` (also `falcon3`, `falcon_e`), `qwen2`,
-    /// `gpt2`/`default` or absent (GPT-2).
-    pub pre: Option<String>,
-}
-
-impl GgufVocabInput {
-    /// The number of tokens, after checking that the per-token arrays (types, scores), where
-    /// present, have one entry per token and that BOS / EOS are ids of the vocabulary.
-    fn checked_len(&self) -> Result<usize> {
-        let n = self.tokens.len();
-        for (key, len) in [("token_type", self.token_types.len()), ("scores", self.scores.len())] {
-            if len != 0 && len != n {
-                return Err(Error::format(
-                    "GGUF",
-                    format!("tokenizer.ggml.{key} has {len} entries for {n} tokens"),
-                ));
-            }
+/// The number of tokens of a GGUF vocabulary, after checking that the per-token arrays (types,
+/// scores), where present, have one entry per token and that BOS / EOS are ids of the vocabulary.
+fn checked_len(v: &GgufVocab) -> Result<usize> {
+    let n = v.tokens.len();
+    for (key, len) in [("token_type", v.token_types.len()), ("scores", v.scores.len())] {
+        if len != 0 && len != n {
+            return Err(Error::format(
+                "GGUF",
+                format!("tokenizer.ggml.{key} has {len} entries for {n} tokens"),
+            ));
         }
-        for (name, id) in [("bos", self.bos), ("eos", self.eos)] {
-            if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(Error::format(
-                    "GGUF",
-                    format!("{name} id {id} outside a vocabulary of {n}"),
-                ));
-            }
-        }
-        Ok(n)
     }
+    for (name, id) in [("bos", v.bos_token_id), ("eos", v.eos_token_id)] {
+        if let Some(id) = id.filter(|&id| id as usize >= n) {
+            return Err(Error::format(
+                "GGUF",
+                format!("{name} id {id} outside a vocabulary of {n}"),
+            ));
+        }
+    }
+    Ok(n)
 }
 
 /// A loaded tokenizer with its special ids.
@@ -162,11 +135,11 @@ impl Tokenizer {
     /// Builds a tokenizer from GGUF vocabulary arrays: byte-level BPE for `gpt2`, SentencePiece
     /// BPE for `llama` (see [`spm`]). Control tokens become special added tokens, user-defined
     /// ones plain added tokens; both are matched in text before BPE runs.
-    pub fn from_gguf_vocab(input: GgufVocabInput) -> Result<Self> {
-        let n = input.checked_len()?;
+    pub fn from_gguf_vocab(input: &GgufVocab) -> Result<Self> {
+        let n = checked_len(input)?;
         match input.model.as_str() {
             "gpt2" => {}
-            "llama" => return Self::from_gguf_llama(&input),
+            "llama" => return Self::from_gguf_llama(input),
             other => {
                 return Err(Error::unsupported(format!(
                     "GGUF tokenizer model {other:?} (only \"gpt2\", byte-level BPE, and \"llama\", \
@@ -200,7 +173,7 @@ impl Tokenizer {
         inner.add_tokens(added(PieceType::UserDefined.code(), false)).map_err(add_err)?;
         let mut t = Self::from_inner(inner);
         t.vocab_size = t.vocab_size.max(n);
-        let (bos, eos) = (input.bos.or(t.bos), input.eos.or(t.eos));
+        let (bos, eos) = (input.bos_token_id.or(t.bos), input.eos_token_id.or(t.eos));
         Ok(t.with_special_ids(bos, eos))
     }
 

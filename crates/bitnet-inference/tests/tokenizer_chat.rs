@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use bitnet_inference::chat::{strftime, ChatMessage, ChatTemplate, BITNET_2B4T_JINJA};
-use bitnet_inference::tokenizer::{GgufVocabInput, StreamDecoder, Tokenizer, LLAMA3_PRE_REGEX};
+use bitnet_inference::formats::GgufVocab;
+use bitnet_inference::tokenizer::{StreamDecoder, Tokenizer, LLAMA3_PRE_REGEX};
 
 // ---------------------------------------------------------------- tokenizers
 
@@ -133,7 +134,7 @@ fn stream_decoder_emits_exactly_the_full_decode_in_pieces() {
 }
 
 /// The GGUF form (`tokenizer.ggml.*`) of a tokenizer.json's vocabulary.
-fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVocabInput {
+fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVocab {
     let mut tokens: Vec<(u32, String)> = json["model"]["vocab"]
         .as_object()
         .unwrap()
@@ -157,7 +158,7 @@ fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVoca
             m => format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()),
         })
         .collect();
-    GgufVocabInput {
+    GgufVocab {
         model: "gpt2".into(),
         token_types: tokens
             .iter()
@@ -165,8 +166,8 @@ fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVoca
             .collect(),
         tokens: tokens.into_iter().map(|(_, t)| t).collect(),
         merges,
-        bos: Some(0),
-        eos: Some(1),
+        bos_token_id: Some(0),
+        eos_token_id: Some(1),
         pre: pre.map(str::to_string),
         ..Default::default()
     }
@@ -197,7 +198,7 @@ fn gguf_vocab_tokenizer_encodes_like_its_tokenizer_json() {
             [(Some("gpt2"), json.clone()), (Some("llama-bpe"), with_llama3_pre(&json))]
         {
             let want = Tokenizer::from_bytes(reference.to_string().as_bytes()).unwrap();
-            let got = Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, pre)).unwrap();
+            let got = Tokenizer::from_gguf_vocab(&gguf_input_from_json(&json, pre)).unwrap();
             assert_eq!(got.vocab_size(), want.vocab_size(), "{name}");
             assert_eq!((got.bos_id(), got.eos_id(), got.eot_id()), (Some(0), Some(1), Some(2)));
             for t in TEXTS.iter().copied().chain([text.as_str()]) {
@@ -209,8 +210,8 @@ fn gguf_vocab_tokenizer_encodes_like_its_tokenizer_json() {
         if name == "trained" {
             // The Llama-3 regex really differs from GPT-2's: digits go by three.
             let l3 =
-                Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, Some("llama3"))).unwrap();
-            let g2 = Tokenizer::from_gguf_vocab(gguf_input_from_json(&json, None)).unwrap();
+                Tokenizer::from_gguf_vocab(&gguf_input_from_json(&json, Some("llama3"))).unwrap();
+            let g2 = Tokenizer::from_gguf_vocab(&gguf_input_from_json(&json, None)).unwrap();
             assert_eq!(g2.encode(" 1234567", false).unwrap().len(), 1);
             assert!(l3.encode(" 1234567", false).unwrap().len() >= 3);
         }
@@ -219,25 +220,25 @@ fn gguf_vocab_tokenizer_encodes_like_its_tokenizer_json() {
 
 #[test]
 fn bad_gguf_vocab_gives_clear_errors() {
-    let ok = GgufVocabInput {
+    let ok = GgufVocab {
         model: "gpt2".into(),
         tokens: vec!["a".into(), "b".into(), "ab".into()],
         merges: vec!["a b".into()],
         ..Default::default()
     };
     assert_eq!(
-        Tokenizer::from_gguf_vocab(ok.clone()).unwrap().encode("ab", false).unwrap(),
+        Tokenizer::from_gguf_vocab(&ok.clone()).unwrap().encode("ab", false).unwrap(),
         vec![2]
     );
     let cases = [
-        (GgufVocabInput { model: "bert".into(), ..ok.clone() }, "not supported yet"),
-        (GgufVocabInput { merges: vec!["ab".into()], ..ok.clone() }, "merge 0"),
-        (GgufVocabInput { token_types: vec![1], ..ok.clone() }, "token_type"),
-        (GgufVocabInput { bos: Some(3), ..ok.clone() }, "bos id 3"),
-        (GgufVocabInput { pre: Some("falcon".into()), ..ok.clone() }, "pre-tokenizer"),
+        (GgufVocab { model: "bert".into(), ..ok.clone() }, "not supported yet"),
+        (GgufVocab { merges: vec!["ab".into()], ..ok.clone() }, "merge 0"),
+        (GgufVocab { token_types: vec![1], ..ok.clone() }, "token_type"),
+        (GgufVocab { bos_token_id: Some(3), ..ok.clone() }, "bos id 3"),
+        (GgufVocab { pre: Some("falcon".into()), ..ok.clone() }, "pre-tokenizer"),
     ];
     for (input, msg) in cases {
-        let e = Tokenizer::from_gguf_vocab(input).unwrap_err().to_string();
+        let e = Tokenizer::from_gguf_vocab(&input).unwrap_err().to_string();
         assert!(e.contains(msg), "{e}");
     }
 }

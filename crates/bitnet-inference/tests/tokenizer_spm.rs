@@ -6,8 +6,9 @@
 
 mod common;
 
+use bitnet_inference::formats::GgufVocab;
 use bitnet_inference::tokenizer::spm::{PieceType, SpmModel};
-use bitnet_inference::tokenizer::{GgufVocabInput, StreamDecoder, Tokenizer};
+use bitnet_inference::tokenizer::{StreamDecoder, Tokenizer};
 use bitnet_inference::Engine;
 use serde_json::Value;
 
@@ -157,14 +158,14 @@ fn non_legacy_prefixes_only_the_start_of_the_text() {
 }
 
 /// The GGUF form (`tokenizer.ggml.*`, model `llama`) of the fixture's pieces.
-fn gguf_input(m: &SpmModel) -> GgufVocabInput {
-    GgufVocabInput {
+fn gguf_input(m: &SpmModel) -> GgufVocab {
+    GgufVocab {
         model: "llama".into(),
         tokens: m.pieces.iter().map(|p| p.piece.clone()).collect(),
         scores: m.pieces.iter().map(|p| p.score).collect(),
         token_types: m.pieces.iter().map(|p| p.kind.code()).collect(),
-        bos: m.bos_id,
-        eos: m.eos_id,
+        bos_token_id: m.bos_id,
+        eos_token_id: m.eos_id,
         ..Default::default()
     }
 }
@@ -172,12 +173,12 @@ fn gguf_input(m: &SpmModel) -> GgufVocabInput {
 #[test]
 fn gguf_llama_vocab_encodes_like_the_tokenizer_model() {
     let m = SpmModel::parse(&model_bytes()).unwrap();
-    let tok = Tokenizer::from_gguf_vocab(gguf_input(&m)).unwrap();
+    let tok = Tokenizer::from_gguf_vocab(&gguf_input(&m)).unwrap();
     check_against_hf("GGUF llama", &tok);
 
     // add_space_prefix = false: no `▁` is put before the text.
-    let no_prefix = GgufVocabInput { add_space_prefix: Some(false), ..gguf_input(&m) };
-    let np = Tokenizer::from_gguf_vocab(no_prefix).unwrap();
+    let no_prefix = GgufVocab { add_space_prefix: Some(false), ..gguf_input(&m) };
+    let np = Tokenizer::from_gguf_vocab(&no_prefix).unwrap();
     for c in cases()
         .iter()
         .filter(|c| !c.text.is_empty() && !c.text.starts_with(' ') && !c.text.contains('<'))
@@ -193,7 +194,7 @@ fn gguf_llama_vocab_encodes_like_the_tokenizer_model() {
     for t in no_bytes.token_types.iter_mut().filter(|t| **t == 6) {
         *t = 1;
     }
-    let nb = Tokenizer::from_gguf_vocab(no_bytes).unwrap();
+    let nb = Tokenizer::from_gguf_vocab(&no_bytes).unwrap();
     let ids = nb.encode("CJK: 中文", false).unwrap();
     assert!(ids.contains(&m.unk_id.unwrap()), "{ids:?}");
     assert!(!tok.encode("CJK: 中文", false).unwrap().contains(&m.unk_id.unwrap()));
@@ -202,7 +203,6 @@ fn gguf_llama_vocab_encodes_like_the_tokenizer_model() {
 #[test]
 fn gguf_metadata_carries_scores_types_and_space_prefix_to_the_tokenizer() {
     use bitnet_inference::formats::gguf_meta::GgufMetadata;
-    use bitnet_inference::formats::GgufVocab;
     let m = SpmModel::parse(&model_bytes()).unwrap();
     let input = gguf_input(&m);
     let vocab = GgufVocab {
@@ -224,13 +224,8 @@ fn gguf_metadata_carries_scores_types_and_space_prefix_to_the_tokenizer() {
     assert_eq!(back, vocab);
     assert!(back.scores.iter().zip(&m.pieces).all(|(s, p)| *s == p.score));
     assert!(back.scores.iter().any(|&s| s != 0.0), "scores are real data");
-    // What the engine's loader hands over (`gguf_vocab_input`) from these fields.
-    let from_meta = GgufVocabInput {
-        add_space_prefix: back.add_space_prefix,
-        scores: back.scores,
-        ..gguf_input(&m)
-    };
-    let tok = Tokenizer::from_gguf_vocab(from_meta).unwrap();
+    // What the engine's loader hands over.
+    let tok = Tokenizer::from_gguf_vocab(&back).unwrap();
     let hello = tok.encode("Hello", false).unwrap();
     assert_ne!(tok.id_to_token(hello[0]).unwrap().chars().next(), Some('▁'));
 }
@@ -244,20 +239,25 @@ fn bad_gguf_llama_vocab_gives_clear_errors() {
     let mut bad_type = ok.clone();
     bad_type.token_types[5] = 9;
     let cases = [
-        (GgufVocabInput { scores: vec![0.0; 3], ..ok.clone() }, "scores has 3 entries"),
-        (GgufVocabInput { token_types: vec![1], ..ok.clone() }, "token_type has 1 entries"),
-        (GgufVocabInput { bos: Some(100_000), ..ok.clone() }, "bos id 100000"),
-        (GgufVocabInput { tokens: vec![], ..ok.clone() }, "token_type has 560 entries for 0"),
+        (GgufVocab { scores: vec![0.0; 3], ..ok.clone() }, "scores has 3 entries"),
+        (GgufVocab { token_types: vec![1], ..ok.clone() }, "token_type has 1 entries"),
+        (GgufVocab { bos_token_id: Some(100_000), ..ok.clone() }, "bos id 100000"),
+        (GgufVocab { tokens: vec![], ..ok.clone() }, "token_type has 560 entries for 0"),
         (
-            GgufVocabInput { model: "llama".into(), bos: None, eos: None, ..Default::default() },
+            GgufVocab {
+                model: "llama".into(),
+                bos_token_id: None,
+                eos_token_id: None,
+                ..Default::default()
+            },
             "tokens is empty",
         ),
         (dup, "is both id 10 and id 11"),
         (bad_type, "token_type 9"),
-        (GgufVocabInput { model: "bert".into(), ..ok.clone() }, "not supported yet"),
+        (GgufVocab { model: "bert".into(), ..ok.clone() }, "not supported yet"),
     ];
     for (input, msg) in cases {
-        let e = Tokenizer::from_gguf_vocab(input).unwrap_err().to_string();
+        let e = Tokenizer::from_gguf_vocab(&input).unwrap_err().to_string();
         assert!(e.contains(msg), "{e:?} should mention {msg:?}");
     }
 }
@@ -332,7 +332,6 @@ fn convert_writes_a_tokenizer_model_as_a_gguf_llama_vocabulary() {
     use bitnet_inference::config::BitNetConfig;
     use bitnet_inference::convert::vocab_from_tokenizer_model;
     use bitnet_inference::formats::gguf_meta::GgufMetadata;
-    use bitnet_inference::formats::GgufVocab;
     // A model whose embedding has 40 rows past the tokenizer's 560 pieces (as 1bitLLM's 32002
     // rows over 32000 pieces).
     let cfg = BitNetConfig::from_json_str(
@@ -354,14 +353,14 @@ fn convert_writes_a_tokenizer_model_as_a_gguf_llama_vocabulary() {
         meta.insert(k, val).unwrap();
     }
     let back = GgufVocab::from_metadata(&meta).unwrap().unwrap();
-    let tok = Tokenizer::from_gguf_vocab(GgufVocabInput {
+    let tok = Tokenizer::from_gguf_vocab(&GgufVocab {
         model: back.model,
         tokens: back.tokens,
         token_types: back.token_types,
         scores: back.scores,
         add_space_prefix: back.add_space_prefix,
-        bos: back.bos_token_id,
-        eos: back.eos_token_id,
+        bos_token_id: back.bos_token_id,
+        eos_token_id: back.eos_token_id,
         ..Default::default()
     })
     .unwrap();

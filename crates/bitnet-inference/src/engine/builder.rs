@@ -8,7 +8,7 @@ use crate::formats::{self, ModelFile};
 use crate::models::weights::{self, ScaleConvention, TensorSource, WeightKind};
 use crate::models::{synthetic, Dims};
 use crate::runner::{ModelRunner, Runner};
-use crate::tokenizer::{GgufVocabInput, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use bitnet_core::{DeviceRequest, Error, Result, ResultExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -253,7 +253,7 @@ fn load_text_side(file: &ModelFile, dir: &Path) -> Result<TextSide> {
     } else if file.gguf_vocab.is_none() && spm.is_file() {
         Some(Tokenizer::from_spm_file(&spm)?)
     } else if let Some(v) = &file.gguf_vocab {
-        Some(Tokenizer::from_gguf_vocab(gguf_vocab_input(v))?)
+        Some(Tokenizer::from_gguf_vocab(v)?)
     } else {
         None
     };
@@ -276,18 +276,4 @@ fn load_text_side(file: &ModelFile, dir: &Path) -> Result<TextSide> {
     eos.sort_unstable();
     eos.dedup();
     Ok((tok, chat, eos))
-}
-
-fn gguf_vocab_input(v: &formats::GgufVocab) -> GgufVocabInput {
-    GgufVocabInput {
-        model: v.model.clone(),
-        tokens: v.tokens.clone(),
-        merges: v.merges.clone(),
-        token_types: v.token_types.clone(),
-        scores: v.scores.clone(),
-        add_space_prefix: v.add_space_prefix,
-        bos: v.bos_token_id,
-        eos: v.eos_token_id,
-        pre: v.pre.clone(),
-    }
 }

@@ -37,7 +37,8 @@ use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::AddedToken;
 
 pub use super::spm_proto::{PieceType, SpmModel, SpmModelType, SpmPiece};
-use super::{tok_err, GgufVocabInput, Tokenizer};
+use super::{tok_err, Tokenizer};
+use crate::formats::GgufVocab;
 
 /// The SentencePiece space marker.
 const SPACE: char = '▁';
@@ -173,7 +174,7 @@ impl Tokenizer {
     /// The GGUF `tokenizer.ggml.model == "llama"` case: tokens, scores and token types as a
     /// SentencePiece BPE model (byte fallback when there are byte pieces, type 6); the arrays'
     /// lengths and BOS / EOS are checked by the caller.
-    pub(super) fn from_gguf_llama(input: &GgufVocabInput) -> Result<Self> {
+    pub(super) fn from_gguf_llama(input: &GgufVocab) -> Result<Self> {
         let n = input.tokens.len();
         if n == 0 {
             return Err(Error::format("GGUF", "tokenizer.ggml.tokens is empty"));
@@ -192,8 +193,8 @@ impl Tokenizer {
             model_type: SpmModelType::Bpe,
             byte_fallback: find(PieceType::Byte).is_some(),
             unk_id: find(PieceType::Unknown),
-            bos_id: input.bos,
-            eos_id: input.eos,
+            bos_id: input.bos_token_id,
+            eos_id: input.eos_token_id,
             pad_id: None,
             add_dummy_prefix: input.add_space_prefix.unwrap_or(true),
             remove_extra_whitespaces: false,
