@@ -96,9 +96,9 @@ macro_rules! kernels {
             /// Each kernel from the first of `modules` that has it.
             fn load(modules: &[Arc<CudaModule>]) -> Result<Self> {
                 let f = |n: &str| {
-                    let mut found = modules.iter().map(|m| m.load_function(n));
-                    let first = found.next().ok_or_else(|| Error::Device("no kernel module".into()))?;
-                    found.fold(first, |a, b| a.or(b)).map_err(|e| dev_err(&format!("loading kernel {n}"), e))
+                    modules.iter().find_map(|m| m.load_function(n).ok()).ok_or_else(|| {
+                        Error::Device(format!("kernel {n} is in none of the {} kernel modules", modules.len()))
+                    })
                 };
                 Ok(Kernels { $($field: f($name)?,)* })
             }
