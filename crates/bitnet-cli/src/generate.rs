@@ -180,7 +180,9 @@ pub struct GenerateArgs {
     /// The prompt as token ids, comma-separated (e.g. 128000,791,7438).
     #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
-    /// Do not prepend the beginning-of-text token to a text prompt.
+    /// Do not prepend the beginning-of-text token to a text prompt (by default it goes first
+    /// where the model's tokenizer adds one: its `add_bos_token` setting, post-processor or GGUF
+    /// `tokenizer.ggml.add_bos_token`).
     #[arg(long)]
     no_bos: bool,
     /// Print one JSON object (prompt_ids, generated_ids, text, timings) instead of streaming.

@@ -15,6 +15,7 @@ use crate::formats::gguf_write::{bitnet_writer, GgufTarget};
 use crate::formats::{self, gguf_llama, names, GgufVocab, ModelFile};
 use crate::models::weights::{self, TensorSource};
 use crate::tokenizer::spm::{PieceType, SpmModel, SpmModelType};
+use crate::tokenizer::Tokenizer;
 use bitnet_core::{DType, Error, Result, ResultExt, Tensor};
 use bitnet_quant::formats::{i2s, tq1, tq2, TernaryFormat};
 use std::path::Path;
@@ -167,6 +168,10 @@ fn vocab_of(file: &ModelFile, input: &Path) -> Result<Option<GgufVocab>> {
             v.chat_template = j["chat_template"].as_str().map(str::to_string);
         }
     }
+    // Whether BOS goes before a text, as the directory's tokenizer decides it (a GGUF reader
+    // without the key would apply llama.cpp's default, which may differ).
+    let tok = if tj.is_file() { Tokenizer::from_file(&tj) } else { Tokenizer::from_spm_file(&tm) };
+    v.add_bos_token = Some(tok?.adds_bos());
     Ok(Some(v))
 }
 

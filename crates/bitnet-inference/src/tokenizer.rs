@@ -54,6 +54,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
+    /// Whether the model's tokenizer puts BOS before a text (see [`Tokenizer::adds_bos`]).
+    adds_bos: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -63,6 +65,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("eot", &self.eot)
+            .field("adds_bos", &self.adds_bos)
             .finish()
     }
 }
@@ -79,13 +82,29 @@ fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
+/// The first id a `tokenizer.json`'s post-processor puts before any text (what transformers adds
+/// with `add_special_tokens=True`), if it adds one.
+fn post_processor_first(inner: &tokenizers::Tokenizer) -> Option<u32> {
+    let enc = inner.post_process(tokenizers::Encoding::default(), None, true).ok()?;
+    enc.get_ids().first().copied()
+}
+
+/// llama.cpp's rule for a GGUF file without `tokenizer.ggml.add_bos_token`: SentencePiece
+/// vocabularies add BOS, byte-level BPE ones only with the Llama-3 family's pre-tokenizers.
+fn gguf_default_adds_bos(model: &str, pre: Option<&str>) -> bool {
+    model == "llama"
+        || matches!(pre, Some("llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "falcon_e"))
+}
+
 impl Tokenizer {
-    /// Wraps a `tokenizers` tokenizer; special ids are found by their Llama-3 names.
+    /// Wraps a `tokenizers` tokenizer; special ids are found by their Llama-3 names, and BOS is
+    /// added to a text where the tokenizer's post-processor adds it (as transformers does).
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         let vocab_size =
             inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        let mut t = Self { inner, vocab_size, bos: None, eos: None, eot: None };
+        let mut t = Self { inner, vocab_size, bos: None, eos: None, eot: None, adds_bos: false };
         t.bos = t.token_to_id("<|begin_of_text|>");
+        t.adds_bos = post_processor_first(&t.inner).is_some_and(|id| Some(id) == t.bos);
         t.eos = t.token_to_id("<|end_of_text|>");
         t.eot = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>"]
             .iter()
@@ -116,11 +135,15 @@ impl Tokenizer {
         Ok(t.with_config_specials(cfg.as_ref()))
     }
 
-    /// BOS / EOS named by a `tokenizer_config.json`, where it names tokens this one has.
-    fn with_config_specials(self, cfg: Option<&serde_json::Value>) -> Self {
+    /// BOS / EOS named by a `tokenizer_config.json`, where it names tokens this one has, and its
+    /// `add_bos_token`, where it has one.
+    fn with_config_specials(mut self, cfg: Option<&serde_json::Value>) -> Self {
         let Some(cfg) = cfg else { return self };
         let bos = config_token(cfg, "bos_token").and_then(|s| self.token_to_id(&s));
         let eos = config_token(cfg, "eos_token").and_then(|s| self.token_to_id(&s));
+        if let Some(add) = cfg.get("add_bos_token").and_then(serde_json::Value::as_bool) {
+            self.adds_bos = add;
+        }
         let (bos, eos) = (bos.or(self.bos), eos.or(self.eos));
         self.with_special_ids(bos, eos)
     }
@@ -135,11 +158,25 @@ impl Tokenizer {
     /// Builds a tokenizer from GGUF vocabulary arrays: byte-level BPE for `gpt2`, SentencePiece
     /// BPE for `llama` (see [`spm`]). Control tokens become special added tokens, user-defined
     /// ones plain added tokens; both are matched in text before BPE runs.
+    ///
+    /// BOS is added to a text as `tokenizer.ggml.add_bos_token` says; without it, as llama.cpp
+    /// does (SentencePiece vocabularies and the Llama-3 family's pre-tokenizers add it).
     pub fn from_gguf_vocab(input: &GgufVocab) -> Result<Self> {
         let n = checked_len(input)?;
+        let mut t = match input.model.as_str() {
+            "llama" => Self::from_gguf_llama(input)?,
+            _ => Self::from_gguf_bpe(input, n)?,
+        };
+        t.adds_bos = input
+            .add_bos_token
+            .unwrap_or_else(|| gguf_default_adds_bos(&input.model, input.pre.as_deref()));
+        Ok(t)
+    }
+
+    /// The GGUF `tokenizer.ggml.model == "gpt2"` case: byte-level BPE.
+    fn from_gguf_bpe(input: &GgufVocab, n: usize) -> Result<Self> {
         match input.model.as_str() {
             "gpt2" => {}
-            "llama" => return Self::from_gguf_llama(input),
             other => {
                 return Err(Error::unsupported(format!(
                     "GGUF tokenizer model {other:?} (only \"gpt2\", byte-level BPE, and \"llama\", \
@@ -185,7 +222,8 @@ impl Tokenizer {
     }
 
     /// Encodes `text`; special-token strings in it (e.g. `<|eot_id|>`) become their ids.
-    /// With `add_bos`, BOS is put first if the tokenizer has one and the text did not start with it.
+    /// With `add_bos`, BOS is put first if the model's tokenizer adds one ([`Self::adds_bos`])
+    /// and the text did not start with it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
@@ -193,7 +231,7 @@ impl Tokenizer {
             .map_err(|e| Error::invalid(format!("encoding text: {e}")))?;
         let ids = enc.get_ids();
         match self.bos {
-            Some(bos) if add_bos && ids.first() != Some(&bos) => {
+            Some(bos) if add_bos && self.adds_bos && ids.first() != Some(&bos) => {
                 let mut out = Vec::with_capacity(ids.len() + 1);
                 out.push(bos);
                 out.extend_from_slice(ids);
@@ -229,6 +267,14 @@ impl Tokenizer {
     /// Beginning-of-text id (`<|begin_of_text|>` or the configured one).
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether the model's tokenizer puts BOS before a text: `add_bos_token` of a
+    /// `tokenizer_config.json` or a GGUF file where one says; otherwise a `tokenizer.json`'s
+    /// post-processor (as transformers), true for a SentencePiece `tokenizer.model` (as Llama's
+    /// tokenizer), llama.cpp's rule for a GGUF file.
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos && self.bos.is_some()
     }
 
     /// End-of-text id (`<|end_of_text|>` or the configured one).

@@ -62,6 +62,32 @@ fn every_gguf_type_gives_the_same_greedy_tokens_as_the_hf_directory() {
 }
 
 #[test]
+fn the_gguf_adds_bos_as_the_directory_s_tokenizer_does() {
+    let src = fixture("offline_autobitlinear_256");
+    let dir = tmpdir("bos");
+    for add in [true, false] {
+        let d = dir.join(format!("add-{add}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), d.join(f)).unwrap();
+        }
+        let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "add_bos_token": add});
+        std::fs::write(d.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let out = dir.join(format!("add-{add}.gguf"));
+        convert(&d, &out, TernaryFormat::I2S, |_, _| {}).unwrap();
+        let encode = |p: &Path| {
+            let e = Engine::builder().model(p).threads(1).build().unwrap();
+            (e.tokenizer().unwrap().adds_bos(), e.encode("First Citizen:", true).unwrap())
+        };
+        let (hf, gguf) = (encode(&d), encode(&out));
+        assert_eq!(hf.0, add);
+        assert_eq!(hf.1[0] == 0, add, "BOS in {:?}", hf.1);
+        assert_eq!(gguf, hf, "add_bos_token {add}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn converting_dims_the_format_cannot_hold_is_a_clear_error() {
     // hidden 64 is not a multiple of I2_S's 128 or TQ's 256 blocks.
     let dir = tmpdir("bad");

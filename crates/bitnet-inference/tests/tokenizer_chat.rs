@@ -54,6 +54,14 @@ fn trained_tokenizer() -> Tokenizer {
     let corpus = "the quick brown fox jumps over the lazy dog. The dog sleeps; 1234567 foxes run. "
         .repeat(20);
     tok.train(&mut trainer, [corpus.as_str(), "hello world, hello there"].into_iter()).unwrap();
+    // BOS before every text, as Llama-3's tokenizer.json has it.
+    let bos = tokenizers::processors::template::TemplateProcessing::builder()
+        .try_single("<|begin_of_text|> $A")
+        .unwrap()
+        .special_tokens(vec![("<|begin_of_text|>", 0)])
+        .build()
+        .unwrap();
+    tok.with_post_processor(Some(bos));
     let json = tok.to_string(false).unwrap();
     Tokenizer::from_bytes(json.as_bytes()).unwrap()
 }
@@ -168,6 +176,7 @@ fn gguf_input_from_json(json: &serde_json::Value, pre: Option<&str>) -> GgufVoca
         merges,
         bos_token_id: Some(0),
         eos_token_id: Some(1),
+        add_bos_token: Some(true),
         pre: pre.map(str::to_string),
         ..Default::default()
     }
@@ -215,6 +224,48 @@ fn gguf_vocab_tokenizer_encodes_like_its_tokenizer_json() {
             assert_eq!(g2.encode(" 1234567", false).unwrap().len(), 1);
             assert!(l3.encode(" 1234567", false).unwrap().len() >= 3);
         }
+    }
+}
+
+#[test]
+fn bos_is_added_where_the_model_s_tokenizer_adds_it() {
+    let trained = trained_tokenizer();
+    let json: serde_json::Value =
+        serde_json::from_str(&trained.inner().to_string(false).unwrap()).unwrap();
+    let first = |t: &Tokenizer| t.encode("the dog", true).unwrap()[0];
+    assert!(trained.adds_bos());
+    assert_eq!(first(&trained), 0);
+    // A tokenizer.json whose post-processor adds nothing: transformers adds no BOS.
+    let mut bare_json = json.clone();
+    bare_json["post_processor"] = serde_json::Value::Null;
+    let bare = Tokenizer::from_bytes(bare_json.to_string().as_bytes()).unwrap();
+    assert_eq!(bare.bos_id(), Some(0));
+    assert!(!bare.adds_bos());
+    assert_ne!(first(&bare), 0);
+    // tokenizer_config.json's add_bos_token decides over the post-processor, both ways.
+    let dir = std::env::temp_dir().join(format!("bitnet-bos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (tok_json, add, want) in [(&json, false, false), (&bare_json, true, true)] {
+        std::fs::write(dir.join("tokenizer.json"), tok_json.to_string()).unwrap();
+        let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "add_bos_token": add});
+        std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        let t = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        assert_eq!((t.adds_bos(), first(&t) == 0), (want, want), "add_bos_token {add}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    // GGUF: tokenizer.ggml.add_bos_token where present, else llama.cpp's rule by pre-tokenizer.
+    for (pre, flag, want) in [
+        (Some("llama-bpe"), None, true),
+        (Some("falcon3"), None, true),
+        (Some("qwen2"), None, false),
+        (Some("gpt2"), None, false),
+        (None, None, false),
+        (Some("llama-bpe"), Some(false), false),
+        (Some("qwen2"), Some(true), true),
+    ] {
+        let v = GgufVocab { add_bos_token: flag, ..gguf_input_from_json(&json, pre) };
+        let t = Tokenizer::from_gguf_vocab(&v).unwrap();
+        assert_eq!((t.adds_bos(), first(&t) == 0), (want, want), "{pre:?} {flag:?}");
     }
 }
 

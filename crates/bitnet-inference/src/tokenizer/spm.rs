@@ -158,11 +158,13 @@ fn generate_merges(pieces: &[SpmPiece], vocab: &HashMap<String, u32>) -> Vec<(St
 
 impl Tokenizer {
     /// Builds a tokenizer from a parsed SentencePiece BPE model; BOS and EOS are its
-    /// `bos_id` / `eos_id`. `legacy`: see [`build`].
+    /// `bos_id` / `eos_id`, and BOS is added to a text. `legacy`: see [`build`].
     pub fn from_spm(model: &SpmModel, legacy: bool) -> Result<Self> {
         let inner = build(model, legacy)?;
         let mut t = Self::from_inner(inner);
         t.vocab_size = t.vocab_size.max(model.pieces.len());
+        // Llama's SentencePiece tokenizer adds BOS (transformers' `add_bos_token` default).
+        t.adds_bos = true;
         Ok(t.with_special_ids(model.bos_id, model.eos_id))
     }
 
