@@ -55,7 +55,17 @@ pub struct Tokenizer {
     eos: Option<u32>,
     eot: Option<u32>,
     /// Whether the model's tokenizer puts BOS before a text (see [`Tokenizer::adds_bos`]).
-    adds_bos: bool,
+    bos_rule: BosRule,
+}
+
+/// What decides whether BOS goes before a text.
+#[derive(Clone, Copy, Debug)]
+enum BosRule {
+    /// A setting (`add_bos_token`, or the format's default).
+    Set(bool),
+    /// A `tokenizer.json`'s post-processor: BOS where the first id it puts before any text (what
+    /// transformers adds with `add_special_tokens=True`) is the BOS id.
+    PostProcessor(Option<u32>),
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -65,7 +75,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("eot", &self.eot)
-            .field("adds_bos", &self.adds_bos)
+            .field("bos_rule", &self.bos_rule)
             .finish()
     }
 }
@@ -82,8 +92,7 @@ fn config_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
-/// The first id a `tokenizer.json`'s post-processor puts before any text (what transformers adds
-/// with `add_special_tokens=True`), if it adds one.
+/// The first id a `tokenizer.json`'s post-processor puts before any text, if it adds one.
 fn post_processor_first(inner: &tokenizers::Tokenizer) -> Option<u32> {
     let enc = inner.post_process(tokenizers::Encoding::default(), None, true).ok()?;
     enc.get_ids().first().copied()
@@ -102,9 +111,9 @@ impl Tokenizer {
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Self {
         let vocab_size =
             inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
-        let mut t = Self { inner, vocab_size, bos: None, eos: None, eot: None, adds_bos: false };
+        let bos_rule = BosRule::PostProcessor(post_processor_first(&inner));
+        let mut t = Self { inner, vocab_size, bos: None, eos: None, eot: None, bos_rule };
         t.bos = t.token_to_id("<|begin_of_text|>");
-        t.adds_bos = post_processor_first(&t.inner).is_some_and(|id| Some(id) == t.bos);
         t.eos = t.token_to_id("<|end_of_text|>");
         t.eot = ["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>"]
             .iter()
@@ -142,7 +151,7 @@ impl Tokenizer {
         let bos = config_token(cfg, "bos_token").and_then(|s| self.token_to_id(&s));
         let eos = config_token(cfg, "eos_token").and_then(|s| self.token_to_id(&s));
         if let Some(add) = cfg.get("add_bos_token").and_then(serde_json::Value::as_bool) {
-            self.adds_bos = add;
+            self.bos_rule = BosRule::Set(add);
         }
         let (bos, eos) = (bos.or(self.bos), eos.or(self.eos));
         self.with_special_ids(bos, eos)
@@ -167,9 +176,10 @@ impl Tokenizer {
             "llama" => Self::from_gguf_llama(input)?,
             _ => Self::from_gguf_bpe(input, n)?,
         };
-        t.adds_bos = input
-            .add_bos_token
-            .unwrap_or_else(|| gguf_default_adds_bos(&input.model, input.pre.as_deref()));
+        let add = input.add_bos_token;
+        t.bos_rule = BosRule::Set(
+            add.unwrap_or_else(|| gguf_default_adds_bos(&input.model, input.pre.as_deref())),
+        );
         Ok(t)
     }
 
@@ -231,7 +241,7 @@ impl Tokenizer {
             .map_err(|e| Error::invalid(format!("encoding text: {e}")))?;
         let ids = enc.get_ids();
         match self.bos {
-            Some(bos) if add_bos && self.adds_bos && ids.first() != Some(&bos) => {
+            Some(bos) if add_bos && self.adds_bos() && ids.first() != Some(&bos) => {
                 let mut out = Vec::with_capacity(ids.len() + 1);
                 out.push(bos);
                 out.extend_from_slice(ids);
@@ -274,7 +284,11 @@ impl Tokenizer {
     /// post-processor (as transformers), true for a SentencePiece `tokenizer.model` (as Llama's
     /// tokenizer), llama.cpp's rule for a GGUF file.
     pub fn adds_bos(&self) -> bool {
-        self.adds_bos && self.bos.is_some()
+        self.bos.is_some()
+            && match self.bos_rule {
+                BosRule::Set(add) => add,
+                BosRule::PostProcessor(first) => first == self.bos,
+            }
     }
 
     /// End-of-text id (`<|end_of_text|>` or the configured one).

@@ -252,6 +252,12 @@ fn bos_is_added_where_the_model_s_tokenizer_adds_it() {
         let t = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         assert_eq!((t.adds_bos(), first(&t) == 0), (want, want), "add_bos_token {add}");
     }
+    // A post-processor adding a BOS of another name, which tokenizer_config.json names.
+    let renamed = json.to_string().replace("<|begin_of_text|>", "<s>");
+    std::fs::write(dir.join("tokenizer.json"), &renamed).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"bos_token": "<s>"}"#).unwrap();
+    let t = Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    assert_eq!((t.bos_id(), t.adds_bos(), first(&t)), (Some(0), true, 0));
     std::fs::remove_dir_all(&dir).unwrap();
     // GGUF: tokenizer.ggml.add_bos_token where present, else llama.cpp's rule by pre-tokenizer.
     for (pre, flag, want) in [

@@ -164,7 +164,7 @@ impl Tokenizer {
         let mut t = Self::from_inner(inner);
         t.vocab_size = t.vocab_size.max(model.pieces.len());
         // Llama's SentencePiece tokenizer adds BOS (transformers' `add_bos_token` default).
-        t.adds_bos = true;
+        t.bos_rule = super::BosRule::Set(true);
         Ok(t.with_special_ids(model.bos_id, model.eos_id))
     }
 
