@@ -93,12 +93,22 @@ macro_rules! kernels {
         /// Every kernel function of the program.
         pub(crate) struct Kernels { $(pub(crate) $field: CudaFunction,)* }
         impl Kernels {
-            /// Each kernel from the first of `modules` that has it.
+            /// Each kernel from the first of `modules` that has it; when none has it, the error
+            /// says what the driver answered for the last module asked.
             fn load(modules: &[Arc<CudaModule>]) -> Result<Self> {
                 let f = |n: &str| {
-                    modules.iter().find_map(|m| m.load_function(n).ok()).ok_or_else(|| {
-                        Error::Device(format!("kernel {n} is in none of the {} kernel modules", modules.len()))
-                    })
+                    let mut last = None;
+                    for m in modules {
+                        match m.load_function(n) {
+                            Ok(func) => return Ok(func),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    let why = last.map_or_else(|| "no modules".to_string(), |e| e.to_string());
+                    Err(Error::Device(format!(
+                        "kernel {n} is in none of the {} kernel modules (driver: {why})",
+                        modules.len()
+                    )))
                 };
                 Ok(Kernels { $($field: f($name)?,)* })
             }
