@@ -22,6 +22,7 @@ pub mod arena;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod hash;
 pub mod pool;
 pub mod shape;
 pub mod tensor;

@@ -7,6 +7,7 @@
 //! not check out (truncated, another format) is compiled again and replaced; a cache that cannot
 //! be written is skipped. Both are never errors: the cache only saves time.
 
+use bitnet_core::hash::Fnv64;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -40,17 +41,15 @@ fn dir_from(
     Some(base.join("bitnet").join("kernels"))
 }
 
-/// FNV-1a, 64 bits: stable across builds and platforms (the key names files that outlive the
-/// process), which `std`'s hasher does not promise.
+/// FNV-1a of `parts`, each followed by a 0xff byte (so `["ab", "c"]` and `["a", "bc"]` differ):
+/// stable across builds and platforms, as the key names files that outlive the process.
 pub(crate) fn fnv64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv64::new();
     for p in parts {
-        for &b in p.iter().chain(&[0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(p);
+        h.write(&[0xff]);
     }
-    h
+    h.finish()
 }
 
 /// The file of `part` for `arch` under `key`.
@@ -149,6 +148,8 @@ mod tests {
         assert_ne!(fnv64(&[b"ab", b"c"]), fnv64(&[b"a", b"bc"]));
         assert_ne!(fnv64(&[b"sm_90"]), fnv64(&[b"sm_80"]));
         assert_eq!(fnv64(&[b"x"]), fnv64(&[b"x"]));
+        // Pinned: a change of the function would orphan every cached cubin.
+        assert_eq!(fnv64(&[b"sm_90"]), 0x5907_2a67_49d1_cf08);
     }
 
     #[test]

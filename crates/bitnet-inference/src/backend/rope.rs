@@ -94,9 +94,9 @@ impl Rope {
             [s.factor, s.low_freq_factor, s.high_freq_factor, s.original_max_positions]
         });
         let factors = self.factors.map_or(0, |d| {
-            d.values().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
-                (h ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
-            })
+            let mut h = bitnet_core::hash::Fnv64::new();
+            d.values().iter().for_each(|v| h.write(&v.to_bits().to_le_bytes()));
+            h.finish()
         });
         [
             self.theta.to_bits() as u64,
